@@ -1,0 +1,1 @@
+//! The DAG file (TOML): its serde model, parsing with source spans, and validation.

@@ -1,0 +1,1 @@
+//! Typed identifiers (newtypes) for DAGs, runs, task instances, attempts and workers.

@@ -1,0 +1,1 @@
+//! Resource requests and sizes: cpus, memory, gpus, gpu_memory, gpu_model.

@@ -1,0 +1,1 @@
+//! Run and task state machines: the states and the pure transition function.

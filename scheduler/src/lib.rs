@@ -1,0 +1,1 @@
+//! Trainyard scheduler: the store, the scheduling engine and the servers.

@@ -1,0 +1,2 @@
+//! The `trainyard` command-line interface.
+fn main() {}

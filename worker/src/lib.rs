@@ -1,0 +1,1 @@
+//! Trainyard worker: GPU discovery and task execution.
