@@ -1,0 +1,137 @@
+//! `trainyard dag validate|show|next-runs`: work on DAG files without a server.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use trainyard_core::dag::{DagSpec, parse_dag};
+
+#[derive(Debug, Subcommand)]
+pub enum DagCommand {
+    /// Check DAG files (or every *.toml under the given folders).
+    ///
+    /// Prints `ok <dag_id> (<n> tasks)` for each good file and
+    /// `path:line:col: error: message` on stderr for every problem found.
+    /// Exits 1 if any file has an error.
+    Validate {
+        /// DAG files or folders holding them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Show a DAG's tasks in dependency layers, with resources and schedule.
+    Show {
+        /// The DAG file.
+        path: PathBuf,
+    },
+    /// Print the next fire times of a DAG's schedule, one per line (RFC 3339, UTC).
+    NextRuns(NextRunsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NextRunsArgs {
+    /// The DAG file.
+    path: PathBuf,
+    /// How many fire times to print.
+    #[arg(long, short = 'n', default_value_t = 5)]
+    count: usize,
+    /// Start after this instant (RFC 3339, e.g. 2026-03-28T00:00:00Z); default now.
+    #[arg(long, value_parser = parse_rfc3339)]
+    after: Option<DateTime<Utc>>,
+}
+
+fn parse_rfc3339(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}); example: 2026-03-28T00:00:00Z"))
+}
+
+pub fn run(cmd: DagCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DagCommand::Validate { paths } => validate(&paths),
+        DagCommand::Show { path } => show(&load(&path)?),
+        DagCommand::NextRuns(args) => next_runs(&args),
+    }
+}
+
+/// Every `*.toml` file named or found (recursively, sorted) under the paths.
+pub fn dag_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            collect_toml(path, &mut files)
+                .with_context(|| format!("cannot read folder {}", path.display()))?;
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            collect_toml(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    let mut seen: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    for path in dag_files(paths)? {
+        let shown = path.display().to_string();
+        let source = match std::fs::read_to_string(&path) {
+            Ok(source) => source,
+            Err(err) => {
+                eprintln!("{shown}: error: cannot read file: {err}");
+                failed = true;
+                continue;
+            }
+        };
+        match parse_dag(&shown, &source) {
+            Ok(dag) => {
+                if let Some(first) = seen.get(dag.id.as_str()) {
+                    eprintln!(
+                        "{shown}:1:1: error: duplicate DAG id `{}` (also defined in {})",
+                        dag.id,
+                        first.display()
+                    );
+                    failed = true;
+                    continue;
+                }
+                println!("ok {} ({} tasks)", dag.id, dag.tasks.len());
+                seen.insert(dag.id.to_string(), path.clone());
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn load(path: &Path) -> anyhow::Result<DagSpec> {
+    let shown = path.display().to_string();
+    let source =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+    match parse_dag(&shown, &source) {
+        Ok(dag) => Ok(dag),
+        Err(errors) => {
+            eprint!("{errors}");
+            bail!("{shown} is not a valid DAG ({} errors)", errors.errors.len())
+        }
+    }
+}
