@@ -97,7 +97,8 @@ impl std::fmt::Display for Schedule {
 
 /// Whole-second wall time strictly after `t` (fire times are whole seconds).
 fn next_whole_second(t: NaiveDateTime) -> Option<NaiveDateTime> {
-    t.with_nanosecond(0)?.checked_add_signed(Duration::seconds(1))
+    t.with_nanosecond(0)?
+        .checked_add_signed(Duration::seconds(1))
 }
 
 /// The instant a matching wall time fires at, under the DST policy.
@@ -152,7 +153,11 @@ impl Schedule {
 
     /// Fire instants strictly after `after`, in order (lazy iterator). Ends
     /// when the schedule has no further fire time within the search horizon.
-    pub fn iter_after(&self, after: DateTime<Utc>, tz: Tz) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+    pub fn iter_after(
+        &self,
+        after: DateTime<Utc>,
+        tz: Tz,
+    ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         let mut cursor = Some(after);
         std::iter::from_fn(move || {
             let next = self.next_after(cursor?, tz);

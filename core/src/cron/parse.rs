@@ -298,7 +298,10 @@ fn parse_dom(text: &str) -> Result<(DomSpec, bool), CronError> {
             dom.last = true;
         } else if upper == "LW" {
             dom.last_weekday = true;
-        } else if let Some(day) = upper.strip_suffix('W') {
+        } else if let Some(day) = upper
+            .strip_suffix('W')
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        {
             let v = parse_value(field, item, day)?;
             dom.nearest_weekday |= 1 << v;
         } else if upper.starts_with("L-") {

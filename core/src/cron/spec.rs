@@ -134,7 +134,8 @@ impl Spec {
             return false;
         }
         if self.dom_star || self.dow_star {
-            (self.dom_star || self.dom.matches(date)) && (self.dow_star || self.dow.matches(date))
+            // A star field's mask is full, except `*/N`, which still filters.
+            self.dom.matches(date) && self.dow.matches(date)
         } else {
             self.dom.matches(date) || self.dow.matches(date)
         }
@@ -179,7 +180,9 @@ impl Spec {
     /// The first matching wall time at or after `from` (whole seconds), or
     /// `None` if nothing matches within [`SEARCH_YEARS`].
     pub fn next_at_or_after(&self, from: NaiveDateTime) -> Option<NaiveDateTime> {
-        let limit = from.date().checked_add_months(Months::new(12 * SEARCH_YEARS))?;
+        let limit = from
+            .date()
+            .checked_add_months(Months::new(12 * SEARCH_YEARS))?;
         let mut date = from.date();
         let mut start = Some(from.time());
         while date <= limit {
@@ -203,7 +206,9 @@ impl Spec {
     /// The last matching wall time at or before `at` (whole seconds), looking
     /// back at most [`SEARCH_YEARS`].
     pub fn prev_at_or_before(&self, at: NaiveDateTime) -> Option<NaiveDateTime> {
-        let limit = at.date().checked_sub_months(Months::new(12 * SEARCH_YEARS))?;
+        let limit = at
+            .date()
+            .checked_sub_months(Months::new(12 * SEARCH_YEARS))?;
         let mut date = at.date();
         let mut end = Some(at.time());
         let day_end = NaiveTime::from_hms_opt(23, 59, 59)?;
