@@ -1,1 +1,6 @@
-//! Trainyard worker: GPU discovery and task execution.
+//! Trainyard worker: GPU discovery ([`gpu`]), host resources ([`host`]) and
+//! task execution ([`exec`]). The connection loop to the scheduler builds on
+//! these.
+
+pub mod gpu;
+pub mod host;
