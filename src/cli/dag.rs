@@ -120,18 +120,108 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn load(path: &Path) -> anyhow::Result<DagSpec> {
     let shown = path.display().to_string();
-    let source =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+    let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
     match parse_dag(&shown, &source) {
         Ok(dag) => Ok(dag),
         Err(errors) => {
             eprint!("{errors}");
-            bail!("{shown} is not a valid DAG ({} errors)", errors.errors.len())
+            bail!(
+                "{shown} is not a valid DAG ({} errors)",
+                errors.errors.len()
+            )
         }
     }
+}
+
+fn show(dag: &DagSpec) -> anyhow::Result<ExitCode> {
+    println!("DAG {}", dag.id);
+    if let Some(description) = &dag.description {
+        println!("  {description}");
+    }
+    match &dag.schedule {
+        Some(expr) => {
+            let words = trainyard_core::cron::parse(expr)
+                .map(|s| s.describe())
+                .unwrap_or_else(|e| format!("invalid: {e}"));
+            println!("schedule: {expr} ({words}, {})", dag.timezone);
+        }
+        None => println!("schedule: none (manual and API triggers only)"),
+    }
+    let window = match (dag.start_date, dag.end_date) {
+        (None, None) => None,
+        (start, end) => Some(format!(
+            "{} .. {}",
+            start.map_or("-".into(), |t| t.to_rfc3339()),
+            end.map_or("-".into(), |t| t.to_rfc3339())
+        )),
+    };
+    if let Some(window) = window {
+        println!("active: {window}");
+    }
+    println!(
+        "catchup: {}, max_active_runs: {}, max_active_tasks: {}, overlap: {}",
+        dag.catchup,
+        dag.max_active_runs,
+        dag.max_active_tasks
+            .map_or("unlimited".to_string(), |n| n.to_string()),
+        serde_json::to_value(dag.overlap)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    if !dag.tags.is_empty() {
+        println!("tags: {}", dag.tags.join(", "));
+    }
+    if !dag.params.is_empty() {
+        println!("params:");
+        for (name, value) in &dag.params {
+            println!("  {name} = {value}");
+        }
+    }
+    println!("tasks ({}):", dag.tasks.len());
+    for (depth, layer) in dag.topological_layers().iter().enumerate() {
+        println!("  layer {depth}:");
+        for id in layer {
+            let Some(task) = dag.tasks.get(id) else {
+                continue;
+            };
+            let mut line = format!("    {id}");
+            if !task.depends_on.is_empty() {
+                line.push_str(&format!(" <- {}", task.depends_on.join(", ")));
+            }
+            line.push_str(&format!("  [{}]", task.resources));
+            if let Some(when) = &task.when {
+                line.push_str(&format!("  when {when}"));
+            }
+            println!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn next_runs(args: &NextRunsArgs) -> anyhow::Result<ExitCode> {
+    let dag = load(&args.path)?;
+    let Some(expr) = &dag.schedule else {
+        bail!(
+            "DAG {} has no schedule; it runs only when triggered",
+            dag.id
+        );
+    };
+    let schedule = trainyard_core::cron::parse(expr)?;
+    let after = args.after.unwrap_or_else(Utc::now);
+    let times =
+        trainyard_core::cron::fire_times(&schedule, dag.tz(), after, dag.start_date, dag.end_date);
+    for t in times.take(args.count) {
+        println!("{}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
 //! Command-line arguments (clap) and dispatch to the subcommand modules.
 
-mod dag;
+pub mod dag;
 
 use std::process::ExitCode;
 
@@ -12,7 +12,13 @@ use clap::{Parser, Subcommand};
 /// them with `trainyard standalone` (everything in one process) or a
 /// `trainyard scheduler` plus `trainyard worker`s on your GPU machines.
 #[derive(Debug, Parser)]
-#[command(name = "trainyard", version, about, long_about, propagate_version = true)]
+#[command(
+    name = "trainyard",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
