@@ -1,0 +1,113 @@
+//! The store's error taxonomy: what went wrong, what was expected, what was found.
+//!
+//! Conflicts (a compare-and-set that found another state or attempt) are normal
+//! under concurrency and tell the caller to re-read; `SchemaTooNew` and
+//! `UnsupportedUrl` are configuration errors a user must fix; `Database` wraps
+//! everything sqlx reports and is worth retrying only when [`StoreError::is_retryable`].
+
+use trainyard_core::ids::{RunId, TaskInstanceId};
+use trainyard_core::state::{RunState, TaskState};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "unsupported database url {url:?}: expected postgres://…, postgresql://… or sqlite:PATH"
+    )]
+    UnsupportedUrl { url: String },
+
+    #[error(
+        "database schema version {found} is newer than this trainyard binary (knows up to {known}); upgrade trainyard"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+
+    /// A task compare-and-set did not match: someone else moved it first, or the
+    /// report is for an attempt that is no longer current (fencing).
+    #[error(
+        "task instance {id} of run {run}: expected state {expected_state} attempt {expected_attempt}, found {found_state} attempt {found_attempt}"
+    )]
+    TaskConflict {
+        id: TaskInstanceId,
+        run: RunId,
+        expected_state: TaskState,
+        expected_attempt: i32,
+        found_state: TaskState,
+        found_attempt: i32,
+    },
+
+    #[error("run {id}: expected state {expected}, found {found}")]
+    RunConflict {
+        id: RunId,
+        expected: RunState,
+        found: RunState,
+    },
+
+    #[error("task instance {id}: transition {from} -> {to} is not allowed")]
+    ForbiddenTaskTransition {
+        id: TaskInstanceId,
+        from: TaskState,
+        to: TaskState,
+    },
+
+    #[error("run {id}: transition {from} -> {to} is not allowed")]
+    ForbiddenRunTransition {
+        id: RunId,
+        from: RunState,
+        to: RunState,
+    },
+
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+
+    /// A row holds a value the code does not know (e.g. an unknown state string).
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// A compare-and-set lost a race or a report was fenced off: re-read, do not retry blindly.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::TaskConflict { .. } | Self::RunConflict { .. })
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound { .. })
+    }
+
+    /// Transient database trouble (connection lost, pool timeout, serialization
+    /// failure, SQLite busy): the same call may succeed if repeated.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => matches!(
+                    db.code().as_deref(),
+                    // serialization_failure, deadlock_detected, admin_shutdown, SQLITE_BUSY, SQLITE_LOCKED
+                    Some("40001" | "40P01" | "57P01" | "5" | "6" | "517")
+                ),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    pub(crate) fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Self::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+}

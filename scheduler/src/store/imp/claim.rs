@@ -1,0 +1,246 @@
+//! Claiming ready work: `ready → assigned`, attempt + 1, one attempt row each.
+//!
+//! Both forms are a single `UPDATE … RETURNING`. On PostgreSQL the rows are
+//! picked in a CTE with `FOR UPDATE SKIP LOCKED`, so concurrent claimers (other
+//! scheduler replicas) skip rows another transaction holds instead of waiting
+//! or claiming them twice; the outer `UPDATE` re-checks `state = 'ready'`. On
+//! SQLite the store's single write connection plus `BEGIN IMMEDIATE` already
+//! excludes every other writer, so a plain subquery is enough.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
+use trainyard_core::ids::{AttemptId, WorkerId};
+use trainyard_core::state::TaskState;
+
+use super::common::{self, NewEvent};
+use crate::store::error::Result;
+use crate::store::rows::{TI_COLS, pg, sqlite};
+use crate::store::types::*;
+use crate::store::Backend;
+
+/// What the claim picks: the generic "best N ready" or an explicit list.
+enum Pick<'a> {
+    Best { filter: &'a ClaimFilter, limit: i64 },
+    Exactly(&'a [Assignment]),
+}
+
+/// Pushes the claim statement for `backend`; `RETURNING` gives the claimed rows.
+fn push_claim<'a, DB: sqlx::Database>(
+    qb: &mut QueryBuilder<'a, DB>,
+    backend: Backend,
+    pick: &Pick<'a>,
+    now: DateTime<Utc>,
+) where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let push_candidates = |qb: &mut QueryBuilder<'a, DB>| {
+        qb.push("SELECT id FROM task_instances WHERE state = 'ready'");
+        match pick {
+            Pick::Best { filter, limit } => {
+                if !filter.pools.is_empty() {
+                    qb.push(" AND pool IN (");
+                    let mut s = qb.separated(", ");
+                    for p in &filter.pools {
+                        s.push_bind(p.clone());
+                    }
+                    qb.push(")");
+                }
+                if !filter.dag_ids.is_empty() {
+                    qb.push(" AND dag_id IN (");
+                    let mut s = qb.separated(", ");
+                    for d in &filter.dag_ids {
+                        s.push_bind(d.as_str().to_owned());
+                    }
+                    qb.push(")");
+                }
+                qb.push(" ORDER BY priority DESC, ready_at, id LIMIT ").push_bind(*limit);
+            }
+            Pick::Exactly(list) => {
+                qb.push(" AND id IN (");
+                let mut s = qb.separated(", ");
+                for a in list.iter() {
+                    s.push_bind(a.id.get());
+                }
+                qb.push(") AND (id, attempt) IN (VALUES ");
+                let mut s = qb.separated(", ");
+                for a in list.iter() {
+                    s.push("(");
+                    s.push_bind_unseparated(a.id.get());
+                    s.push_unseparated(", ");
+                    s.push_bind_unseparated(a.attempt);
+                    s.push_unseparated(")");
+                }
+                qb.push(")");
+            }
+        }
+    };
+    let returning = TI_COLS
+        .split(", ")
+        .map(|c| format!("t.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match backend {
+        Backend::Postgres => {
+            qb.push("WITH picked AS (");
+            push_candidates(qb);
+            qb.push(" FOR UPDATE SKIP LOCKED) UPDATE task_instances AS t SET state = 'assigned', ");
+            qb.push("attempt = t.attempt + 1, queued_at = ").push_bind(now);
+            qb.push(", updated_at = ").push_bind(now);
+            qb.push(" FROM picked WHERE t.id = picked.id AND t.state = 'ready' RETURNING ");
+            qb.push(returning);
+        }
+        Backend::Sqlite => {
+            qb.push("UPDATE task_instances SET state = 'assigned', attempt = attempt + 1, queued_at = ");
+            qb.push_bind(now).push(", updated_at = ").push_bind(now);
+            qb.push(" WHERE id IN (");
+            push_candidates(qb);
+            qb.push(") RETURNING ");
+            qb.push(TI_COLS);
+        }
+    }
+}
+
+macro_rules! claim_impl {
+    ($Store:ty, $Db:ty, $rows:ident) => {
+        impl $Store {
+            async fn claim(
+                &self,
+                pick: Pick<'_>,
+                worker_id: Option<WorkerId>,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedTask>> {
+                let placements: HashMap<i64, (Option<WorkerId>, Vec<u32>)> = match &pick {
+                    Pick::Exactly(list) => list
+                        .iter()
+                        .map(|a| (a.id.get(), (a.worker_id, a.gpus.clone())))
+                        .collect(),
+                    Pick::Best { .. } => HashMap::new(),
+                };
+                let mut tx = self.begin_write().await?;
+                let mut qb = QueryBuilder::<$Db>::new("");
+                push_claim(&mut qb, self.backend_kind(), &pick, now);
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                let mut tasks = rows.iter().map($rows::task).collect::<Result<Vec<_>>>()?;
+                if tasks.is_empty() {
+                    return Ok(Vec::new());
+                }
+                tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+                let place = |t: &TaskInstance| {
+                    placements.get(&t.id.get()).cloned().unwrap_or((worker_id, Vec::new()))
+                };
+                let mut attempt_ids = HashMap::with_capacity(tasks.len());
+                for chunk in tasks.chunks(common::CHUNK) {
+                    let mut qb = QueryBuilder::<$Db>::new(
+                        "INSERT INTO attempts (task_instance_id, run_id, attempt, worker_id, gpus, assigned_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, t| {
+                        let (worker, gpus) = place(t);
+                        b.push_bind(t.id.get())
+                            .push_bind(t.run_id.as_uuid())
+                            .push_bind(t.attempt)
+                            .push_bind(worker.map(|w| w.as_uuid()))
+                            .push_bind(sqlx::types::Json(gpus))
+                            .push_bind(now);
+                    });
+                    qb.push(" RETURNING id, task_instance_id");
+                    for r in qb.build().fetch_all(&mut *tx).await? {
+                        attempt_ids.insert(r.try_get::<i64, _>("task_instance_id")?, r.try_get::<i64, _>("id")?);
+                    }
+                }
+                let events: Vec<NewEvent> = tasks
+                    .iter()
+                    .map(|t| NewEvent {
+                        run_id: t.run_id,
+                        entity: EventEntity::Task,
+                        task_instance_id: Some(t.id),
+                        task_id: Some(t.task_id.clone()),
+                        from_state: Some(TaskState::Ready.as_str()),
+                        to_state: TaskState::Assigned.as_str(),
+                        attempt: Some(t.attempt),
+                        reason: None,
+                    })
+                    .collect();
+                Self::insert_events(&mut tx, &events, actor, now).await?;
+                tx.commit().await?;
+                Ok(tasks
+                    .into_iter()
+                    .map(|t| {
+                        let (worker, gpus) = place(&t);
+                        ClaimedTask {
+                            attempt_id: AttemptId::new(attempt_ids.get(&t.id.get()).copied().unwrap_or_default()),
+                            id: t.id,
+                            run_id: t.run_id,
+                            dag_id: t.dag_id,
+                            task_id: t.task_id,
+                            attempt: t.attempt,
+                            worker_id: worker,
+                            gpus,
+                            priority: t.priority,
+                            pool: t.pool,
+                            resources: t.resources,
+                        }
+                    })
+                    .collect())
+            }
+
+            pub(crate) async fn sql_claim_ready(
+                &self,
+                filter: &ClaimFilter,
+                limit: u32,
+                worker_id: Option<WorkerId>,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedTask>> {
+                let pick = Pick::Best { filter, limit: common::clamp_limit(limit) };
+                self.claim(pick, worker_id, actor, now).await
+            }
+
+            pub(crate) async fn sql_assign_tasks(
+                &self,
+                assignments: &[Assignment],
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedTask>> {
+                let mut out = Vec::with_capacity(assignments.len());
+                for chunk in assignments.chunks(common::CHUNK) {
+                    out.extend(self.claim(Pick::Exactly(chunk), None, actor, now).await?);
+                }
+                Ok(out)
+            }
+
+            pub(crate) async fn sql_ready_tasks(&self, filter: &ClaimFilter, limit: u32) -> Result<Vec<TaskInstance>> {
+                let mut qb = QueryBuilder::<$Db>::new(format!(
+                    "SELECT {TI_COLS} FROM task_instances WHERE state = 'ready'"
+                ));
+                if !filter.pools.is_empty() {
+                    qb.push(" AND pool IN (");
+                    let mut s = qb.separated(", ");
+                    for p in &filter.pools {
+                        s.push_bind(p.clone());
+                    }
+                    qb.push(")");
+                }
+                if !filter.dag_ids.is_empty() {
+                    qb.push(" AND dag_id IN (");
+                    let mut s = qb.separated(", ");
+                    for d in &filter.dag_ids {
+                        s.push_bind(d.as_str().to_owned());
+                    }
+                    qb.push(")");
+                }
+                qb.push(" ORDER BY priority DESC, ready_at, id LIMIT ").push_bind(common::clamp_limit(limit));
+                let rows = qb.build().fetch_all(self.read_pool()).await?;
+                rows.iter().map($rows::task).collect()
+            }
+        }
+    };
+}
+
+claim_impl!(crate::store::PgStore, sqlx::Postgres, pg);
+claim_impl!(crate::store::SqliteStore, sqlx::Sqlite, sqlite);

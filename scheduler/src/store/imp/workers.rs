@@ -1,0 +1,208 @@
+//! Workers (registration, heartbeats, lost workers and their attempts) and
+//! metrics reported by attempts.
+
+macro_rules! worker_impl {
+    ($Store:ty, $Db:ty, $rows:ident) => {
+        impl $Store {
+            pub(crate) async fn sql_register_worker(&self, w: NewWorker, now: DateTime<Utc>) -> Result<Worker> {
+                let sql = format!(
+                    "INSERT INTO workers (id, name, state, resources, gpus, labels, registered_at, \
+                     last_heartbeat_at, updated_at) VALUES ($1, $2, 'active', $3, $4, $5, $6, $6, $6) \
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = 'active', \
+                     resources = excluded.resources, gpus = excluded.gpus, labels = excluded.labels, \
+                     last_heartbeat_at = excluded.last_heartbeat_at, updated_at = excluded.updated_at \
+                     RETURNING {WORKER_COLS}"
+                );
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&sql)
+                    .bind(w.id.as_uuid())
+                    .bind(&w.name)
+                    .bind(Json(&w.resources))
+                    .bind(Json(&w.gpus))
+                    .bind(Json(&w.labels))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let worker = $rows::worker(&row)?;
+                tx.commit().await?;
+                Ok(worker)
+            }
+
+            pub(crate) async fn sql_heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState> {
+                let mut tx = self.begin_write().await?;
+                let state: Option<String> = sqlx::query_scalar(
+                    "UPDATE workers SET last_heartbeat_at = $1 WHERE id = $2 RETURNING state",
+                )
+                .bind(now)
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                match state {
+                    Some(s) => parse("workers", &s),
+                    None => Err(StoreError::not_found("worker", id)),
+                }
+            }
+
+            pub(crate) async fn sql_set_worker_state(&self, id: WorkerId, state: WorkerState, now: DateTime<Utc>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query("UPDATE workers SET state = $1, updated_at = $2 WHERE id = $3")
+                    .bind(state.as_str())
+                    .bind(now)
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::not_found("worker", id));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(crate) async fn sql_mark_worker_lost(
+                &self,
+                id: WorkerId,
+                reason: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<HeldAttempt>> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query("UPDATE workers SET state = 'lost', updated_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::not_found("worker", id));
+                }
+                let rows = sqlx::query(include_str!("../sql/held_attempts.sql"))
+                    .bind(id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let held = rows.iter().map($rows::held).collect::<Result<Vec<_>>>()?;
+                let transitions: Vec<TaskTransition> = held
+                    .iter()
+                    .map(|h| {
+                        TaskTransition::new(h.task_instance_id, h.state, TaskState::Lost, h.attempt)
+                            .reason(reason)
+                    })
+                    .collect();
+                // An attempt may finish while we look; skip it rather than fail the rest.
+                let applied =
+                    Self::apply_transitions(&mut tx, &transitions, OnConflict::Skip, &format!("worker-monitor:{id}"), now)
+                        .await?;
+                tx.commit().await?;
+                Ok(held
+                    .into_iter()
+                    .filter(|h| applied.iter().any(|a| a.0 == h.task_instance_id))
+                    .collect())
+            }
+
+            pub(crate) async fn sql_list_workers(&self) -> Result<Vec<Worker>> {
+                let sql = format!("SELECT {WORKER_COLS} FROM workers ORDER BY name, id");
+                let rows = sqlx::query(&sql).fetch_all(self.read_pool()).await?;
+                rows.iter().map($rows::worker).collect()
+            }
+
+            pub(crate) async fn sql_stale_workers(&self, cutoff: DateTime<Utc>) -> Result<Vec<Worker>> {
+                let sql = format!(
+                    "SELECT {WORKER_COLS} FROM workers WHERE state IN ('active', 'draining') \
+                     AND last_heartbeat_at < $1 ORDER BY last_heartbeat_at"
+                );
+                let rows = sqlx::query(&sql).bind(cutoff).fetch_all(self.read_pool()).await?;
+                rows.iter().map($rows::worker).collect()
+            }
+
+            pub(crate) async fn sql_record_metrics(
+                &self,
+                id: TaskInstanceId,
+                attempt: i32,
+                metrics: &[(String, f64)],
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                if metrics.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query("SELECT run_id, dag_id, task_id, attempt FROM task_instances WHERE id = $1")
+                    .bind(id.get())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| StoreError::not_found("task instance", id))?;
+                let current: i32 = row.try_get("attempt")?;
+                if attempt < 1 || attempt > current {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "task instance {id}: metrics for attempt {attempt}, but the latest attempt is {current}"
+                    )));
+                }
+                let run: Uuid = row.try_get("run_id")?;
+                let dag: String = row.try_get("dag_id")?;
+                let task: String = row.try_get("task_id")?;
+                for (name, value) in metrics {
+                    if !value.is_finite() {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "metric {name:?} of task instance {id} is not a finite number"
+                        )));
+                    }
+                    sqlx::query(include_str!("../sql/record_metrics.sql"))
+                        .bind(run)
+                        .bind(&dag)
+                        .bind(&task)
+                        .bind(id.get())
+                        .bind(attempt)
+                        .bind(name)
+                        .bind(*value)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(crate) async fn sql_run_metrics(&self, run_id: RunId) -> Result<Vec<MetricPoint>> {
+                let rows = sqlx::query(
+                    "SELECT task_instance_id, task_id, attempt, name, value, recorded_at FROM metrics \
+                     WHERE run_id = $1 ORDER BY task_id, attempt, name",
+                )
+                .bind(run_id.as_uuid())
+                .fetch_all(self.read_pool())
+                .await?;
+                rows.iter().map($rows::metric).collect()
+            }
+
+            pub(crate) async fn sql_metric_series(
+                &self,
+                dag_id: &DagId,
+                task_id: &TaskId,
+                name: &str,
+                limit: u32,
+            ) -> Result<Vec<SeriesPoint>> {
+                let rows = sqlx::query(include_str!("../sql/metric_series.sql"))
+                    .bind(dag_id.as_str())
+                    .bind(task_id.as_str())
+                    .bind(name)
+                    .bind(common::clamp_limit(limit))
+                    .fetch_all(self.read_pool())
+                    .await?;
+                let mut points = rows.iter().map($rows::series).collect::<Result<Vec<_>>>()?;
+                points.reverse();
+                Ok(points)
+            }
+        }
+    };
+}
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::types::Json;
+use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
+use trainyard_core::state::{TaskState, WorkerState};
+use uuid::Uuid;
+
+use super::common::{self, OnConflict};
+use crate::store::error::{Result, StoreError};
+use crate::store::rows::{WORKER_COLS, parse, pg, sqlite};
+use crate::store::types::*;
+
+worker_impl!(crate::store::PgStore, sqlx::Postgres, pg);
+worker_impl!(crate::store::SqliteStore, sqlx::Sqlite, sqlite);

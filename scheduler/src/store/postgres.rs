@@ -1,0 +1,97 @@
+//! [`PgStore`]: the production backend (PostgreSQL through sqlx).
+//!
+//! One pool serves reads and writes. Transactions run at READ COMMITTED:
+//! compare-and-set updates re-check their `WHERE` after waiting on a row lock,
+//! and claims use `FOR UPDATE SKIP LOCKED`, so several scheduler replicas can
+//! share one database.
+
+use std::str::FromStr;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use super::error::Result;
+use super::migrations::{check_not_newer, status_of};
+use super::{Backend, ConnectOptions, MigrationStatus};
+
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self> {
+        let mut connect = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = &options.pg_schema {
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        if let Some(name) = &options.application_name {
+            connect = connect.application_name(name);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        let store = Self { pool };
+        if options.migrate {
+            store.migrate_now().await?;
+        } else {
+            store.refuse_newer_schema().await?;
+        }
+        Ok(store)
+    }
+
+    /// The underlying pool (tests and the benchmark use it for raw checks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn backend_kind(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    pub(crate) fn read_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn applied_versions(&self) -> Result<Vec<i64>> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        Ok(
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn refuse_newer_schema(&self) -> Result<()> {
+        check_not_newer(&MIGRATOR, &self.applied_versions().await?)
+    }
+
+    pub(crate) async fn migrate_now(&self) -> Result<()> {
+        self.refuse_newer_schema().await?;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn migration_status_now(&self) -> Result<Vec<MigrationStatus>> {
+        Ok(status_of(&MIGRATOR, &self.applied_versions().await?))
+    }
+
+    pub(crate) async fn close_now(&self) {
+        self.pool.close().await;
+    }
+}
