@@ -1,4 +1,7 @@
 //! Trainyard scheduler: the store, the scheduling engine and the servers.
+pub mod clock;
 pub mod dags;
+pub mod engine;
+pub mod http;
 pub mod logs;
 pub mod store;

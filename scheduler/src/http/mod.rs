@@ -1,0 +1,109 @@
+//! The HTTP layer: JSON API under `/api/v1`, health and readiness probes.
+//!
+//! A thin layer over services: reads go to the [`Store`], commands (trigger,
+//! cancel, pause) go to a [`RunControl`] — the engine in production, anything
+//! implementing the trait in tests. [`router`] builds the whole app so tests
+//! can drive it with `tower::ServiceExt::oneshot`, without a socket.
+
+mod api;
+mod error;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use trainyard_core::ids::{DagId, RunId};
+
+pub use error::{ApiError, ApiResult};
+
+use crate::logs::LogStore;
+use crate::store::Store;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Why a command was refused, in terms the API maps to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<ControlError> for ApiError {
+    fn from(err: ControlError) -> Self {
+        match err {
+            ControlError::NotFound(m) => Self::NotFound(m),
+            ControlError::Invalid(m) => Self::BadRequest(m),
+            ControlError::Conflict(m) => Self::Conflict(m),
+            ControlError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// A manual trigger as the API receives it.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerRequest {
+    pub params: Map<String, Value>,
+    pub idempotency_key: Option<String>,
+    pub logical_date: Option<DateTime<Utc>>,
+}
+
+/// Commands the API forwards to the scheduling engine.
+#[async_trait]
+pub trait RunControl: Send + Sync + 'static {
+    async fn trigger(&self, dag: &DagId, request: TriggerRequest) -> Result<RunId, ControlError>;
+    async fn backfill(
+        &self,
+        dag: &DagId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RunId>, ControlError>;
+    async fn cancel_run(&self, run: RunId) -> Result<(), ControlError>;
+    async fn cancel_task(&self, run: RunId, task: &str) -> Result<(), ControlError>;
+    async fn clear_task(
+        &self,
+        run: RunId,
+        task: &str,
+        downstream: bool,
+    ) -> Result<(), ControlError>;
+    async fn set_paused(&self, dag: &DagId, paused: bool) -> Result<(), ControlError>;
+    /// Why ready tasks of a run are still waiting (task id → reason).
+    async fn wait_reasons(&self, run: RunId) -> Vec<(String, String)>;
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub control: Arc<dyn RunControl>,
+    pub logs: LogStore,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    api::routes()
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the app on a bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,232 @@
+//! Task logs on the scheduler side: every line a worker streams is appended to
+//! the attempt's log file (so logs survive the worker) and fanned out to live
+//! followers (CLI `logs --follow`, the UI's log tail).
+//!
+//! Layout: `<root>/<run_id>/<task_id>/<attempt>.log`, one line per output line,
+//! prefixed by nothing: the file is exactly what the task printed, stdout and
+//! stderr interleaved in arrival order. Secret values are masked by the caller
+//! before lines reach this module.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast;
+use trainyard_core::ids::RunId;
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of task output, as followers receive it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    pub run_id: RunId,
+    pub task_id: String,
+    pub attempt: i32,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("task id {0:?} cannot name a log file")]
+    BadTaskId(String),
+    #[error("no log for run {run} task {task} attempt {attempt}")]
+    NotFound {
+        run: RunId,
+        task: String,
+        attempt: i32,
+    },
+    #[error("log storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// Live fan-out buffer per (run, task): lossy for slow followers, who can
+/// re-read the file.
+const FOLLOW_BUFFER: usize = 1024;
+
+/// Appends and serves attempt logs. Cheap to clone.
+#[derive(Clone)]
+pub struct LogStore {
+    root: PathBuf,
+    /// Followers per (run, task); entries are created on demand and removed
+    /// when the last follower leaves and a write finds no receivers.
+    followers: Arc<Mutex<HashMap<(RunId, String), broadcast::Sender<LogLine>>>>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl LogStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            followers: Arc::default(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where an attempt's log lives (also recorded on the attempt row).
+    pub fn path(&self, run: RunId, task: &str, attempt: i32) -> Result<PathBuf> {
+        // Task ids are validated by the DAG parser, but the path is built from
+        // what a worker sent: refuse anything that could leave the log folder.
+        let safe = !task.is_empty()
+            && task
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !safe {
+            return Err(LogError::BadTaskId(task.to_owned()));
+        }
+        Ok(self
+            .root
+            .join(run.to_string())
+            .join(task)
+            .join(format!("{attempt}.log")))
+    }
+
+    /// Appends lines to the attempt's log and hands them to live followers.
+    pub async fn append(
+        &self,
+        run: RunId,
+        task: &str,
+        attempt: i32,
+        lines: &[(LogStream, String)],
+    ) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let path = self.path(run, task, attempt)?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut buf = String::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
+        for (_, line) in lines {
+            buf.push_str(line);
+            buf.push('\n');
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
+        file.write_all(buf.as_bytes()).await?;
+        file.flush().await?;
+        self.publish(run, task, attempt, lines);
+        Ok(())
+    }
+
+    fn publish(&self, run: RunId, task: &str, attempt: i32, lines: &[(LogStream, String)]) {
+        let Ok(mut followers) = self.followers.lock() else {
+            return;
+        };
+        let key = (run, task.to_owned());
+        let Some(sender) = followers.get(&key) else {
+            return;
+        };
+        for (stream, line) in lines {
+            let sent = sender.send(LogLine {
+                run_id: run,
+                task_id: task.to_owned(),
+                attempt,
+                stream: *stream,
+                line: line.clone(),
+            });
+            if sent.is_err() {
+                followers.remove(&key);
+                return;
+            }
+        }
+    }
+
+    /// The whole log of one attempt.
+    pub async fn read(&self, run: RunId, task: &str, attempt: i32) -> Result<String> {
+        let path = self.path(run, task, attempt)?;
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LogError::NotFound {
+                run,
+                task: task.to_owned(),
+                attempt,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// New lines of any attempt of (run, task) from now on.
+    pub fn follow(&self, run: RunId, task: &str) -> broadcast::Receiver<LogLine> {
+        let mut followers = match self.followers.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        followers
+            .entry((run, task.to_owned()))
+            .or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appended_lines_are_read_back_and_reach_followers() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path());
+        let run = RunId::new();
+        let mut follower = logs.follow(run, "train");
+        logs.append(
+            run,
+            "train",
+            1,
+            &[
+                (LogStream::Stdout, "epoch 1".into()),
+                (LogStream::Stderr, "warn".into()),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(logs.read(run, "train", 1).await.unwrap(), "epoch 1\nwarn\n");
+        assert_eq!(follower.recv().await.unwrap().line, "epoch 1");
+        assert_eq!(follower.recv().await.unwrap().stream, LogStream::Stderr);
+    }
+
+    #[tokio::test]
+    async fn task_ids_that_could_escape_the_log_folder_are_refused() {
+        let logs = LogStore::new("/tmp/never");
+        let err = logs
+            .append(
+                RunId::new(),
+                "../../etc",
+                1,
+                &[(LogStream::Stdout, "x".into())],
+            )
+            .await;
+        assert!(matches!(err, Err(LogError::BadTaskId(_))));
+    }
+
+    #[tokio::test]
+    async fn a_missing_log_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path());
+        let err = logs.read(RunId::new(), "t", 1).await;
+        assert!(matches!(err, Err(LogError::NotFound { .. })));
+    }
+}
