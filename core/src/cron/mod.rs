@@ -51,7 +51,7 @@ mod describe;
 mod parse;
 mod spec;
 
-use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
 pub use parse::{CronError, Field};
@@ -67,7 +67,7 @@ const MAX_SKIPPED_SLOTS: usize = 200_000;
 
 /// A parsed cron schedule. Compare and clone freely; it holds no timezone
 /// (that belongs to the DAG and is passed to each query).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
     expr: String,
     spec: Spec,
@@ -99,6 +99,13 @@ impl std::fmt::Display for Schedule {
 fn next_whole_second(t: NaiveDateTime) -> Option<NaiveDateTime> {
     t.with_nanosecond(0)?
         .checked_add_signed(Duration::seconds(1))
+}
+
+/// `t`'s wall-clock time in `tz`, or `None` at the edge of chrono's range
+/// (where `naive_local` would panic).
+fn local_wall(t: DateTime<Utc>, tz: Tz) -> Option<NaiveDateTime> {
+    let offset = tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+    t.naive_utc().checked_add_offset(offset)
 }
 
 /// The instant a matching wall time fires at, under the DST policy.
@@ -138,7 +145,7 @@ impl Schedule {
         // Wall times at or before after's local time resolve at or before
         // `after`, so only later wall times can fire; in a repeated hour some
         // of those still resolve to the (passed) first occurrence: skip them.
-        let mut from = next_whole_second(after.with_timezone(&tz).naive_local())?;
+        let mut from = next_whole_second(local_wall(after, tz)?)?;
         for _ in 0..MAX_SKIPPED_SLOTS {
             let wall = self.spec.next_at_or_after(from)?;
             if let Some(t) = resolve(wall, tz)
@@ -169,7 +176,7 @@ impl Schedule {
     /// The most recent fire instant at or before `t` (used when catchup is
     /// off and only the latest missed slot runs). `None` if none within 50 years.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&tz).naive_local().with_nanosecond(0)?;
+        let local = local_wall(t, tz)?.with_nanosecond(0)?;
         // Wall times up to t's local time resolve at or before t (resolution
         // is monotone in wall time)...
         let mut best = self
