@@ -1,0 +1,379 @@
+//! [`EngineHandle`]: the cheap, cloneable way in to the engine, and the types
+//! that cross it. The gRPC worker service and the HTTP API are thin adapters
+//! over exactly these calls; each sends one [`Command`] over a channel and
+//! awaits the engine's reply, so every change happens on the engine's task.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
+use trainyard_core::state::{RunState, TaskState};
+
+use super::{EngineError, Result};
+
+/// A GPU as the worker registers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuInventory {
+    pub index: u32,
+    pub uuid: String,
+    pub model: String,
+    pub memory_bytes: u64,
+    pub healthy: bool,
+}
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRegistration {
+    /// The worker's own id, kept across reconnects; `None` lets the engine pick one.
+    pub id: Option<WorkerId>,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Pools it serves; empty = the `default` pool only.
+    pub queues: Vec<String>,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    /// Tasks it runs at once.
+    pub slots: u32,
+    pub gpus: Vec<GpuInventory>,
+}
+
+/// One GPU's live figures, sent with heartbeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuUsage {
+    pub index: u32,
+    /// 0–100.
+    pub utilization_percent: f64,
+    pub memory_used_bytes: u64,
+    /// False takes the GPU out of placement until it reports healthy again.
+    pub healthy: bool,
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskOutcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+/// A worker's report of a finished attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub outcome: TaskOutcome,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    /// From `TRAINYARD_METRICS_FILE`.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl TaskResult {
+    pub fn succeeded() -> Self {
+        Self {
+            outcome: TaskOutcome::Succeeded,
+            exit_code: Some(0),
+            error: None,
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    pub fn failed(error: impl Into<String>) -> Self {
+        Self {
+            outcome: TaskOutcome::Failed,
+            exit_code: Some(1),
+            error: Some(error.into()),
+            metrics: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: impl IntoIterator<Item = (String, f64)>) -> Self {
+        self.metrics.extend(metrics);
+        self
+    }
+}
+
+/// Everything a worker needs to run one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task_instance_id: TaskInstanceId,
+    pub run_id: RunId,
+    pub dag_id: DagId,
+    pub task_id: TaskId,
+    /// The fencing token: quote it in every report about this attempt.
+    pub attempt: i32,
+    /// Placeholders already rendered; for a shell task, the one script.
+    pub argv: Vec<String>,
+    /// Run `argv[0]` with `sh -c` (the task said `shell`).
+    pub shell: bool,
+    /// Literal values from the DAG file.
+    pub env: BTreeMap<String, String>,
+    /// Variables copied from the worker's own environment: name → source variable.
+    pub env_from_worker: BTreeMap<String, String>,
+    /// Names (in `env` or `env_from_worker`) whose values must be masked in logs.
+    pub secret_env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// The worker enforces it; the engine fails the attempt after it plus a grace.
+    pub timeout: Option<Duration>,
+    /// Exactly these GPUs (`CUDA_VISIBLE_DEVICES`).
+    pub gpu_indices: Vec<u32>,
+    pub cpus: f64,
+    pub memory_bytes: Option<u64>,
+    /// The run's params merged with the declared defaults (`TRAINYARD_PARAMS`).
+    pub params_json: Value,
+    pub logical_date: DateTime<Utc>,
+    /// Direct upstream tasks (their outputs are the inputs).
+    pub upstream: Vec<TaskId>,
+}
+
+/// What the engine tells a connected worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerCommand {
+    Assign(Assignment),
+    /// Stop the attempt gracefully (SIGTERM, grace, SIGKILL) and report `Cancelled`.
+    Cancel {
+        ti: TaskInstanceId,
+        attempt: i32,
+        reason: String,
+    },
+    /// The attempt is no longer this worker's (fenced, lost, timed out): kill it now.
+    Kill {
+        ti: TaskInstanceId,
+        attempt: i32,
+        reason: String,
+    },
+}
+
+/// A notification for tests and the UI. Lossy: a slow subscriber misses some.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    RunState {
+        run_id: RunId,
+        dag_id: DagId,
+        state: RunState,
+    },
+    TaskState {
+        run_id: RunId,
+        ti: TaskInstanceId,
+        task_id: TaskId,
+        state: TaskState,
+        attempt: i32,
+    },
+    /// A cron slot that came due while the previous run was active and was dropped.
+    SlotSkipped {
+        dag_id: DagId,
+        logical_date: DateTime<Utc>,
+    },
+}
+
+/// Why a task of a run is not running, per task id (only tasks that wait).
+pub type WaitReasons = BTreeMap<TaskId, String>;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// One request to the engine; see the matching [`EngineHandle`] method.
+#[derive(Debug)]
+pub(crate) enum Command {
+    DagChanged(DagId, Reply<()>),
+    Pause(DagId, Reply<()>),
+    Resume(DagId, Reply<()>),
+    Trigger {
+        dag_id: DagId,
+        params: serde_json::Map<String, Value>,
+        idempotency_key: Option<String>,
+        logical_date: Option<DateTime<Utc>>,
+        reply: Reply<RunId>,
+    },
+    Backfill {
+        dag_id: DagId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        reply: Reply<Vec<RunId>>,
+    },
+    CancelRun(RunId, Reply<()>),
+    CancelTask(RunId, TaskId, Reply<()>),
+    ClearTask {
+        run_id: RunId,
+        task_id: TaskId,
+        downstream: bool,
+        reply: Reply<()>,
+    },
+    RegisterWorker(WorkerRegistration, Reply<WorkerId>),
+    ConnectWorker {
+        worker: WorkerId,
+        still_running: Vec<(TaskInstanceId, i32)>,
+        reply: Reply<mpsc::Receiver<WorkerCommand>>,
+    },
+    Heartbeat(WorkerId, Vec<GpuUsage>, Reply<()>),
+    TaskStarted(WorkerId, TaskInstanceId, i32, Reply<()>),
+    TaskFinished(WorkerId, TaskInstanceId, i32, TaskResult, Reply<()>),
+    WorkerDraining(WorkerId, Reply<()>),
+    WorkerDisconnected(WorkerId, Reply<()>),
+    WaitReasons(RunId, Reply<WaitReasons>),
+}
+
+/// A cheap, cloneable handle on a running [`super::Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) events: broadcast::Sender<EngineEvent>,
+}
+
+impl EngineHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// The DAG's registration changed (new version, paused, deactivated): re-read it.
+    pub async fn dag_changed(&self, dag_id: DagId) -> Result<()> {
+        self.call(|r| Command::DagChanged(dag_id, r)).await
+    }
+
+    /// Stops creating cron runs for the DAG (runs already created go on).
+    pub async fn pause(&self, dag_id: DagId) -> Result<()> {
+        self.call(|r| Command::Pause(dag_id, r)).await
+    }
+
+    /// Resumes the schedule; missed slots follow the DAG's catchup setting.
+    pub async fn resume(&self, dag_id: DagId) -> Result<()> {
+        self.call(|r| Command::Resume(dag_id, r)).await
+    }
+
+    /// Starts a manual run. Params are checked against the DAG's declared params;
+    /// a repeated `idempotency_key` returns the run it created first.
+    pub async fn trigger(
+        &self,
+        dag_id: DagId,
+        params: serde_json::Map<String, Value>,
+        idempotency_key: Option<String>,
+        logical_date: Option<DateTime<Utc>>,
+    ) -> Result<RunId> {
+        self.call(|reply| Command::Trigger {
+            dag_id,
+            params,
+            idempotency_key,
+            logical_date,
+            reply,
+        })
+        .await
+    }
+
+    /// One run per schedule slot in `[from, to]` (trigger kind backfill);
+    /// slots that already have a run are skipped. Returns the new runs, oldest first.
+    pub async fn backfill(
+        &self,
+        dag_id: DagId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RunId>> {
+        self.call(|reply| Command::Backfill {
+            dag_id,
+            from,
+            to,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn cancel_run(&self, run_id: RunId) -> Result<()> {
+        self.call(|r| Command::CancelRun(run_id, r)).await
+    }
+
+    pub async fn cancel_task(&self, run_id: RunId, task_id: TaskId) -> Result<()> {
+        self.call(|r| Command::CancelTask(run_id, task_id, r)).await
+    }
+
+    /// Re-runs a finished task (and, with `downstream`, everything after it);
+    /// a finished run goes back to running.
+    pub async fn clear_task(&self, run_id: RunId, task_id: TaskId, downstream: bool) -> Result<()> {
+        self.call(|reply| Command::ClearTask {
+            run_id,
+            task_id,
+            downstream,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn register_worker(&self, registration: WorkerRegistration) -> Result<WorkerId> {
+        self.call(|r| Command::RegisterWorker(registration, r))
+            .await
+    }
+
+    /// Opens the worker's command stream. `still_running` lists the attempts it
+    /// holds after a reconnect: those still its own continue, the others get a `Kill`.
+    pub async fn connect_worker(
+        &self,
+        worker: WorkerId,
+        still_running: Vec<(TaskInstanceId, i32)>,
+    ) -> Result<mpsc::Receiver<WorkerCommand>> {
+        self.call(|reply| Command::ConnectWorker {
+            worker,
+            still_running,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn heartbeat(&self, worker: WorkerId, gpus: Vec<GpuUsage>) -> Result<()> {
+        self.call(|r| Command::Heartbeat(worker, gpus, r)).await
+    }
+
+    /// The attempt's process started. A stale attempt → [`EngineError::Fenced`].
+    pub async fn task_started(
+        &self,
+        worker: WorkerId,
+        ti: TaskInstanceId,
+        attempt: i32,
+    ) -> Result<()> {
+        self.call(|r| Command::TaskStarted(worker, ti, attempt, r))
+            .await
+    }
+
+    /// The attempt ended. A stale attempt → [`EngineError::Fenced`], nothing changes.
+    pub async fn task_finished(
+        &self,
+        worker: WorkerId,
+        ti: TaskInstanceId,
+        attempt: i32,
+        result: TaskResult,
+    ) -> Result<()> {
+        self.call(|r| Command::TaskFinished(worker, ti, attempt, result, r))
+            .await
+    }
+
+    /// The worker takes no new work (it finishes what it runs).
+    pub async fn worker_draining(&self, worker: WorkerId) -> Result<()> {
+        self.call(|r| Command::WorkerDraining(worker, r)).await
+    }
+
+    /// The stream dropped; its tasks keep running until the lost timeout.
+    pub async fn worker_disconnected(&self, worker: WorkerId) -> Result<()> {
+        self.call(|r| Command::WorkerDisconnected(worker, r)).await
+    }
+
+    /// Why each waiting task of an active run is not running yet.
+    pub async fn task_wait_reasons(&self, run_id: RunId) -> Result<WaitReasons> {
+        self.call(|r| Command::WaitReasons(run_id, r)).await
+    }
+
+    /// Engine notifications (lossy).
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+}
+
+impl From<oneshot::error::RecvError> for EngineError {
+    fn from(_: oneshot::error::RecvError) -> Self {
+        EngineError::Stopped
+    }
+}

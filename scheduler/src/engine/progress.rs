@@ -1,0 +1,757 @@
+//! Task progress: worker reports, propagation to downstream tasks by trigger
+//! rule and `when`, retries with back-off, the timeout backstop, lost
+//! attempts, cancel and clear.
+//!
+//! A completion is handled in one turn: the attempt is finished in the store,
+//! downstream tasks that are now decided move in one batched
+//! `transition_tasks`, and the loop dispatches them before it waits again.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use tracing::{debug, info, instrument, warn};
+use trainyard_core::dag::eval_when;
+use trainyard_core::ids::{RunId, TaskId, TaskInstanceId, WorkerId};
+use trainyard_core::state::{AttemptOutcome, RunState, TaskState};
+
+use super::readiness::{Decision, decide};
+use super::state::{ActiveRun, RunMetrics};
+use super::timers::TimerKind;
+use super::{Core, EngineError, Result, TaskOutcome, TaskResult, WorkerCommand};
+use crate::store::{FinishAttempt, TaskTransition};
+
+fn chrono_of(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Core {
+    /// Whether the current attempt is the one `worker` reports about.
+    fn current(
+        &self,
+        worker: WorkerId,
+        ti: TaskInstanceId,
+        attempt: i32,
+    ) -> Option<(RunId, usize)> {
+        let (run_id, idx) = self.locate(ti)?;
+        let node = &self.runs.get(&run_id)?.tasks[idx];
+        (node.attempt == attempt && node.worker == Some(worker) && node.state.holds_worker())
+            .then_some((run_id, idx))
+    }
+
+    /// Backstop deadline of an attempt starting now, if its task has a timeout.
+    fn deadline_for(
+        &self,
+        run_id: RunId,
+        idx: usize,
+        from: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let run = self.runs.get(&run_id)?;
+        let spec = run.spec.tasks.get(run.tasks[idx].task_id.as_str())?;
+        spec.timeout
+            .map(|t| from + chrono_of(t) + chrono_of(self.opts.timeout_grace))
+    }
+
+    pub(super) fn arm_deadline(&mut self, run_id: RunId, idx: usize, from: DateTime<Utc>) {
+        if let Some(at) = self.deadline_for(run_id, idx, from)
+            && let Some(run) = self.runs.get_mut(&run_id)
+        {
+            let node = &mut run.tasks[idx];
+            node.deadline = Some(at);
+            let (ti, attempt) = (node.ti, node.attempt);
+            self.timers.arm(at, TimerKind::Timeout { ti, attempt });
+        }
+    }
+
+    #[instrument(skip(self), err)]
+    pub(super) async fn task_started(
+        &mut self,
+        worker: WorkerId,
+        ti: TaskInstanceId,
+        attempt: i32,
+    ) -> Result<()> {
+        let Some((run_id, idx)) = self.current(worker, ti, attempt) else {
+            self.send_to(
+                worker,
+                WorkerCommand::Kill {
+                    ti,
+                    attempt,
+                    reason: "this attempt is no longer current".into(),
+                },
+            );
+            return Err(EngineError::Fenced { ti, attempt });
+        };
+        if self.runs[&run_id].tasks[idx].state == TaskState::Running {
+            return Ok(()); // a repeated report
+        }
+        let now = self.clock.now();
+        if let Err(e) = self
+            .store
+            .start_attempt(ti, attempt, self.actor(), now)
+            .await
+        {
+            return Err(self.conflict_or(e, ti, attempt, run_id).await);
+        }
+        self.set_task_state(run_id, idx, TaskState::Running, attempt);
+        self.arm_deadline(run_id, idx, now);
+        Ok(())
+    }
+
+    /// Maps a store conflict to `Fenced` (and re-reads the run); passes others on.
+    async fn conflict_or(
+        &mut self,
+        e: crate::store::StoreError,
+        ti: TaskInstanceId,
+        attempt: i32,
+        run_id: RunId,
+    ) -> EngineError {
+        if e.is_conflict() {
+            self.resync_run(run_id).await;
+            EngineError::Fenced { ti, attempt }
+        } else {
+            EngineError::Store(e)
+        }
+    }
+
+    #[instrument(skip(self, result), fields(outcome = ?result.outcome), err)]
+    pub(super) async fn task_finished(
+        &mut self,
+        worker: WorkerId,
+        ti: TaskInstanceId,
+        attempt: i32,
+        result: TaskResult,
+    ) -> Result<()> {
+        let hold = self.release_hold(worker, ti, attempt);
+        let Some((run_id, idx)) = self.current(worker, ti, attempt) else {
+            // The confirmation of an attempt the engine cancelled is expected.
+            return match hold {
+                Some(h) if h.cancelling => Ok(()),
+                _ => Err(EngineError::Fenced { ti, attempt }),
+            };
+        };
+        let now = self.clock.now();
+        if self.runs[&run_id].tasks[idx].state == TaskState::Assigned {
+            if let Err(e) = self
+                .store
+                .start_attempt(ti, attempt, self.actor(), now)
+                .await
+            {
+                return Err(self.conflict_or(e, ti, attempt, run_id).await);
+            }
+            self.set_task_state(run_id, idx, TaskState::Running, attempt);
+        }
+        if !result.metrics.is_empty() {
+            let metrics: Vec<(String, f64)> = result
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            self.store
+                .record_metrics(ti, attempt, &metrics, now)
+                .await?;
+            if let Some(run) = self.runs.get_mut(&run_id) {
+                let task = run.tasks[idx].task_id.as_str().to_owned();
+                run.metrics.insert(task, result.metrics.clone());
+            }
+        }
+        let (to, outcome, retry_at, error) = match result.outcome {
+            TaskOutcome::Succeeded => (
+                TaskState::Success,
+                AttemptOutcome::Success,
+                None,
+                result.error,
+            ),
+            other => {
+                let outcome = match other {
+                    TaskOutcome::TimedOut => AttemptOutcome::TimedOut,
+                    _ => AttemptOutcome::Failed,
+                };
+                let error = result.error.or_else(|| {
+                    (other == TaskOutcome::Cancelled).then(|| "cancelled on the worker".to_owned())
+                });
+                match self.retry_time(run_id, idx, now) {
+                    Some(at) => (TaskState::UpForRetry, outcome, Some(at), error),
+                    None => (TaskState::Failed, outcome, None, error),
+                }
+            }
+        };
+        let report = FinishAttempt {
+            id: ti,
+            attempt,
+            from: TaskState::Running,
+            to,
+            outcome,
+            exit_code: result.exit_code,
+            error,
+            log_location: None,
+            next_retry_at: retry_at,
+        };
+        if let Err(e) = self.store.finish_attempt(report, self.actor(), now).await {
+            return Err(self.conflict_or(e, ti, attempt, run_id).await);
+        }
+        self.settled(run_id, idx, to, attempt, retry_at).await;
+        Ok(())
+    }
+
+    /// When the next attempt may start, or `None` when no retries are left.
+    fn retry_time(&self, run_id: RunId, idx: usize, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let run = self.runs.get(&run_id)?;
+        let node = &run.tasks[idx];
+        let tried = node.attempt - node.retry_base;
+        if tried >= node.max_attempts {
+            return None;
+        }
+        let spec = run.spec.tasks.get(node.task_id.as_str())?;
+        let retry = u32::try_from(tried.max(1)).unwrap_or(1);
+        Some(now + chrono_of(spec.retry_delay_for(retry)))
+    }
+
+    /// A task reached `to` in the store: apply it, arm its retry, move downstream.
+    async fn settled(
+        &mut self,
+        run_id: RunId,
+        idx: usize,
+        to: TaskState,
+        attempt: i32,
+        retry_at: Option<DateTime<Utc>>,
+    ) {
+        self.set_task_state(run_id, idx, to, attempt);
+        if let Some(at) = retry_at {
+            self.arm_retry(run_id, idx, at);
+        }
+        if to.is_terminal() {
+            self.advance(run_id, self.runs[&run_id].tasks[idx].downstream.clone())
+                .await;
+        }
+    }
+
+    fn arm_retry(&mut self, run_id: RunId, idx: usize, at: DateTime<Utc>) {
+        if let Some(run) = self.runs.get_mut(&run_id) {
+            let node = &mut run.tasks[idx];
+            node.next_retry_at = Some(at);
+            let (ti, attempt) = (node.ti, node.attempt);
+            self.timers.arm(at, TimerKind::Retry { ti, attempt });
+        }
+    }
+
+    /// A retry timer fired: `up_for_retry → ready` if still current.
+    pub(super) async fn retry_due(&mut self, ti: TaskInstanceId, attempt: i32) {
+        let Some((run_id, idx)) = self.locate(ti) else {
+            return;
+        };
+        let node = &self.runs[&run_id].tasks[idx];
+        if node.state != TaskState::UpForRetry || node.attempt != attempt {
+            return;
+        }
+        let t = TaskTransition::new(ti, TaskState::UpForRetry, TaskState::Ready, attempt);
+        match self
+            .store
+            .transition_task(t, self.actor(), self.clock.now())
+            .await
+        {
+            Ok(()) => self.set_task_state(run_id, idx, TaskState::Ready, attempt),
+            Err(e) => {
+                self.log_store_error("retry", &e);
+                self.resync_run(run_id).await;
+            }
+        }
+    }
+
+    /// The timeout backstop fired: no result by timeout + grace → kill and fail the attempt.
+    pub(super) async fn attempt_overdue(&mut self, ti: TaskInstanceId, attempt: i32) {
+        let now = self.clock.now();
+        let Some((run_id, idx)) = self.locate(ti) else {
+            return;
+        };
+        let node = &self.runs[&run_id].tasks[idx];
+        if node.attempt != attempt
+            || !node.state.holds_worker()
+            || node.deadline.is_none_or(|d| d > now)
+        {
+            return;
+        }
+        let (state, worker) = (node.state, node.worker);
+        warn!(%ti, attempt, "attempt overdue: no result within its timeout plus grace");
+        if let Some(w) = worker {
+            self.send_to(
+                w,
+                WorkerCommand::Kill {
+                    ti,
+                    attempt,
+                    reason: "timed out".into(),
+                },
+            );
+            self.release_hold(w, ti, attempt);
+        }
+        let reason = "no result within the task's timeout plus grace";
+        if state == TaskState::Assigned {
+            let t = TaskTransition::new(ti, state, TaskState::Lost, attempt)
+                .reason(reason)
+                .outcome(AttemptOutcome::TimedOut);
+            match self.store.transition_task(t, self.actor(), now).await {
+                Ok(()) => {
+                    self.set_task_state(run_id, idx, TaskState::Lost, attempt);
+                    self.after_lost(run_id, idx).await;
+                }
+                Err(e) => {
+                    self.log_store_error("timeout", &e);
+                    self.resync_run(run_id).await;
+                }
+            }
+            return;
+        }
+        let retry_at = self.retry_time(run_id, idx, now);
+        let to = if retry_at.is_some() {
+            TaskState::UpForRetry
+        } else {
+            TaskState::Failed
+        };
+        let report = FinishAttempt {
+            id: ti,
+            attempt,
+            from: TaskState::Running,
+            to,
+            outcome: AttemptOutcome::TimedOut,
+            exit_code: None,
+            error: Some(reason.into()),
+            log_location: None,
+            next_retry_at: retry_at,
+        };
+        match self.store.finish_attempt(report, self.actor(), now).await {
+            Ok(()) => self.settled(run_id, idx, to, attempt, retry_at).await,
+            Err(e) => {
+                self.log_store_error("timeout", &e);
+                self.resync_run(run_id).await;
+            }
+        }
+    }
+
+    /// A `lost` attempt: retry it (at once, elsewhere) or fail the task.
+    pub(super) async fn after_lost(&mut self, run_id: RunId, idx: usize) {
+        let now = self.clock.now();
+        let node = &self.runs[&run_id].tasks[idx];
+        let (ti, attempt) = (node.ti, node.attempt);
+        let tried = node.attempt - node.retry_base;
+        let to = if tried < node.max_attempts {
+            TaskState::UpForRetry
+        } else {
+            TaskState::Failed
+        };
+        let mut t = TaskTransition::new(ti, TaskState::Lost, to, attempt)
+            .reason("the worker holding it was lost");
+        if to == TaskState::UpForRetry {
+            t = t.retry_at(now);
+        }
+        match self.store.transition_task(t, self.actor(), now).await {
+            Ok(()) => {
+                let retry = (to == TaskState::UpForRetry).then_some(now);
+                self.settled(run_id, idx, to, attempt, retry).await;
+            }
+            Err(e) => {
+                self.log_store_error("lost attempt", &e);
+                self.resync_run(run_id).await;
+            }
+        }
+    }
+
+    /// An attempt the worker no longer has: hand it back if it never started, else it is lost.
+    pub(super) async fn attempt_vanished(
+        &mut self,
+        ti: TaskInstanceId,
+        attempt: i32,
+        reason: &str,
+    ) {
+        let Some((run_id, idx)) = self.locate(ti) else {
+            return;
+        };
+        let node = &self.runs[&run_id].tasks[idx];
+        if node.attempt != attempt || !node.state.holds_worker() {
+            return;
+        }
+        let (from, to) = match node.state {
+            TaskState::Assigned => (TaskState::Assigned, TaskState::Ready),
+            _ => (TaskState::Running, TaskState::Lost),
+        };
+        let t = TaskTransition::new(ti, from, to, attempt).reason(reason);
+        match self
+            .store
+            .transition_task(t, self.actor(), self.clock.now())
+            .await
+        {
+            Ok(()) => {
+                self.set_task_state(run_id, idx, to, attempt);
+                if to == TaskState::Lost {
+                    self.after_lost(run_id, idx).await;
+                }
+            }
+            Err(e) => {
+                self.log_store_error("vanished attempt", &e);
+                self.resync_run(run_id).await;
+            }
+        }
+    }
+
+    /// Decides pending `candidates` (and what their decisions decide in turn),
+    /// writing each wave in one batch, then finishes the run if it is done.
+    pub(super) async fn advance(&mut self, run_id: RunId, mut candidates: Vec<usize>) {
+        while !candidates.is_empty() {
+            let decided = self.decide_wave(run_id, &candidates).await;
+            if decided.is_empty() {
+                break;
+            }
+            let now = self.clock.now();
+            let transitions: Vec<TaskTransition> = {
+                let run = &self.runs[&run_id];
+                decided
+                    .iter()
+                    .map(|(i, to, reason)| {
+                        let n = &run.tasks[*i];
+                        let t = TaskTransition::new(n.ti, TaskState::Pending, *to, n.attempt);
+                        match reason {
+                            Some(r) => t.reason(r.clone()),
+                            None => t,
+                        }
+                    })
+                    .collect()
+            };
+            if let Err(e) = self
+                .store
+                .transition_tasks(&transitions, self.actor(), now)
+                .await
+            {
+                self.log_store_error("advance", &e);
+                self.resync_run(run_id).await;
+                return;
+            }
+            candidates.clear();
+            for (i, to, _) in decided {
+                let attempt = self.runs[&run_id].tasks[i].attempt;
+                self.set_task_state(run_id, i, to, attempt);
+                if to != TaskState::Ready {
+                    candidates.extend(self.runs[&run_id].tasks[i].downstream.iter().copied());
+                }
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+        }
+        self.finish_run_if_done(run_id).await;
+    }
+
+    /// The decisions for pending tasks among `candidates` (trigger rule, then `when`).
+    async fn decide_wave(
+        &mut self,
+        run_id: RunId,
+        candidates: &[usize],
+    ) -> Vec<(usize, TaskState, Option<String>)> {
+        let Some(run) = self.runs.get(&run_id) else {
+            return Vec::new();
+        };
+        if run.run.state != RunState::Running {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut needs_when = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &i in candidates {
+            let node = &run.tasks[i];
+            if node.state != TaskState::Pending || !seen.insert(i) {
+                continue;
+            }
+            let Some(spec) = run.spec.tasks.get(node.task_id.as_str()) else {
+                continue;
+            };
+            let upstream = node.upstream.iter().map(|&u| run.tasks[u].state);
+            match decide(spec.trigger_rule, upstream) {
+                Decision::Wait => {}
+                Decision::Ready if spec.when.is_some() => needs_when.push(i),
+                Decision::Ready => out.push((i, TaskState::Ready, None)),
+                Decision::Skip => {
+                    out.push((i, TaskState::Skipped, Some("upstream skipped".to_owned())))
+                }
+                Decision::UpstreamFailed => out.push((
+                    i,
+                    TaskState::UpstreamFailed,
+                    Some("upstream failed".to_owned()),
+                )),
+            }
+        }
+        if !needs_when.is_empty() {
+            self.load_previous_metrics(run_id).await;
+            let run = &self.runs[&run_id];
+            for i in needs_when {
+                let node = &run.tasks[i];
+                let expr = run
+                    .spec
+                    .tasks
+                    .get(node.task_id.as_str())
+                    .and_then(|t| t.when.clone())
+                    .unwrap_or_default();
+                match eval_when(&expr, &run.params, &run.metrics, run.previous.as_ref()) {
+                    Ok(true) => out.push((i, TaskState::Ready, None)),
+                    Ok(false) => out.push((
+                        i,
+                        TaskState::Skipped,
+                        Some(format!("`when` is false: {expr}")),
+                    )),
+                    Err(e) => {
+                        // A gate that cannot be evaluated does not open: skip, and say why.
+                        warn!(run = %run_id, task = %node.task_id, error = %e, "`when` could not be evaluated; skipping");
+                        out.push((i, TaskState::Skipped, Some(e.to_string())));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Loads the metrics of the DAG's last successful run for `when` (once per run).
+    async fn load_previous_metrics(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
+        if run.previous.is_some() {
+            return;
+        }
+        let dag = run.run.dag_id.clone();
+        let mut previous = RunMetrics::new();
+        match self.store.last_successful_run(&dag).await {
+            Ok(Some(prev)) => match self.store.run_metrics(prev.id).await {
+                Ok(points) => previous = metrics_by_task(points),
+                Err(e) => self.log_store_error("previous metrics", &e),
+            },
+            Ok(None) => {}
+            Err(e) => self.log_store_error("last successful run", &e),
+        }
+        if let Some(run) = self.runs.get_mut(&run_id) {
+            run.previous = Some(previous);
+        }
+    }
+
+    #[instrument(skip(self), err)]
+    pub(super) async fn cancel_run(&mut self, run_id: RunId, reason: &str) -> Result<()> {
+        if !self.runs.contains_key(&run_id) {
+            let run = self.store.get_run(run_id).await.map_err(|e| {
+                if e.is_not_found() {
+                    EngineError::RunNotFound(run_id)
+                } else {
+                    e.into()
+                }
+            })?;
+            if run.state.is_terminal() {
+                return Ok(());
+            }
+            self.load_run(run).await?;
+        }
+        let all: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
+        self.cancel_tasks(run_id, &all, reason).await?;
+        let from = self.runs[&run_id].run.state;
+        self.end_run(run_id, from, RunState::Cancelled, Some(reason))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn cancel_task(&mut self, run_id: RunId, task: &TaskId) -> Result<()> {
+        let run = self
+            .runs
+            .get(&run_id)
+            .ok_or(EngineError::RunNotFound(run_id))?;
+        let idx = run
+            .index_of(task.as_str())
+            .ok_or_else(|| EngineError::TaskNotFound {
+                run: run_id,
+                task: task.clone(),
+            })?;
+        self.cancel_tasks(run_id, &[idx], "cancelled by request")
+            .await?;
+        let down = self.runs[&run_id].tasks[idx].downstream.clone();
+        self.advance(run_id, down).await;
+        Ok(())
+    }
+
+    /// Cancels the non-terminal tasks among `idxs` in one batch; running attempts get a `Cancel`.
+    async fn cancel_tasks(&mut self, run_id: RunId, idxs: &[usize], reason: &str) -> Result<()> {
+        let run = &self.runs[&run_id];
+        let targets: Vec<(usize, TaskState, i32, TaskInstanceId, Option<WorkerId>)> = idxs
+            .iter()
+            .map(|&i| (i, &run.tasks[i]))
+            .filter(|(_, n)| !n.state.is_terminal())
+            .map(|(i, n)| (i, n.state, n.attempt, n.ti, n.worker))
+            .collect();
+        let transitions: Vec<TaskTransition> = targets
+            .iter()
+            .map(|&(_, from, attempt, ti, _)| {
+                TaskTransition::new(ti, from, TaskState::Cancelled, attempt).reason(reason)
+            })
+            .collect();
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self
+            .store
+            .transition_tasks(&transitions, self.actor(), self.clock.now())
+            .await
+        {
+            self.resync_run(run_id).await;
+            return Err(e.into());
+        }
+        for (i, from, attempt, ti, worker) in targets {
+            if from.holds_worker()
+                && let Some(w) = worker
+            {
+                if let Some(h) = self
+                    .workers
+                    .get_mut(&w)
+                    .and_then(|w| w.held.get_mut(&(ti, attempt)))
+                {
+                    h.cancelling = true;
+                }
+                self.send_to(
+                    w,
+                    WorkerCommand::Cancel {
+                        ti,
+                        attempt,
+                        reason: reason.to_owned(),
+                    },
+                );
+            }
+            self.set_task_state(run_id, i, TaskState::Cancelled, attempt);
+        }
+        Ok(())
+    }
+
+    #[instrument(skip(self), err)]
+    pub(super) async fn clear_task(
+        &mut self,
+        run_id: RunId,
+        task: &TaskId,
+        downstream: bool,
+    ) -> Result<()> {
+        if !self.runs.contains_key(&run_id) {
+            let run = self.store.get_run(run_id).await.map_err(|e| {
+                if e.is_not_found() {
+                    EngineError::RunNotFound(run_id)
+                } else {
+                    e.into()
+                }
+            })?;
+            self.load_run(run).await?;
+        }
+        let run = &self.runs[&run_id];
+        let idx = run
+            .index_of(task.as_str())
+            .ok_or_else(|| EngineError::TaskNotFound {
+                run: run_id,
+                task: task.clone(),
+            })?;
+        let state = run.tasks[idx].state;
+        if !state.is_terminal() {
+            return Err(EngineError::InvalidRequest(format!(
+                "task `{task}` is {state}; only a finished task can be cleared"
+            )));
+        }
+        let targets: Vec<usize> = if downstream {
+            run.descendants_and_self(idx)
+        } else {
+            vec![idx]
+        }
+        .into_iter()
+        .filter(|&i| run.tasks[i].state.is_terminal())
+        .collect();
+        let transitions: Vec<TaskTransition> = targets
+            .iter()
+            .map(|&i| {
+                let n = &run.tasks[i];
+                TaskTransition::new(n.ti, n.state, TaskState::Pending, n.attempt).reason("cleared")
+            })
+            .collect();
+        let run_state = run.run.state;
+        let now = self.clock.now();
+        self.store
+            .transition_tasks(&transitions, self.actor(), now)
+            .await?;
+        for &i in &targets {
+            let attempt = self.runs[&run_id].tasks[i].attempt;
+            self.set_task_state(run_id, i, TaskState::Pending, attempt);
+            if let Some(run) = self.runs.get_mut(&run_id) {
+                let name = run.tasks[i].task_id.as_str().to_owned();
+                run.tasks[i].retry_base = attempt;
+                run.metrics.remove(&name);
+            }
+        }
+        info!(run = %run_id, %task, cleared = targets.len(), "tasks cleared");
+        if run_state.is_terminal() {
+            let t = crate::store::RunTransition {
+                id: run_id,
+                from: run_state,
+                to: RunState::Queued,
+                reason: Some(format!("task `{task}` cleared")),
+            };
+            let row = self.store.transition_run(t, self.actor(), now).await?;
+            self.set_run_state(run_id, row.state);
+            self.start_pending = true;
+        } else {
+            self.advance(run_id, targets).await;
+        }
+        Ok(())
+    }
+
+    /// Why each waiting task of a run is not running.
+    pub(super) fn wait_reasons(&self, run_id: RunId) -> Result<super::WaitReasons> {
+        let mut out = BTreeMap::new();
+        let Some(run) = self.runs.get(&run_id) else {
+            return Ok(out);
+        };
+        for n in &run.tasks {
+            let reason = match n.state {
+                TaskState::Ready => Some(
+                    n.wait_reason
+                        .clone()
+                        .unwrap_or_else(|| "waiting for a free worker slot".into()),
+                ),
+                TaskState::Pending if run.run.state == RunState::Queued => {
+                    Some("the run is queued (max_active_runs)".into())
+                }
+                TaskState::Pending => Some(format!(
+                    "waiting for upstream: {}",
+                    pending_upstream(run, n.upstream.as_slice())
+                )),
+                TaskState::UpForRetry => n
+                    .next_retry_at
+                    .map(|t| format!("retrying at {}", t.to_rfc3339())),
+                _ => None,
+            };
+            if let Some(r) = reason {
+                out.insert(n.task_id.clone(), r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn pending_upstream(run: &ActiveRun, upstream: &[usize]) -> String {
+    upstream
+        .iter()
+        .filter(|&&u| !run.tasks[u].state.is_terminal())
+        .map(|&u| run.tasks[u].task_id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Groups metric points by task, the latest attempt's value winning.
+pub(super) fn metrics_by_task(points: Vec<crate::store::MetricPoint>) -> RunMetrics {
+    let mut best: BTreeMap<(String, String), (i32, f64)> = BTreeMap::new();
+    for p in points {
+        let key = (p.task_id.into_inner(), p.name);
+        match best.get(&key) {
+            Some((a, _)) if *a > p.attempt => {}
+            _ => {
+                best.insert(key, (p.attempt, p.value));
+            }
+        }
+    }
+    let mut out = RunMetrics::new();
+    for ((task, name), (_, v)) in best {
+        out.entry(task).or_default().insert(name, v);
+    }
+    debug!(tasks = out.len(), "metrics loaded");
+    out
+}

@@ -1,0 +1,205 @@
+//! The engine's in-memory picture of active runs: per run, its tasks with
+//! their states, attempts and upstream/downstream indices (from the DAG spec
+//! pinned to the run's version), params, metrics and placement demands.
+//!
+//! The store is the source of truth; this is a cache of it that the engine
+//! keeps in step by applying each change here only after the store accepted it,
+//! and rebuilds from the store on start-up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+use trainyard_core::cron::Schedule;
+use trainyard_core::dag::{DagSpec, ParamValue};
+use trainyard_core::ids::{DagVersionId, TaskId, TaskInstanceId, WorkerId};
+use trainyard_core::state::TaskState;
+
+use super::placement::Demand;
+use crate::store::{Run, TaskInstance};
+
+/// Per-task metrics of one run: task id → metric name → value.
+pub type RunMetrics = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// One registered DAG as the scheduler sees it.
+#[derive(Debug)]
+pub struct DagEntry {
+    pub paused: bool,
+    pub active: bool,
+    pub registered_at: DateTime<Utc>,
+    pub version_id: Option<DagVersionId>,
+    pub spec: Option<Arc<DagSpec>>,
+    pub schedule: Option<Schedule>,
+    /// The latest slot handled (created, found taken or skipped).
+    pub cursor: Option<DateTime<Utc>>,
+    /// Bumped on every change so stale cron timers are ignored.
+    pub generation: u64,
+}
+
+impl DagEntry {
+    /// Whether cron should create runs for it.
+    pub fn scheduling(&self) -> bool {
+        self.active && !self.paused && self.schedule.is_some() && self.spec.is_some()
+    }
+}
+
+/// One task instance of an active run.
+#[derive(Debug, Clone)]
+pub struct TaskNode {
+    pub ti: TaskInstanceId,
+    pub task_id: TaskId,
+    pub state: TaskState,
+    /// Latest attempt number: the fencing token.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// Attempt number when the task was last cleared: retries count from here.
+    pub retry_base: i32,
+    pub priority: i32,
+    pub pool: String,
+    /// FIFO position among equal priorities while ready.
+    pub ready_seq: u64,
+    /// Worker holding the current attempt (assigned/running).
+    pub worker: Option<WorkerId>,
+    pub gpus: Vec<u32>,
+    /// Backstop deadline of the current attempt (timeout + grace).
+    pub deadline: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Why it is not running (set by dispatch; served to users).
+    pub wait_reason: Option<String>,
+    pub upstream: Vec<usize>,
+    pub downstream: Vec<usize>,
+}
+
+/// A run in `queued` or `running` (or one being cleared back to life).
+#[derive(Debug)]
+pub struct ActiveRun {
+    pub run: Run,
+    pub spec: Arc<DagSpec>,
+    pub params: BTreeMap<String, ParamValue>,
+    pub tasks: Vec<TaskNode>,
+    pub by_task: HashMap<String, usize>,
+    /// Placement demand per task (index-aligned with `tasks`), regexes compiled once.
+    pub demands: Vec<Demand>,
+    /// Metrics of this run's tasks (latest attempt).
+    pub metrics: RunMetrics,
+    /// Metrics of the DAG's last successful run, loaded when a `when` first needs them.
+    pub previous: Option<RunMetrics>,
+}
+
+impl ActiveRun {
+    /// Builds the run's picture from its rows and the spec of its version.
+    pub fn new(
+        run: Run,
+        spec: Arc<DagSpec>,
+        instances: Vec<TaskInstance>,
+        metrics: RunMetrics,
+    ) -> Self {
+        let params = params_of(&run.params, &spec);
+        let mut tasks = Vec::with_capacity(instances.len());
+        let mut by_task = HashMap::with_capacity(instances.len());
+        for ti in instances {
+            by_task.insert(ti.task_id.as_str().to_owned(), tasks.len());
+            tasks.push(TaskNode {
+                ti: ti.id,
+                task_id: ti.task_id,
+                state: ti.state,
+                attempt: ti.attempt,
+                max_attempts: ti.max_attempts,
+                retry_base: 0,
+                priority: ti.priority,
+                pool: ti.pool,
+                ready_seq: 0,
+                worker: None,
+                gpus: Vec::new(),
+                deadline: None,
+                next_retry_at: ti.next_retry_at,
+                wait_reason: None,
+                upstream: Vec::new(),
+                downstream: Vec::new(),
+            });
+        }
+        let mut demands = Vec::with_capacity(tasks.len());
+        for i in 0..tasks.len() {
+            let name = tasks[i].task_id.as_str().to_owned();
+            let spec_task = spec.tasks.get(&name);
+            let up: Vec<usize> = spec
+                .upstream(&name)
+                .iter()
+                .filter_map(|u| by_task.get(u).copied())
+                .collect();
+            let down: Vec<usize> = spec
+                .downstream(&name)
+                .iter()
+                .filter_map(|d| by_task.get(d).copied())
+                .collect();
+            tasks[i].upstream = up;
+            tasks[i].downstream = down;
+            let r = spec_task.map(|t| t.resources.clone()).unwrap_or_default();
+            demands.push(Demand {
+                pool: tasks[i].pool.clone(),
+                cpus: r.cpus,
+                memory: r.memory.map_or(0, |m| m.bytes()),
+                gpus: r.gpus,
+                gpu_memory: r.gpu_memory.map(|m| m.bytes()),
+                // The DAG parser validated the pattern, so it compiles.
+                gpu_model: r.gpu_model.as_deref().and_then(|p| Regex::new(p).ok()),
+            });
+        }
+        Self {
+            run,
+            spec,
+            params,
+            tasks,
+            by_task,
+            demands,
+            metrics,
+            previous: None,
+        }
+    }
+
+    pub fn index_of(&self, task_id: &str) -> Option<usize> {
+        self.by_task.get(task_id).copied()
+    }
+
+    /// Whether every task has reached a terminal state.
+    pub fn all_terminal(&self) -> bool {
+        self.tasks.iter().all(|t| t.state.is_terminal())
+    }
+
+    /// `i` and every task downstream of it, transitively, in index order.
+    pub fn descendants_and_self(&self, i: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.tasks.len()];
+        let mut stack = vec![i];
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n], true) {
+                continue;
+            }
+            stack.extend(self.tasks[n].downstream.iter().copied());
+        }
+        (0..self.tasks.len()).filter(|&n| seen[n]).collect()
+    }
+}
+
+/// The run's params as typed values: the stored JSON over the declared defaults.
+pub fn params_of(json: &serde_json::Value, spec: &DagSpec) -> BTreeMap<String, ParamValue> {
+    let mut out = spec.params.clone();
+    if let Some(map) = json.as_object() {
+        for (k, v) in map {
+            if let Ok(p) = serde_json::from_value::<ParamValue>(v.clone()) {
+                out.insert(k.clone(), p);
+            }
+        }
+    }
+    out
+}
+
+/// Params as the JSON object tasks receive.
+pub fn params_json(params: &BTreeMap<String, ParamValue>) -> serde_json::Value {
+    serde_json::Value::Object(
+        params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json()))
+            .collect(),
+    )
+}
