@@ -2,5 +2,6 @@
 //! task execution ([`exec`]). The connection loop to the scheduler builds on
 //! these.
 
+pub mod exec;
 pub mod gpu;
 pub mod host;

@@ -1,0 +1,394 @@
+//! Runs one task attempt as a child process and reports how it ended.
+//!
+//! Owns: building the command (argv verbatim, or `sh -c` only when the task
+//! says `shell`), the environment (parent env, then task env, then the
+//! `TRAINYARD_*` variables, then GPU visibility), the child's own process
+//! group, line-by-line log capture ([`logs`]), timeout / cancel / kill of the
+//! whole group (SIGTERM, grace, SIGKILL) and the task's metrics file
+//! ([`metrics`]).
+//!
+//! GPU visibility: `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES` are set
+//! last, to exactly the assigned indices joined by `,`, so neither the
+//! worker's own environment nor the DAG's `env` can widen them. A task with
+//! no GPUs gets `CUDA_VISIBLE_DEVICES=""` (CUDA then sees no device) and
+//! `NVIDIA_VISIBLE_DEVICES=void` (the container toolkit's "expose nothing").
+//!
+//! When the task's main process ends, whatever it left behind in its process
+//! group is killed too: a straggler could otherwise keep holding a GPU that
+//! the scheduler is about to hand to the next task.
+
+mod context;
+pub mod logs;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use context::TaskContext;
+pub use logs::{LogLine, LogStream};
+pub use metrics::{Metrics, parse_metrics, read_metrics_file};
+
+/// Grace between SIGTERM and SIGKILL when the launch does not say.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for output pipes after the process group is gone; only
+/// a process that escaped the group (setsid) can hold them longer.
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything needed to start one attempt.
+#[derive(Debug, Clone, Default)]
+pub struct TaskLaunch {
+    /// `shell = false`: program and arguments, passed verbatim (no shell, no
+    /// globbing, no splitting). `shell = true`: `argv[0]` is a script run as
+    /// `sh -c argv[0] sh argv[1..]`, so `argv[1..]` are `$1`, `$2`, ...
+    pub argv: Vec<String>,
+    pub shell: bool,
+    /// The task's own env (from the DAG); overrides the worker's env.
+    pub env: BTreeMap<String, String>,
+    /// Variables the worker sets (`TRAINYARD_*`, see [`TaskContext::env`]);
+    /// applied after `env`, so a DAG cannot override them.
+    pub system_env: BTreeMap<String, String>,
+    /// `None`: the worker's current directory.
+    pub working_dir: Option<PathBuf>,
+    /// Exactly the GPUs the task may use.
+    pub gpu_indices: Vec<u32>,
+    pub timeout: Option<Duration>,
+    /// SIGTERM-to-SIGKILL grace on timeout and cancel; `None`: [`DEFAULT_KILL_GRACE`].
+    pub kill_grace: Option<Duration>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutcome {
+    /// Set when the main process exited on its own terms.
+    pub exit_code: Option<i32>,
+    /// Set when the main process died of a signal (ours or another).
+    pub signal: Option<i32>,
+    pub status: ExecStatus,
+    pub duration: Duration,
+    /// For people: why it failed ("timed out after 5s", "exited with code 3").
+    pub message: Option<String>,
+}
+
+/// Asks a running task to stop. Cheap to clone; hand one to whoever
+/// receives Cancel/Kill from the scheduler.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle {
+    /// Cancel: SIGTERM the group, SIGKILL after the grace period.
+    pub cancel: CancellationToken,
+    /// Kill (fenced, "no longer yours"): SIGKILL the group at once; also cuts
+    /// a running cancel grace short.
+    pub kill: CancellationToken,
+}
+
+impl StopHandle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+pub type Result<T, E = ExecError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("the task has an empty command")]
+    EmptyArgv,
+    #[error("working directory {path} is not usable: {source}")]
+    WorkingDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for the task failed: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+/// A started task. Dropping it without [`RunningTask::wait`] kills its
+/// process group, so no child outlives a worker bug.
+#[derive(Debug)]
+pub struct RunningTask {
+    child: tokio::process::Child,
+    group: GroupGuard,
+    pid: u32,
+    started: Instant,
+    timeout: Option<Duration>,
+    grace: Duration,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts `launch`; every output line goes to `logs`.
+pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningTask> {
+    let (program, args): (&str, Vec<&str>) = match (launch.shell, launch.argv.split_first()) {
+        (_, None) => return Err(ExecError::EmptyArgv),
+        (false, Some((program, args))) => (program, args.iter().map(String::as_str).collect()),
+        (true, Some((script, args))) => {
+            let mut v = vec!["-c", script.as_str(), "sh"];
+            v.extend(args.iter().map(String::as_str));
+            ("sh", v)
+        }
+    };
+    if let Some(dir) = &launch.working_dir {
+        check_dir(dir)?;
+    }
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&args)
+        .envs(&launch.env)
+        .envs(&launch.system_env)
+        .env(
+            "CUDA_VISIBLE_DEVICES",
+            cuda_visible_devices(&launch.gpu_indices),
+        )
+        .env(
+            "NVIDIA_VISIBLE_DEVICES",
+            nvidia_visible_devices(&launch.gpu_indices),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so signals reach everything the task started.
+        .process_group(0)
+        // Backstop if the future is dropped; GroupGuard handles the group.
+        .kill_on_drop(true);
+    if let Some(dir) = &launch.working_dir {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    let pid = child.id().ok_or_else(|| ExecError::Spawn {
+        program: program.to_string(),
+        source: std::io::Error::other("child exited before its pid was read"),
+    })?;
+    let group = GroupGuard {
+        pgid: Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+        armed: true,
+    };
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::with_capacity(2);
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(logs::pump(
+            out,
+            LogStream::Stdout,
+            seq.clone(),
+            logs.clone(),
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(logs::pump(err, LogStream::Stderr, seq, logs)));
+    }
+    Ok(RunningTask {
+        child,
+        group,
+        pid,
+        started: Instant::now(),
+        timeout: launch.timeout,
+        grace: launch.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
+        readers,
+    })
+}
+
+/// Starts `launch` and waits for it; see [`spawn`] and [`RunningTask::wait`].
+pub async fn run(
+    launch: TaskLaunch,
+    logs: mpsc::Sender<LogLine>,
+    stop: StopHandle,
+) -> Result<ExecOutcome> {
+    spawn(launch, logs)?.wait(stop).await
+}
+
+/// Why the worker ended the task, if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    TimedOut,
+    Cancelled,
+    Killed,
+}
+
+impl RunningTask {
+    /// OS pid of the task's main process; also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits until the task ends, enforcing the timeout and `stop`. All
+    /// output lines have been sent when this returns.
+    pub async fn wait(mut self, stop: StopHandle) -> Result<ExecOutcome> {
+        let deadline = self
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(self.started + t));
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (status, ending) = tokio::select! {
+            status = self.child.wait() => (status.map_err(ExecError::Wait)?, None),
+            () = sleep_until_deadline => (self.terminate(&stop, Ending::TimedOut).await?, Some(Ending::TimedOut)),
+            () = stop.kill.cancelled() => (self.terminate(&stop, Ending::Killed).await?, Some(Ending::Killed)),
+            () = stop.cancel.cancelled() => (self.terminate(&stop, Ending::Cancelled).await?, Some(Ending::Cancelled)),
+        };
+        let duration = self.started.elapsed();
+        // Stragglers the main process left in its group die with it.
+        self.group.signal(Signal::SIGKILL);
+        self.group.armed = false;
+        for reader in std::mem::take(&mut self.readers) {
+            let abort = reader.abort_handle();
+            if tokio::time::timeout(PIPE_DRAIN_TIMEOUT, reader)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    pid = self.pid,
+                    "task output still open after its process group ended; a process escaped the group"
+                );
+                abort.abort();
+            }
+        }
+        Ok(outcome(status, ending, duration, self.timeout))
+    }
+
+    /// SIGTERM the group (SIGKILL at once for [`Ending::Killed`]), then
+    /// SIGKILL after the grace period or when `stop.kill` fires.
+    async fn terminate(&mut self, stop: &StopHandle, ending: Ending) -> Result<ExitStatus> {
+        if ending == Ending::Killed {
+            self.group.signal(Signal::SIGKILL);
+            return self.child.wait().await.map_err(ExecError::Wait);
+        }
+        tracing::info!(pid = self.pid, ?ending, grace = ?self.grace, "sending SIGTERM to task process group");
+        self.group.signal(Signal::SIGTERM);
+        tokio::select! {
+            status = self.child.wait() => return status.map_err(ExecError::Wait),
+            () = tokio::time::sleep(self.grace) => {
+                tracing::info!(pid = self.pid, "grace period over, sending SIGKILL");
+            }
+            () = stop.kill.cancelled() => {}
+        }
+        self.group.signal(Signal::SIGKILL);
+        self.child.wait().await.map_err(ExecError::Wait)
+    }
+}
+
+fn outcome(
+    status: ExitStatus,
+    ending: Option<Ending>,
+    duration: Duration,
+    timeout: Option<Duration>,
+) -> ExecOutcome {
+    let exit_code = status.code();
+    let signal = status.signal();
+    let (status, message) = match ending {
+        Some(Ending::TimedOut) => (
+            ExecStatus::TimedOut,
+            Some(format!("timed out after {:?}", timeout.unwrap_or_default())),
+        ),
+        Some(Ending::Cancelled) => (ExecStatus::Cancelled, Some("cancelled".to_string())),
+        Some(Ending::Killed) => (
+            ExecStatus::Cancelled,
+            Some("killed: the attempt was taken away from this worker".to_string()),
+        ),
+        None => match (exit_code, signal) {
+            (Some(0), _) => (ExecStatus::Succeeded, None),
+            (Some(code), _) => (ExecStatus::Failed, Some(format!("exited with code {code}"))),
+            (None, Some(sig)) => (
+                ExecStatus::Failed,
+                Some(format!("killed by {}", signal_name(sig))),
+            ),
+            (None, None) => (ExecStatus::Failed, Some(format!("ended with {status}"))),
+        },
+    };
+    ExecOutcome {
+        exit_code,
+        signal,
+        status,
+        duration,
+        message,
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string())
+}
+
+/// `CUDA_VISIBLE_DEVICES` for `gpus`: "0,3", or "" for none.
+pub fn cuda_visible_devices(gpus: &[u32]) -> String {
+    gpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `NVIDIA_VISIBLE_DEVICES` for `gpus`: "0,3", or "void" for none.
+pub fn nvidia_visible_devices(gpus: &[u32]) -> String {
+    if gpus.is_empty() {
+        "void".to_string()
+    } else {
+        cuda_visible_devices(gpus)
+    }
+}
+
+fn check_dir(dir: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(ExecError::WorkingDir {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other("not a directory"),
+        }),
+        Err(source) => Err(ExecError::WorkingDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Signals the task's process group; kills it on drop while armed.
+#[derive(Debug)]
+struct GroupGuard {
+    pgid: Pid,
+    /// True until the task has been reaped and its group cleaned up.
+    armed: bool,
+}
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        match killpg(self.pgid, signal) {
+            // ESRCH: the group is already empty.
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(error) => {
+                tracing::warn!(pgid = %self.pgid, ?signal, %error, "signalling task process group failed")
+            }
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
