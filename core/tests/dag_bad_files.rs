@@ -37,7 +37,11 @@ fn every_bad_file_reports_exactly_its_expected_errors() {
     for path in &files {
         let source = std::fs::read_to_string(path).unwrap();
         let expected = expectations(&source);
-        assert!(!expected.is_empty(), "{} has no `# expect:` line", path.display());
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            path.display()
+        );
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let errs = match parse_dag(&name, &source) {
             Ok(_) => {
@@ -64,7 +68,11 @@ fn every_bad_file_reports_exactly_its_expected_errors() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(kinds_seen.len() >= 25, "only {} kinds covered", kinds_seen.len());
+    assert!(
+        kinds_seen.len() >= 25,
+        "only {} kinds covered",
+        kinds_seen.len()
+    );
 }
 
 #[test]
