@@ -66,7 +66,7 @@ macro_rules! task_impl {
                             pairs.push_bind_unseparated(t.attempt);
                             pairs.push_unseparated(")");
                         }
-                        qb.push(")) RETURNING id, run_id, task_id, attempt");
+                        qb.push(") RETURNING id, run_id, task_id, attempt");
                         let rows = qb.build().fetch_all(&mut **tx).await?;
                         let mut done = std::collections::HashMap::with_capacity(rows.len());
                         for r in &rows {
