@@ -6,6 +6,7 @@
 //! can drive it with `tower::ServiceExt::oneshot`, without a socket.
 
 mod api;
+mod control;
 mod error;
 
 use std::future::Future;

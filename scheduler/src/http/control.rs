@@ -1,0 +1,94 @@
+//! [`RunControl`] for the real engine: forwards API commands to the
+//! [`EngineHandle`] and maps engine errors to the API's taxonomy.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use trainyard_core::ids::{DagId, RunId, TaskId};
+
+use super::{ControlError, RunControl, TriggerRequest};
+use crate::engine::{EngineError, EngineHandle};
+
+impl From<EngineError> for ControlError {
+    fn from(err: EngineError) -> Self {
+        match &err {
+            EngineError::DagNotFound(_)
+            | EngineError::RunNotFound(_)
+            | EngineError::TaskNotFound { .. }
+            | EngineError::WorkerNotFound(_) => Self::NotFound(err.to_string()),
+            EngineError::Fenced { .. } => Self::Conflict(err.to_string()),
+            EngineError::Store(store) if store.is_conflict() => Self::Conflict(err.to_string()),
+            EngineError::Store(crate::store::StoreError::NotFound { .. }) => {
+                Self::NotFound(err.to_string())
+            }
+            e if e.is_client_error() => Self::Invalid(err.to_string()),
+            _ => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+fn task_id(raw: &str) -> Result<TaskId, ControlError> {
+    TaskId::from_str(raw).map_err(|e| ControlError::Invalid(format!("bad task id {raw:?}: {e}")))
+}
+
+#[async_trait]
+impl RunControl for EngineHandle {
+    async fn trigger(&self, dag: &DagId, request: TriggerRequest) -> Result<RunId, ControlError> {
+        Ok(EngineHandle::trigger(
+            self,
+            dag.clone(),
+            request.params,
+            request.idempotency_key,
+            request.logical_date,
+        )
+        .await?)
+    }
+
+    async fn backfill(
+        &self,
+        dag: &DagId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<RunId>, ControlError> {
+        Ok(EngineHandle::backfill(self, dag.clone(), from, to).await?)
+    }
+
+    async fn cancel_run(&self, run: RunId) -> Result<(), ControlError> {
+        Ok(EngineHandle::cancel_run(self, run).await?)
+    }
+
+    async fn cancel_task(&self, run: RunId, task: &str) -> Result<(), ControlError> {
+        Ok(EngineHandle::cancel_task(self, run, task_id(task)?).await?)
+    }
+
+    async fn clear_task(
+        &self,
+        run: RunId,
+        task: &str,
+        downstream: bool,
+    ) -> Result<(), ControlError> {
+        Ok(EngineHandle::clear_task(self, run, task_id(task)?, downstream).await?)
+    }
+
+    async fn set_paused(&self, dag: &DagId, paused: bool) -> Result<(), ControlError> {
+        if paused {
+            Ok(EngineHandle::pause(self, dag.clone()).await?)
+        } else {
+            Ok(EngineHandle::resume(self, dag.clone()).await?)
+        }
+    }
+
+    async fn wait_reasons(&self, run: RunId) -> Vec<(String, String)> {
+        match self.task_wait_reasons(run).await {
+            Ok(reasons) => reasons
+                .into_iter()
+                .map(|(task, reason)| (task.to_string(), reason))
+                .collect(),
+            Err(err) => {
+                tracing::debug!(%run, error = %err, "no wait reasons");
+                Vec::new()
+            }
+        }
+    }
+}
