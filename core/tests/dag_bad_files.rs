@@ -95,3 +95,20 @@ fn a_file_with_many_problems_reports_them_all() {
     sorted.sort();
     assert_eq!(lines, sorted);
 }
+
+#[test]
+#[ignore = "prints every corpus message for review"]
+fn print_corpus_messages() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files {
+        let source = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if let Err(e) = parse_dag(&name, &source) {
+            println!("{e}");
+        }
+    }
+}

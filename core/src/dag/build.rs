@@ -515,6 +515,7 @@ fn read_resources(c: &mut Collector<'_>, res: &DeTable<'_>, s: &mut Settings) {
                     .last()
                     .unwrap_or("invalid")
                     .trim()
+                    .trim_start_matches("error: ")
                     .to_owned();
                 c.push(
                     K::BadGpuModel,
