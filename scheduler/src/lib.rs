@@ -2,6 +2,7 @@
 pub mod clock;
 pub mod dags;
 pub mod engine;
+pub mod grpc;
 pub mod http;
 pub mod logs;
 pub mod store;

@@ -1,0 +1,336 @@
+//! One worker's Connect stream after its Hello: engine commands go out as
+//! [`v1::SchedulerMessage`]s, the worker's reports go into the engine and
+//! the log store, and the end of the stream tells the engine the worker is
+//! disconnected (only if this stream is still the worker's newest).
+//!
+//! Declined assignments (a draining worker answers `Ack { accepted: false }`)
+//! are handed back by re-syncing the worker with the engine: the session
+//! re-opens the engine's command channel listing only the attempts the worker
+//! really holds, and the engine returns every other assigned attempt to
+//! `ready` — the same path a reconnect takes for an assignment lost in
+//! transit, so no attempt is counted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{debug, info, instrument, warn};
+use trainyard_core::ids::{RunId, TaskInstanceId, WorkerId};
+use trainyard_proto::v1::{self, worker_message::Kind};
+
+use super::convert;
+use super::error::status_of;
+use crate::engine::{EngineError, EngineHandle, WorkerCommand};
+use crate::logs::LogStore;
+
+type Attempt = (TaskInstanceId, i32);
+type Out = mpsc::Sender<Result<v1::SchedulerMessage, Status>>;
+
+/// Which Connect stream is the newest for each worker.
+#[derive(Debug, Default)]
+pub(super) struct Sessions {
+    next: AtomicU64,
+    current: Mutex<HashMap<WorkerId, u64>>,
+}
+
+impl Sessions {
+    /// A new stream for `worker`; it supersedes any older one.
+    pub(super) fn begin(&self, worker: WorkerId) -> u64 {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.current.lock() {
+            map.insert(worker, generation);
+        }
+        generation
+    }
+
+    /// Ends `generation`'s claim; true if it was still the newest stream.
+    pub(super) fn end(&self, worker: WorkerId, generation: u64) -> bool {
+        let Ok(mut map) = self.current.lock() else {
+            return false;
+        };
+        if map.get(&worker) == Some(&generation) {
+            map.remove(&worker);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The state of one stream; driven by [`Session::run`].
+pub(super) struct Session {
+    engine: EngineHandle,
+    logs: LogStore,
+    worker: WorkerId,
+    generation: u64,
+    sessions: std::sync::Arc<Sessions>,
+    /// Towards the worker (the response stream).
+    out: Out,
+    /// The engine's commands for this worker.
+    commands: mpsc::Receiver<WorkerCommand>,
+    /// Attempts the worker holds as far as this stream knows: those its Hello
+    /// reported plus those assigned since, minus finished, declined and killed
+    /// ones. Listed to the engine when a declined assignment is handed back.
+    held: HashSet<Attempt>,
+    /// Run and task of each attempt assigned on this stream, for its logs
+    /// (authoritative over what a LogLines batch claims).
+    places: HashMap<Attempt, (RunId, String)>,
+}
+
+/// Why a session ended; decides the status the worker gets.
+enum End {
+    /// The worker closed its side or the connection broke.
+    Closed,
+    /// Tell the worker why, then close.
+    Status(Status),
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        engine: EngineHandle,
+        logs: LogStore,
+        worker: WorkerId,
+        generation: u64,
+        sessions: std::sync::Arc<Sessions>,
+        running: Vec<Attempt>,
+        out: Out,
+        commands: mpsc::Receiver<WorkerCommand>,
+    ) -> Self {
+        Self {
+            engine,
+            logs,
+            worker,
+            generation,
+            sessions,
+            out,
+            commands,
+            held: running.into_iter().collect(),
+            places: HashMap::new(),
+        }
+    }
+
+    /// Pumps both directions until the stream ends, the engine closes the
+    /// worker's channel, or the server stops.
+    #[instrument(skip_all, fields(worker = %self.worker, generation = self.generation))]
+    pub(super) async fn run(
+        mut self,
+        mut inbound: Streaming<v1::WorkerMessage>,
+        stop: CancellationToken,
+    ) {
+        let end = loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    break End::Status(Status::unavailable("the scheduler is shutting down; reconnect"));
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => {
+                        if let Err(end) = self.forward(cmd).await {
+                            break end;
+                        }
+                    }
+                    // The engine dropped this worker's channel (a newer stream, or it
+                    // counted the stream as broken): make the worker reconnect.
+                    None => break End::Status(Status::unavailable(
+                        "the scheduler closed this stream; reconnect",
+                    )),
+                },
+                msg = inbound.next() => match msg {
+                    Some(Ok(msg)) => {
+                        if let Err(end) = self.handle(msg).await {
+                            break end;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        debug!(%status, "worker stream broke");
+                        break End::Closed;
+                    }
+                    None => break End::Closed,
+                },
+                () = self.out.closed() => break End::Closed,
+            }
+        };
+        if let End::Status(status) = end {
+            info!(code = ?status.code(), message = status.message(), "ending worker stream");
+            let _ = self.out.send(Err(status)).await;
+        }
+        if self.sessions.end(self.worker, self.generation) {
+            match self.engine.worker_disconnected(self.worker).await {
+                Ok(()) | Err(EngineError::Stopped) => {}
+                Err(e) => warn!(error = %e, "could not record the disconnect"),
+            }
+        }
+        info!("worker stream closed");
+    }
+
+    async fn send(&self, msg: v1::SchedulerMessage) -> Result<(), End> {
+        self.out.send(Ok(msg)).await.map_err(|_| End::Closed)
+    }
+
+    /// One engine command to the worker.
+    async fn forward(&mut self, cmd: WorkerCommand) -> Result<(), End> {
+        match &cmd {
+            WorkerCommand::Assign(a) => {
+                let key = (a.task_instance_id, a.attempt);
+                self.held.insert(key);
+                self.places
+                    .insert(key, (a.run_id, a.task_id.as_str().to_owned()));
+            }
+            WorkerCommand::Kill { ti, attempt, .. } => {
+                self.held.remove(&(*ti, *attempt));
+            }
+            WorkerCommand::Cancel { .. } => {}
+        }
+        self.send(convert::command_to_proto(&cmd)).await
+    }
+
+    /// One message from the worker.
+    async fn handle(&mut self, msg: v1::WorkerMessage) -> Result<(), End> {
+        let Some(kind) = msg.kind else {
+            return Err(End::Status(Status::invalid_argument(
+                "an empty WorkerMessage",
+            )));
+        };
+        match kind {
+            Kind::Hello(_) => {
+                warn!("a second Hello on one stream; ignored");
+                Ok(())
+            }
+            Kind::Heartbeat(hb) => {
+                let usage = convert::usage_from_proto(&hb.gpus).map_err(bad)?;
+                self.engine
+                    .heartbeat(self.worker, usage)
+                    .await
+                    .map_err(|e| End::Status(status_of(&e)))?;
+                let now = chrono::Utc::now().timestamp_millis();
+                self.send(v1::SchedulerMessage {
+                    kind: Some(v1::scheduler_message::Kind::HeartbeatAck(
+                        v1::HeartbeatAck {
+                            timestamp_unix_ms: hb.timestamp_unix_ms,
+                            server_time_unix_ms: now,
+                        },
+                    )),
+                })
+                .await
+            }
+            Kind::Ack(ack) => {
+                let key = convert::attempt_from_proto(ack.attempt.as_ref()).map_err(bad)?;
+                if ack.accepted {
+                    return Ok(());
+                }
+                info!(ti = %key.0, attempt = key.1, reason = %ack.reason, "worker declined an assignment; handing it back");
+                self.held.remove(&key);
+                self.places.remove(&key);
+                self.hand_back().await
+            }
+            Kind::TaskStarted(s) => {
+                let (ti, attempt) = convert::attempt_from_proto(s.attempt.as_ref()).map_err(bad)?;
+                // On Fenced the engine has already sent the Kill itself.
+                self.report(
+                    self.engine.task_started(self.worker, ti, attempt).await,
+                    ti,
+                    attempt,
+                    false,
+                )
+            }
+            Kind::LogLines(l) => {
+                let key = convert::attempt_from_proto(l.attempt.as_ref()).map_err(bad)?;
+                let lines = convert::log_lines_from_proto(&l).map_err(bad)?;
+                let (run, task) = match self.places.get(&key) {
+                    Some(p) => p.clone(),
+                    None => convert::log_place_from_proto(&l).map_err(bad)?,
+                };
+                if let Err(e) = self.logs.append(run, &task, key.1, &lines).await {
+                    warn!(%run, %task, attempt = key.1, error = %e, "could not store log lines");
+                }
+                Ok(())
+            }
+            Kind::TaskFinished(f) => {
+                let (ti, attempt) = convert::attempt_from_proto(f.attempt.as_ref()).map_err(bad)?;
+                let result = convert::result_from_proto(&f).map_err(bad)?;
+                self.held.remove(&(ti, attempt));
+                self.places.remove(&(ti, attempt));
+                let r = self
+                    .engine
+                    .task_finished(self.worker, ti, attempt, result)
+                    .await;
+                self.report(r, ti, attempt, true)
+            }
+            Kind::Draining(d) => {
+                info!(grace_ms = d.grace_ms, reason = %d.reason, "worker draining");
+                self.engine
+                    .worker_draining(self.worker)
+                    .await
+                    .map_err(|e| End::Status(status_of(&e)))
+            }
+        }
+    }
+
+    /// The engine's answer to a task report: a fenced report is answered with
+    /// Kill (when `kill_on_fence`), other client errors are logged, engine
+    /// trouble ends the stream so the worker retries later.
+    fn report(
+        &mut self,
+        r: crate::engine::Result<()>,
+        ti: TaskInstanceId,
+        attempt: i32,
+        kill_on_fence: bool,
+    ) -> Result<(), End> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(EngineError::Fenced { .. }) => {
+                info!(%ti, attempt, "stale report fenced; telling the worker to kill the attempt");
+                self.held.remove(&(ti, attempt));
+                if kill_on_fence {
+                    let kill = convert::kill_to_proto(
+                        ti,
+                        attempt,
+                        "stale report: this attempt is no longer current on this worker",
+                    );
+                    // try_send: a full buffer means the worker is not reading; the
+                    // Kill would be moot and waiting here could stall the session.
+                    if self.out.try_send(Ok(kill)).is_err() {
+                        warn!(%ti, attempt, "could not queue the Kill for a fenced attempt");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if e.is_client_error() => {
+                warn!(%ti, attempt, error = %e, "worker report refused");
+                Ok(())
+            }
+            Err(e) => Err(End::Status(status_of(&e))),
+        }
+    }
+
+    /// Re-opens the engine's channel listing what the worker holds, so the
+    /// engine hands back every assignment the worker declined.
+    async fn hand_back(&mut self) -> Result<(), End> {
+        let reported: Vec<Attempt> = self.held.iter().copied().collect();
+        let fresh = self
+            .engine
+            .connect_worker(self.worker, reported)
+            .await
+            .map_err(|e| End::Status(status_of(&e)))?;
+        let mut old = std::mem::replace(&mut self.commands, fresh);
+        // What the engine queued before the swap: assignments in it were not
+        // listed, so the engine handed them back too; cancels and kills still count.
+        while let Ok(cmd) = old.try_recv() {
+            match cmd {
+                WorkerCommand::Assign(a) => {
+                    debug!(ti = %a.task_instance_id, "dropping an assignment handed back on re-sync");
+                }
+                other => self.forward(other).await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad(e: convert::ConvertError) -> End {
+    End::Status(e.into())
+}
