@@ -26,7 +26,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -137,6 +137,8 @@ pub struct RunningTask {
     timeout: Option<Duration>,
     grace: Duration,
     readers: Vec<tokio::task::JoinHandle<()>>,
+    /// Lines read so far across both pipes; shows the readers progress.
+    seq: Arc<AtomicU64>,
 }
 
 /// Starts `launch`; every output line goes to `logs`.
@@ -193,12 +195,17 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
         readers.push(tokio::spawn(logs::pump(
             out,
             LogStream::Stdout,
-            seq.clone(),
+            Arc::clone(&seq),
             logs.clone(),
         )));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(logs::pump(err, LogStream::Stderr, seq, logs)));
+        readers.push(tokio::spawn(logs::pump(
+            err,
+            LogStream::Stderr,
+            Arc::clone(&seq),
+            logs,
+        )));
     }
     Ok(RunningTask {
         child,
@@ -208,6 +215,7 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
         timeout: launch.timeout,
         grace: launch.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
         readers,
+        seq,
     })
 }
 
@@ -256,20 +264,32 @@ impl RunningTask {
         // Stragglers the main process left in its group die with it.
         self.group.signal(Signal::SIGKILL);
         self.group.armed = false;
-        for reader in std::mem::take(&mut self.readers) {
-            let abort = reader.abort_handle();
-            if tokio::time::timeout(PIPE_DRAIN_TIMEOUT, reader)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    pid = self.pid,
-                    "task output still open after its process group ended; a process escaped the group"
-                );
-                abort.abort();
+        self.drain_readers().await;
+        Ok(outcome(status, ending, duration, self.timeout))
+    }
+
+    /// Waits until both pipes reach EOF and every line is sent. Only a
+    /// process that escaped the group (setsid) can hold a pipe open after
+    /// the group is killed, so the readers are given up on when no line has
+    /// moved for [`PIPE_DRAIN_TIMEOUT`]; a slow but moving consumer is waited for.
+    async fn drain_readers(&mut self) {
+        for mut reader in std::mem::take(&mut self.readers) {
+            loop {
+                let before = self.seq.load(Ordering::Relaxed);
+                match tokio::time::timeout(PIPE_DRAIN_TIMEOUT, &mut reader).await {
+                    Ok(_) => break,
+                    Err(_) if self.seq.load(Ordering::Relaxed) != before => continue,
+                    Err(_) => {
+                        tracing::warn!(
+                            pid = self.pid,
+                            "task output still open after its process group ended; a process escaped the group"
+                        );
+                        reader.abort();
+                        break;
+                    }
+                }
             }
         }
-        Ok(outcome(status, ending, duration, self.timeout))
     }
 
     /// SIGTERM the group (SIGKILL at once for [`Ending::Killed`]), then

@@ -1,0 +1,332 @@
+//! One attempt from Assign to TaskFinished: prepare its directory, fetch
+//! inputs, launch it through [`crate::exec`], batch its log lines, read its
+//! metrics, upload outputs, and report each step to the agent's loop as a
+//! [`JobEvent`]. The loop decides what reaches the scheduler (a killed
+//! attempt's reports are dropped there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tracing::{debug, instrument};
+use trainyard_proto::v1;
+
+use super::workdir::{ArtifactHook, AttemptPaths};
+use crate::convert::{finished_to_proto, launch_from_assign, log_line_to_proto};
+use crate::exec::{self, ExecOutcome, ExecStatus, Metrics, StopHandle};
+
+/// Flush a log batch after this long…
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// …or once it has this many lines.
+pub const LOG_BATCH_LINES: usize = 100;
+
+/// Identifies an attempt on the wire: (task instance id, attempt number).
+pub type AttemptKey = (String, u32);
+
+/// What a job tells the agent's loop.
+#[derive(Debug)]
+pub enum JobEvent {
+    Started(AttemptKey, v1::TaskStarted),
+    Logs(AttemptKey, v1::LogLines),
+    Finished(AttemptKey, v1::TaskFinished),
+}
+
+/// Everything one attempt needs.
+#[derive(Debug)]
+pub struct Job {
+    pub key: AttemptKey,
+    pub assign: v1::Assign,
+    pub work_dir: std::path::PathBuf,
+    pub artifacts: Arc<dyn ArtifactHook>,
+}
+
+/// Collects lines into batches and masks secret values.
+struct Batcher {
+    key: AttemptKey,
+    attempt: v1::AttemptRef,
+    run_id: String,
+    task_id: String,
+    lines: Vec<v1::LogLine>,
+    /// Values of the task's secret variables; replaced by `***` in every line.
+    secrets: Vec<String>,
+    /// Next sequence number for lines the worker writes itself.
+    next_seq: u64,
+    events: mpsc::Sender<JobEvent>,
+}
+
+impl Batcher {
+    fn push(&mut self, mut line: v1::LogLine) {
+        for s in &self.secrets {
+            if line.text.contains(s.as_str()) {
+                line.text = line.text.replace(s.as_str(), "***");
+            }
+        }
+        self.next_seq = self.next_seq.max(line.seq + 1);
+        self.lines.push(line);
+    }
+
+    /// A line about the task from the worker itself.
+    fn system(&mut self, text: impl Into<String>) {
+        let line = v1::LogLine {
+            stream: v1::LogStream::System as i32,
+            at_unix_ms: Utc::now().timestamp_millis(),
+            text: text.into(),
+            seq: self.next_seq,
+        };
+        self.push(line);
+    }
+
+    async fn flush(&mut self) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let msg = v1::LogLines {
+            attempt: Some(self.attempt.clone()),
+            lines: std::mem::take(&mut self.lines),
+            run_id: self.run_id.clone(),
+            task_id: self.task_id.clone(),
+        };
+        let _ = self.events.send(JobEvent::Logs(self.key.clone(), msg)).await;
+    }
+}
+
+/// A failure before the process ran, as an outcome.
+fn not_started(message: String) -> ExecOutcome {
+    ExecOutcome {
+        exit_code: None,
+        signal: None,
+        status: ExecStatus::Failed,
+        duration: Duration::ZERO,
+        message: Some(message),
+    }
+}
+
+/// Runs the attempt to its end; always sends exactly one `Finished`.
+#[instrument(skip_all, fields(ti = %job.key.0, attempt = job.key.1, task = %job.assign.task_id))]
+pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>) {
+    let attempt_ref = v1::AttemptRef {
+        task_instance_id: job.key.0.clone(),
+        attempt: job.key.1,
+    };
+    let mut batch = Batcher {
+        key: job.key.clone(),
+        attempt: attempt_ref.clone(),
+        run_id: job.assign.run_id.clone(),
+        task_id: job.assign.task_id.clone(),
+        lines: Vec::new(),
+        secrets: Vec::new(),
+        next_seq: 0,
+        events: events.clone(),
+    };
+    let (outcome, metrics) = match attempt(&job, &stop, &mut batch).await {
+        Ok(done) => done,
+        Err(message) => {
+            batch.system(message.clone());
+            (not_started(message), Metrics::default())
+        }
+    };
+    batch.flush().await;
+    let finished = finished_to_proto(attempt_ref, &outcome, &metrics, Utc::now());
+    debug!(status = ?outcome.status, "attempt finished");
+    let _ = events.send(JobEvent::Finished(job.key, finished)).await;
+}
+
+/// Everything between Ack and TaskFinished; `Err` is a failure before the
+/// process ran (bad assignment, directories, inputs, spawn).
+async fn attempt(
+    job: &Job,
+    stop: &StopHandle,
+    batch: &mut Batcher,
+) -> Result<(ExecOutcome, Metrics), String> {
+    let a = &job.assign;
+    let paths = AttemptPaths::new(
+        &job.work_dir,
+        &a.run_id,
+        &a.dag_id,
+        &a.task_id,
+        job.key.1,
+        a.upstream.clone(),
+    )?;
+    paths
+        .prepare()
+        .await
+        .map_err(|e| format!("preparing {}: {e}", paths.dir.display()))?;
+    job.artifacts
+        .fetch_inputs(&paths)
+        .await
+        .map_err(|e| format!("fetching inputs: {e}"))?;
+
+    let mut assign = a.clone();
+    assign.output_dir = paths.out_dir.display().to_string();
+    assign.input_dir = paths.in_dir.display().to_string();
+    assign.metrics_file = paths.metrics_file.display().to_string();
+    let (_, mut launch, _) = launch_from_assign(&assign).map_err(|e| e.to_string())?;
+    for (name, source) in &a.env_from_worker {
+        match std::env::var(source) {
+            Ok(v) => {
+                launch.env.insert(name.clone(), v);
+            }
+            Err(_) => batch.system(format!(
+                "variable {name} is taken from the worker's {source}, which is not set; left out"
+            )),
+        }
+    }
+    batch.secrets = a
+        .secret_env
+        .iter()
+        .filter_map(|n| launch.env.get(n))
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .collect();
+    if stop.kill.is_cancelled() || stop.cancel.is_cancelled() {
+        return Err("stopped before it started".to_owned());
+    }
+
+    let (log_tx, mut log_rx) = mpsc::channel(1024);
+    let running = exec::spawn(launch, log_tx).map_err(|e| e.to_string())?;
+    let started = v1::TaskStarted {
+        attempt: Some(batch.attempt.clone()),
+        assignment_id: a.assignment_id.clone(),
+        started_at_unix_ms: Utc::now().timestamp_millis(),
+        pid: running.pid(),
+        gpu_indices: a.gpu_indices.clone(),
+    };
+    let _ = events_send(batch, JobEvent::Started(job.key.clone(), started)).await;
+
+    let wait = running.wait(stop.clone());
+    tokio::pin!(wait);
+    let mut tick = tokio::time::interval(LOG_FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut result = None;
+    let mut logs_open = true;
+    while result.is_none() || logs_open {
+        tokio::select! {
+            r = &mut wait, if result.is_none() => result = Some(r),
+            line = log_rx.recv(), if logs_open => match line {
+                Some(line) => {
+                    batch.push(log_line_to_proto(&line));
+                    if batch.lines.len() >= LOG_BATCH_LINES {
+                        batch.flush().await;
+                    }
+                }
+                None => logs_open = false,
+            },
+            _ = tick.tick() => batch.flush().await,
+        }
+    }
+    let outcome = match result {
+        Some(Ok(outcome)) => outcome,
+        Some(Err(e)) => not_started(e.to_string()),
+        None => not_started("the task ended without a status".to_owned()),
+    };
+    if let Some(msg) = &outcome.message {
+        batch.system(msg.clone());
+    }
+
+    let metrics = exec::read_metrics_file(&paths.metrics_file).await;
+    for w in &metrics.warnings {
+        batch.system(w.clone());
+    }
+    let outcome = match job.artifacts.upload_outputs(&paths).await {
+        Ok(()) => outcome,
+        Err(e) => {
+            let message = format!("uploading outputs: {e}");
+            batch.system(message.clone());
+            match outcome.status {
+                ExecStatus::Succeeded => ExecOutcome {
+                    status: ExecStatus::Failed,
+                    message: Some(message),
+                    ..outcome
+                },
+                _ => outcome,
+            }
+        }
+    };
+    Ok((outcome, metrics))
+}
+
+async fn events_send(batch: &Batcher, ev: JobEvent) -> Result<(), ()> {
+    batch.events.send(ev).await.map_err(|_| ())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::agent::workdir::LocalInputs;
+
+    fn job(dir: &std::path::Path, script: &str) -> Job {
+        Job {
+            key: ("11".into(), 1),
+            assign: v1::Assign {
+                assignment_id: "11-1".into(),
+                attempt: Some(v1::AttemptRef {
+                    task_instance_id: "11".into(),
+                    attempt: 1,
+                }),
+                run_id: "run1".into(),
+                dag_id: "dag".into(),
+                task_id: "task".into(),
+                argv: vec![script.into()],
+                shell: true,
+                env: [("SECRET".to_owned(), "hunter2".to_owned())].into_iter().collect(),
+                secret_env: vec!["SECRET".into()],
+                gpu_indices: vec![1],
+                ..Default::default()
+            },
+            work_dir: dir.to_path_buf(),
+            artifacts: Arc::new(LocalInputs),
+        }
+    }
+
+    async fn collect(job: Job) -> Vec<JobEvent> {
+        let (tx, mut rx) = mpsc::channel(64);
+        run_job(job, StopHandle::new(), tx).await;
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_job_reports_started_logs_metrics_and_success() {
+        let tmp = tempfile::tempdir().unwrap();
+        let script = r#"echo "out=$TRAINYARD_OUTPUT_DIR pw=$SECRET gpus=$CUDA_VISIBLE_DEVICES"; echo '{"auc": 0.9}' > "$TRAINYARD_METRICS_FILE""#;
+        let events = collect(job(tmp.path(), script)).await;
+        assert!(matches!(events.first(), Some(JobEvent::Started(..))));
+        let text: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                JobEvent::Logs(_, l) => Some(l.lines.iter().map(|l| l.text.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let out_dir = tmp.path().join("run1/task/1/out");
+        assert_eq!(
+            text,
+            vec![format!("out={} pw=*** gpus=1", out_dir.display())]
+        );
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished: {events:?}");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Succeeded as i32);
+        assert_eq!(f.metrics["auc"], 0.9);
+    }
+
+    #[tokio::test]
+    async fn a_spawn_failure_is_a_failed_finish_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = job(tmp.path(), "x");
+        j.assign.shell = false;
+        j.assign.argv = vec!["/definitely/not/here".into()];
+        let events = collect(j).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Failed as i32);
+        assert!(f.error.contains("/definitely/not/here"), "{}", f.error);
+    }
+}

@@ -1,0 +1,288 @@
+//! The worker agent: connects out to the scheduler over gRPC, registers this
+//! host's resources, and runs the attempts it is assigned until it is told to
+//! drain.
+//!
+//! Shape: [`AgentOptions`] → [`Agent::build`] → [`Agent::run`] with a
+//! shutdown future, plus a cheap [`AgentHandle`] (drain, status).
+//!
+//! Module map: `dial` (dial + Register + Connect/Hello, one try), `job` (one
+//! attempt: directories, inputs, exec, log batches, metrics, outputs),
+//! `workdir` (per-attempt directories, the [`ArtifactHook`] and its same-host
+//! fallback [`LocalInputs`]) and `agent_loop` (the one task that owns the
+//! connection and the table of running attempts).
+//!
+//! Guarantees:
+//! - Tasks outlive the connection: a broken stream or a restarted scheduler
+//!   does not touch running processes. The agent reconnects with capped
+//!   back-off, registers again under the same worker id and lists its
+//!   running attempts in Hello.
+//! - A finished attempt's report is kept until the scheduler confirmed it (a
+//!   HeartbeatAck for a heartbeat sent after the report), and re-sent after a
+//!   reconnect, so results that finish while disconnected are not lost.
+//! - Kill (fenced) kills the process group at once and nothing more is
+//!   reported about that attempt.
+//! - Draining (handle or shutdown): Draining is sent, new assignments are
+//!   declined (the scheduler hands them back), running tasks get
+//!   `drain_grace` to finish and are cancelled after it; then `run` returns.
+
+mod agent_loop;
+mod dial;
+mod job;
+mod workdir;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use trainyard_core::ids::WorkerId;
+
+pub use dial::DialError;
+pub use job::{LOG_BATCH_LINES, LOG_FLUSH_INTERVAL};
+pub use workdir::{ArtifactHook, AttemptPaths, LocalInputs};
+
+use crate::gpu::{GpuInfo, UsageSampler};
+
+/// Capped exponential back-off between connection attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `current`: doubled, at most `max`.
+    pub fn next(&self, current: Duration) -> Duration {
+        (current * 2).clamp(self.initial, self.max.max(self.initial))
+    }
+}
+
+/// Everything the agent needs; [`AgentOptions::new`] fills in defaults.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// `http://host:port` (a bare `host:port` is accepted).
+    pub scheduler_url: String,
+    /// Shown in the UI; unique per scheduler. Defaults to the hostname.
+    pub name: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    /// Pools/queues served; empty means the default queue.
+    pub queues: Vec<String>,
+    /// Attempts run at once (default 8).
+    pub slots: u32,
+    /// The inventory, already discovered (or declared) by the caller.
+    pub gpus: Vec<GpuInfo>,
+    /// Samples utilisation for heartbeats; `None` for declared or no GPUs.
+    pub usage_sampler: Option<UsageSampler>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// Root of the per-attempt directories (`<run>/<task>/<attempt>/`).
+    pub work_dir: PathBuf,
+    /// Overrides the interval the scheduler asks for.
+    pub heartbeat_interval: Option<Duration>,
+    /// How long running tasks may take to finish once draining starts.
+    pub drain_grace: Duration,
+    pub reconnect: Backoff,
+    /// Kept across reconnects; `None` picks a new one at build.
+    pub worker_id: Option<WorkerId>,
+    /// Inputs before start, outputs after exit. `None`: [`LocalInputs`]
+    /// (same-host fallback, see `workdir`).
+    pub artifacts: Option<Arc<dyn ArtifactHook>>,
+    /// Largest gRPC message sent or accepted.
+    pub max_message_bytes: usize,
+    /// Speaks this protocol version at Register (tests set another to
+    /// check the scheduler's refusal); default `PROTOCOL_VERSION`.
+    pub protocol_version: u32,
+}
+
+impl AgentOptions {
+    pub fn new(scheduler_url: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
+        let hostname = hostname();
+        Self {
+            scheduler_url: scheduler_url.into(),
+            name: hostname.clone(),
+            hostname,
+            labels: BTreeMap::new(),
+            queues: Vec::new(),
+            slots: 8,
+            gpus: Vec::new(),
+            usage_sampler: None,
+            cpus: 1,
+            memory_bytes: 0,
+            work_dir: work_dir.into(),
+            heartbeat_interval: None,
+            drain_grace: Duration::from_secs(300),
+            reconnect: Backoff::default(),
+            worker_id: None,
+            artifacts: None,
+            max_message_bytes: 16 * 1024 * 1024,
+            protocol_version: trainyard_proto::v1::PROTOCOL_VERSION,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "worker".to_owned())
+}
+
+/// Why the agent stopped with an error (a drained agent returns `Ok`).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent options: {0}")]
+    Options(String),
+    #[error("work dir {path} is not usable: {source}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scheduler refused this worker (protocol version, bad registration).
+    #[error(transparent)]
+    Dial(#[from] DialError),
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// What the agent is doing, for the CLI, health checks and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// The id the scheduler knows this worker by.
+    pub worker_id: Option<WorkerId>,
+    /// Registered and the stream is open.
+    pub connected: bool,
+    pub draining: bool,
+    /// Attempts running now.
+    pub running: usize,
+    /// Connections established so far (1 after the first).
+    pub connections: u64,
+}
+
+/// A cheap, cloneable way to talk to a running [`Agent`].
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    drain: Arc<watch::Sender<bool>>,
+    status: watch::Receiver<AgentStatus>,
+}
+
+impl AgentHandle {
+    /// Starts draining: no new work, running tasks get `drain_grace`.
+    pub fn drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Changes of [`AgentStatus`].
+    pub fn watch(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until `f` holds for the status (or the agent stopped).
+    pub async fn wait_for(&self, f: impl FnMut(&AgentStatus) -> bool) -> Option<AgentStatus> {
+        let mut rx = self.status.clone();
+        rx.wait_for(f).await.ok().map(|s| s.clone())
+    }
+}
+
+/// The worker agent; see the module docs.
+#[derive(Debug)]
+pub struct Agent {
+    opts: AgentOptions,
+    worker_id: WorkerId,
+    handle: AgentHandle,
+    drain_rx: watch::Receiver<bool>,
+    status_tx: watch::Sender<AgentStatus>,
+}
+
+impl Agent {
+    /// Checks the options and prepares the work dir; connects nothing yet.
+    pub fn build(opts: AgentOptions) -> Result<Agent> {
+        dial::endpoint(&opts.scheduler_url)?;
+        if opts.slots == 0 {
+            return Err(AgentError::Options("slots must be at least 1".into()));
+        }
+        if opts.name.trim().is_empty() {
+            return Err(AgentError::Options("the worker name must not be empty".into()));
+        }
+        std::fs::create_dir_all(&opts.work_dir).map_err(|source| AgentError::WorkDir {
+            path: opts.work_dir.clone(),
+            source,
+        })?;
+        let worker_id = opts.worker_id.unwrap_or_default();
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (status_tx, status_rx) = watch::channel(AgentStatus::default());
+        let handle = AgentHandle {
+            drain: Arc::new(drain_tx),
+            status: status_rx,
+        };
+        Ok(Agent {
+            opts,
+            worker_id,
+            handle,
+            drain_rx,
+            status_tx,
+        })
+    }
+
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
+    }
+
+    /// The id this worker registers with (the scheduler may answer another).
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker_id
+    }
+
+    /// Runs until drained (by the handle or `shutdown`) and every task has
+    /// ended; `Err` only when the scheduler refuses this worker.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        // Keep a handle alive so the drain channel never reports "closed".
+        let _keep = self.handle.clone();
+        agent_loop::AgentLoop::new(self.opts, self.worker_id, self.status_tx)
+            .run(self.drain_rx, shutdown)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        };
+        assert_eq!(b.next(Duration::from_millis(100)), Duration::from_millis(200));
+        assert_eq!(b.next(Duration::from_millis(400)), Duration::from_millis(500));
+        assert_eq!(b.next(Duration::ZERO), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn build_refuses_a_bad_url_and_zero_slots() {
+        let tmp = std::env::temp_dir();
+        assert!(Agent::build(AgentOptions::new("http://[::1", &tmp)).is_err());
+        let mut o = AgentOptions::new("127.0.0.1:1", &tmp);
+        o.slots = 0;
+        assert!(matches!(Agent::build(o), Err(AgentError::Options(_))));
+    }
+}

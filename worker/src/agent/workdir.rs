@@ -1,0 +1,220 @@
+//! Per-attempt directories and the artifact hook.
+//!
+//! Layout: `<work_dir>/<run_id>/<task_id>/<attempt>/` holding `out/`
+//! (`TRAINYARD_OUTPUT_DIR`), `in/` (`TRAINYARD_INPUT_DIR`) and
+//! `metrics.json` (`TRAINYARD_METRICS_FILE`). Directories are kept after the
+//! attempt ends: downstream tasks on this host read them, and people debug
+//! from them.
+//!
+//! Artifacts: an [`ArtifactHook`] fetches inputs before the task starts and
+//! uploads outputs after it exits (the object_store implementation lives in
+//! the worker's artifacts module and is passed in through
+//! `AgentOptions::artifacts`). Without one, [`LocalInputs`] is the
+//! **same-host fallback**: each upstream task's newest `out/` under this
+//! worker's `work_dir` is symlinked as `in/<upstream>`, and nothing is
+//! uploaded. It only works when every worker shares one `work_dir` on one
+//! machine (e.g. `trainyard standalone`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+
+/// Where one attempt lives on disk, and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptPaths {
+    pub run_id: String,
+    pub dag_id: String,
+    pub task_id: String,
+    pub attempt: u32,
+    /// Direct upstream task ids (their outputs are this task's inputs).
+    pub upstream: Vec<String>,
+    /// The worker's `work_dir` (root of every attempt directory).
+    pub work_dir: PathBuf,
+    /// `<work_dir>/<run_id>/<task_id>/<attempt>`.
+    pub dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub in_dir: PathBuf,
+    pub metrics_file: PathBuf,
+}
+
+/// A name that is safe as one path component (ids come from the network).
+pub fn safe_component(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.len() <= 255
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+impl AttemptPaths {
+    /// The paths of an attempt; `None` when an id cannot name a directory.
+    pub fn new(
+        work_dir: &Path,
+        run_id: &str,
+        dag_id: &str,
+        task_id: &str,
+        attempt: u32,
+        upstream: Vec<String>,
+    ) -> Result<Self, String> {
+        for (what, v) in [("run id", run_id), ("task id", task_id)] {
+            if !safe_component(v) {
+                return Err(format!("{what} {v:?} cannot name a directory"));
+            }
+        }
+        let dir = work_dir
+            .join(run_id)
+            .join(task_id)
+            .join(attempt.to_string());
+        Ok(Self {
+            run_id: run_id.to_owned(),
+            dag_id: dag_id.to_owned(),
+            task_id: task_id.to_owned(),
+            attempt,
+            upstream,
+            work_dir: work_dir.to_path_buf(),
+            out_dir: dir.join("out"),
+            in_dir: dir.join("in"),
+            metrics_file: dir.join("metrics.json"),
+            dir,
+        })
+    }
+
+    /// Creates a clean attempt directory (a leftover from a worker that died
+    /// mid-attempt is removed first) with empty `out/` and `in/`.
+    pub async fn prepare(&self) -> std::io::Result<()> {
+        match tokio::fs::remove_dir_all(&self.dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        tokio::fs::create_dir_all(&self.out_dir).await?;
+        tokio::fs::create_dir_all(&self.in_dir).await?;
+        Ok(())
+    }
+}
+
+/// Moves artifacts between the object store and an attempt's directories.
+/// Errors are sentences for the task log and the attempt's error.
+pub trait ArtifactHook: Send + Sync + fmt::Debug {
+    /// Before the task starts: fill `in_dir` with the upstream outputs.
+    fn fetch_inputs<'a>(&'a self, attempt: &'a AttemptPaths) -> BoxFuture<'a, Result<(), String>>;
+    /// After the task exited (successfully or not): store `out_dir`.
+    fn upload_outputs<'a>(&'a self, attempt: &'a AttemptPaths)
+    -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The same-host fallback: link upstream `out/` dirs into `in/`, upload nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalInputs;
+
+impl ArtifactHook for LocalInputs {
+    fn fetch_inputs<'a>(&'a self, attempt: &'a AttemptPaths) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(link_local_inputs(attempt))
+    }
+
+    fn upload_outputs<'a>(
+        &'a self,
+        _attempt: &'a AttemptPaths,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The newest attempt directory of `task` in `run` that has an `out/`.
+async fn latest_out(work_dir: &Path, run_id: &str, task: &str) -> Option<PathBuf> {
+    let task_dir = work_dir.join(run_id).join(task);
+    let mut entries = tokio::fs::read_dir(&task_dir).await.ok()?;
+    let mut best: Option<(u32, PathBuf)> = None;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let out = entry.path().join("out");
+        if best.as_ref().is_none_or(|(b, _)| n > *b) && tokio::fs::metadata(&out).await.is_ok() {
+            best = Some((n, out));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// Links each upstream's newest `out/` as `in/<upstream>`. An upstream with
+/// no output here is an error naming it: on a multi-host setup this is where
+/// an object store is needed.
+async fn link_local_inputs(attempt: &AttemptPaths) -> Result<(), String> {
+    for up in &attempt.upstream {
+        if !safe_component(up) {
+            return Err(format!("upstream task id {up:?} cannot name a directory"));
+        }
+        let Some(out) = latest_out(&attempt.work_dir, &attempt.run_id, up).await else {
+            return Err(format!(
+                "no output of upstream task `{up}` under {} (without an artifact store, \
+                 inputs are only found when the upstream ran on a worker sharing this work dir)",
+                attempt.work_dir.display()
+            ));
+        };
+        let out = tokio::fs::canonicalize(&out).await.unwrap_or(out);
+        let link = attempt.in_dir.join(up);
+        tokio::fs::symlink(&out, &link)
+            .await
+            .map_err(|e| format!("linking {} to {}: {e}", link.display(), out.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_leave_the_work_dir_are_refused() {
+        let root = Path::new("/w");
+        assert!(AttemptPaths::new(root, "../etc", "d", "t", 1, vec![]).is_err());
+        assert!(AttemptPaths::new(root, "r", "d", "a/b", 1, vec![]).is_err());
+        assert!(AttemptPaths::new(root, "r", "d", "..", 1, vec![]).is_err());
+        let p = AttemptPaths::new(root, "r1", "d", "train", 2, vec![]).unwrap();
+        assert_eq!(p.out_dir, Path::new("/w/r1/train/2/out"));
+        assert_eq!(p.metrics_file, Path::new("/w/r1/train/2/metrics.json"));
+    }
+
+    #[tokio::test]
+    async fn local_inputs_link_the_newest_upstream_attempt() {
+        let tmp = tempfile::tempdir().unwrap();
+        for attempt in [1, 2] {
+            let up = AttemptPaths::new(tmp.path(), "r", "d", "ingest", attempt, vec![]).unwrap();
+            up.prepare().await.unwrap();
+            std::fs::write(up.out_dir.join("data.csv"), format!("attempt {attempt}")).unwrap();
+        }
+        let me = AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
+        me.prepare().await.unwrap();
+        LocalInputs.fetch_inputs(&me).await.unwrap();
+        let seen = std::fs::read_to_string(me.in_dir.join("ingest").join("data.csv")).unwrap();
+        assert_eq!(seen, "attempt 2");
+    }
+
+    #[tokio::test]
+    async fn a_missing_upstream_output_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
+        me.prepare().await.unwrap();
+        let err = LocalInputs.fetch_inputs(&me).await.unwrap_err();
+        assert!(err.contains("`ingest`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn prepare_clears_a_leftover_attempt_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = AttemptPaths::new(tmp.path(), "r", "d", "t", 1, vec![]).unwrap();
+        p.prepare().await.unwrap();
+        std::fs::write(p.out_dir.join("stale"), "x").unwrap();
+        p.prepare().await.unwrap();
+        assert!(!p.out_dir.join("stale").exists());
+    }
+}
