@@ -1,4 +1,5 @@
 //! Trainyard scheduler: the store, the scheduling engine and the servers.
+pub mod app;
 pub mod clock;
 pub mod dags;
 pub mod engine;

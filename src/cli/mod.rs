@@ -4,6 +4,7 @@ mod client;
 pub mod dag;
 mod db;
 mod runs;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ enum Command {
     /// Check, inspect and preview DAG files.
     #[command(subcommand)]
     Dag(dag::DagCommand),
+    /// Run the scheduler: store, engine, DAG loader, HTTP API and the gRPC endpoint for workers.
+    Scheduler(serve::SchedulerArgs),
     /// Trigger a run of a DAG on a running scheduler.
     Trigger(runs::TriggerArgs),
     /// Create one run per schedule slot between two dates.
@@ -48,8 +51,10 @@ enum Command {
 
 /// Runs the parsed command; the returned code becomes the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_tracing();
     match cli.command {
         Command::Dag(cmd) => dag::run(cmd),
+        Command::Scheduler(args) => serve::scheduler(args),
         Command::Trigger(args) => runs::trigger(args),
         Command::Backfill(args) => runs::backfill(args),
         Command::Runs(cmd) => runs::runs(cmd),
@@ -75,4 +80,28 @@ pub fn ensure_sqlite_dir(url: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A multi-threaded runtime for the long-running processes.
+pub fn runtime_multi() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `TRAINYARD_LOG_FORMAT=json` for JSON lines.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let json = std::env::var("TRAINYARD_LOG_FORMAT").is_ok_and(|v| v == "json");
+    // A second init (tests) fails harmlessly.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

@@ -1,0 +1,189 @@
+//! The scheduler process assembled from its components: store, engine, DAG
+//! loader, HTTP API and the gRPC service for workers.
+//!
+//! `trainyard scheduler`, `trainyard standalone`, `trainyard bench` and the
+//! end-to-end tests all start a scheduler through [`SchedulerApp::start`], so
+//! they share one code path. Listeners are bound by the caller (port 0 in
+//! tests) and everything stops when the shutdown token is cancelled.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::clock::{Clock, SystemClock};
+use crate::dags::DagLoaderOptions;
+use crate::engine::{Engine, EngineHandle, EngineOptions};
+use crate::http::{self, AppState};
+use crate::logs::LogStore;
+use crate::store::{self, Store};
+
+/// Everything a scheduler process needs to know.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// `sqlite:PATH` or `postgres://…`.
+    pub db_url: String,
+    /// Folder of DAG files to load and watch; `None` serves only what the
+    /// database already holds.
+    pub dags_dir: Option<PathBuf>,
+    /// Where logs (and, with the default artifact store, artifacts) live.
+    pub data_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub lost_worker_timeout: Duration,
+    /// Named pool slot counts.
+    pub pools: BTreeMap<String, u32>,
+    pub catchup_limit: usize,
+}
+
+impl SchedulerConfig {
+    pub fn new(db_url: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            db_url: db_url.into(),
+            dags_dir: None,
+            data_dir: data_dir.into(),
+            heartbeat_interval: Duration::from_secs(5),
+            lost_worker_timeout: Duration::from_secs(30),
+            pools: BTreeMap::new(),
+            catchup_limit: 100,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot start the engine: {0}")]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("cannot load DAGs from {dir}: {message}")]
+    Dags { dir: PathBuf, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started scheduler: its parts, for callers that drive or observe it.
+pub struct SchedulerApp {
+    pub store: Arc<dyn Store>,
+    pub engine: EngineHandle,
+    pub logs: LogStore,
+    pub http_addr: SocketAddr,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for SchedulerApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerApp")
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedulerApp {
+    /// Opens the store (applying migrations), rebuilds the engine from it,
+    /// loads the DAG folder and starts serving. Returns once everything runs.
+    pub async fn start(
+        config: SchedulerConfig,
+        http_listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<Self, AppError> {
+        Self::start_with_clock(config, http_listener, shutdown, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        config: SchedulerConfig,
+        http_listener: TcpListener,
+        shutdown: CancellationToken,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AppError> {
+        let store = store::connect(&config.db_url).await?;
+        let mut opts = EngineOptions::new(store.clone(), clock.clone());
+        opts.heartbeat_interval = config.heartbeat_interval;
+        opts.lost_worker_timeout = config.lost_worker_timeout;
+        opts.pools = config.pools.clone();
+        opts.catchup_limit = config.catchup_limit;
+        let (engine, handle) = Engine::build(opts).await?;
+        let mut tasks = JoinSet::new();
+        {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(err) = engine.run(token.clone().cancelled_owned()).await {
+                    tracing::error!(error = %err, "engine stopped with an error");
+                    token.cancel();
+                }
+            });
+        }
+
+        if let Some(dir) = &config.dags_dir {
+            let notify = handle.clone();
+            let loader_clock = clock.clone();
+            let mut loader = DagLoaderOptions::new(dir.clone(), store.clone())
+                .on_change(move |dag_id| {
+                    let engine = notify.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = engine.dag_changed(dag_id.clone()).await {
+                            warn!(%dag_id, error = %err, "engine did not take the DAG change");
+                        }
+                    });
+                })
+                .clock(move || loader_clock.now())
+                .build()
+                .map_err(|e| AppError::Dags {
+                    dir: dir.clone(),
+                    message: e.to_string(),
+                })?;
+            let report = loader
+                .load_all(clock.now())
+                .await
+                .map_err(|e| AppError::Dags {
+                    dir: dir.clone(),
+                    message: e.to_string(),
+                })?;
+            info!(loaded = report.loaded.len(), errors = report.errors.len(), dir = %dir.display(), "dags loaded");
+            for (path, error) in &report.errors {
+                warn!(path = %path.display(), "{error}");
+            }
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(err) = loader.run(token.cancelled_owned()).await {
+                    tracing::error!(error = %err, "dag watcher stopped");
+                }
+            });
+        }
+
+        let logs = LogStore::new(config.data_dir.join("logs"));
+        let http_addr = http_listener.local_addr()?;
+        let state = AppState {
+            store: store.clone(),
+            control: Arc::new(handle.clone()),
+            logs: logs.clone(),
+        };
+        {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(err) = http::serve(http_listener, state, token.cancelled_owned()).await {
+                    tracing::error!(error = %err, "http server stopped");
+                }
+            });
+        }
+        info!(%http_addr, "scheduler started");
+        Ok(Self {
+            store,
+            engine: handle,
+            logs,
+            http_addr,
+            tasks,
+        })
+    }
+
+    /// Waits until every component has stopped (after the shutdown token fired).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.store.close().await;
+    }
+}
