@@ -3,13 +3,18 @@
 
 use sqlx::migrate::Migrator;
 
-use super::error::{Result, StoreError};
 use super::MigrationStatus;
+use super::error::{Result, StoreError};
 
 /// Refuses a database that has a migration applied this binary does not know.
 pub(crate) fn check_not_newer(migrator: &Migrator, applied: &[i64]) -> Result<()> {
     let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-    match applied.iter().copied().filter(|v| !migrator.version_exists(*v)).max() {
+    match applied
+        .iter()
+        .copied()
+        .filter(|v| !migrator.version_exists(*v))
+        .max()
+    {
         Some(found) => Err(StoreError::SchemaTooNew { found, known }),
         None => Ok(()),
     }

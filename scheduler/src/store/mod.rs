@@ -92,9 +92,7 @@ pub fn backend_of(url: &str) -> Result<Backend> {
     } else if url.starts_with("sqlite:") {
         Ok(Backend::Sqlite)
     } else {
-        Err(StoreError::UnsupportedUrl {
-            url: redact(url),
-        })
+        Err(StoreError::UnsupportedUrl { url: redact(url) })
     }
 }
 
@@ -140,8 +138,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    async fn set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>)
-    -> Result<()>;
+    async fn set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()>;
     /// The DAG's file is gone: no new runs; its history stays.
     async fn deactivate_dag(&self, dag_id: &DagId, now: DateTime<Utc>) -> Result<()>;
     async fn get_dag(&self, dag_id: &DagId) -> Result<Dag>;
@@ -170,8 +167,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Latest run of the DAG (by creation) that succeeded.
     async fn last_successful_run(&self, dag_id: &DagId) -> Result<Option<Run>>;
     /// Latest logical date of the DAG's scheduled runs (where cron resumes after a restart).
-    async fn last_scheduled_logical_date(&self, dag_id: &DagId)
-    -> Result<Option<DateTime<Utc>>>;
+    async fn last_scheduled_logical_date(&self, dag_id: &DagId) -> Result<Option<DateTime<Utc>>>;
     /// The run's transition log, oldest first.
     async fn run_events(&self, run_id: RunId) -> Result<Vec<Event>>;
 
@@ -180,8 +176,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// All task instances of a run, by id (creation order).
     async fn task_instances(&self, run_id: RunId) -> Result<Vec<TaskInstance>>;
     /// Task instances in one state across all runs, oldest first (recovery: `lost`, `assigned`…).
-    async fn task_instances_in_state(&self, state: TaskState, limit: u32)
-    -> Result<Vec<TaskInstance>>;
+    async fn task_instances_in_state(
+        &self,
+        state: TaskState,
+        limit: u32,
+    ) -> Result<Vec<TaskInstance>>;
     /// One CAS transition (see [`Store::transition_tasks`]).
     async fn transition_task(
         &self,
@@ -259,8 +258,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records a heartbeat; returns the worker's state (a `lost` worker stays
     /// lost until it registers again).
     async fn heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState>;
-    async fn set_worker_state(&self, id: WorkerId, state: WorkerState, now: DateTime<Utc>)
-    -> Result<()>;
+    async fn set_worker_state(
+        &self,
+        id: WorkerId,
+        state: WorkerState,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     /// Marks the worker lost and, in the same transaction, every attempt it held
     /// (`assigned`/`running` → `lost`, attempt outcome `lost`). Returns those
     /// attempts so the engine can retry or fail them.

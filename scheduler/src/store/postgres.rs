@@ -63,18 +63,17 @@ impl PgStore {
     }
 
     async fn applied_versions(&self) -> Result<Vec<i64>> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
         if !exists {
             return Ok(Vec::new());
         }
-        Ok(
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn refuse_newer_schema(&self) -> Result<()> {

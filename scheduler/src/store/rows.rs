@@ -42,9 +42,9 @@ macro_rules! decoders {
     ($module:ident, $Row:ty) => {
         pub(crate) mod $module {
             use chrono::{DateTime, Utc};
+            use serde_json::Value;
             use sqlx::Row;
             use sqlx::types::Json;
-            use serde_json::Value;
             use trainyard_core::ids::*;
             use uuid::Uuid;
 
@@ -127,7 +127,9 @@ macro_rules! decoders {
                     task_instance_id: TaskInstanceId::new(r.try_get("task_instance_id")?),
                     run_id: RunId::from_uuid(r.try_get::<Uuid, _>("run_id")?),
                     attempt: r.try_get("attempt")?,
-                    worker_id: r.try_get::<Option<Uuid>, _>("worker_id")?.map(WorkerId::from_uuid),
+                    worker_id: r
+                        .try_get::<Option<Uuid>, _>("worker_id")?
+                        .map(WorkerId::from_uuid),
                     gpus: r.try_get::<Json<Vec<u32>>, _>("gpus")?.0,
                     outcome: outcome.map(|o| parse("attempts", &o)).transpose()?,
                     exit_code: r.try_get("exit_code")?,

@@ -6,8 +6,8 @@ use serde_json::json;
 use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState, TriggerKind, WorkerState};
 use trainyard_scheduler::store::{
-    Assignment, Backend, ClaimFilter, ConnectOptions, EventEntity, FinishAttempt, NewDagVersion, NewWorker,
-    RunCreation, RunFilter, RunTransition, StoreError, TaskTransition, connect_with,
+    Assignment, Backend, ClaimFilter, ConnectOptions, EventEntity, FinishAttempt, NewDagVersion,
+    NewWorker, RunCreation, RunFilter, RunTransition, StoreError, TaskTransition, connect_with,
 };
 
 use crate::harness::*;
@@ -29,9 +29,15 @@ pub async fn migrations_are_reported_and_a_newer_schema_is_refused(db: &TestDb) 
          VALUES (29990101000000, 'from the future', TRUE, {checksum}, 0)"
     ))
     .await;
-    let err = connect_with(&db.url, ConnectOptions { migrate: true, ..db.options.clone() })
-        .await
-        .unwrap_err();
+    let err = connect_with(
+        &db.url,
+        ConnectOptions {
+            migrate: true,
+            ..db.options.clone()
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -57,17 +63,33 @@ pub async fn dag_versions_register_once_per_content_hash(db: &TestDb) {
     assert!(!again.created);
     let b = s.upsert_dag_version(v("b"), t0()).await.unwrap();
     assert!(b.created && b.version_id != a.version_id);
-    assert_eq!(s.get_dag(&dag).await.unwrap().current_version_id, Some(b.version_id));
-    assert_eq!(s.get_dag_version(a.version_id).await.unwrap().spec, json!({"hash": "a"}));
+    assert_eq!(
+        s.get_dag(&dag).await.unwrap().current_version_id,
+        Some(b.version_id)
+    );
+    assert_eq!(
+        s.get_dag_version(a.version_id).await.unwrap().spec,
+        json!({"hash": "a"})
+    );
 
     // A parse error is recorded; the last good version stays current.
-    s.record_parse_error(&dag, None, "line 3: unknown key", t0()).await.unwrap();
+    s.record_parse_error(&dag, None, "line 3: unknown key", t0())
+        .await
+        .unwrap();
     let d = s.get_dag(&dag).await.unwrap();
     assert_eq!(d.parse_error.as_deref(), Some("line 3: unknown key"));
     assert_eq!(d.current_version_id, Some(b.version_id));
     // A file that never parsed still shows up, with no version.
-    s.record_parse_error(&DagId::new("broken"), Some("dags/broken.toml"), "bad", t0()).await.unwrap();
-    assert_eq!(s.get_dag(&DagId::new("broken")).await.unwrap().current_version_id, None);
+    s.record_parse_error(&DagId::new("broken"), Some("dags/broken.toml"), "bad", t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_dag(&DagId::new("broken"))
+            .await
+            .unwrap()
+            .current_version_id,
+        None
+    );
 
     s.set_dag_paused(&dag, true, t0()).await.unwrap();
     s.deactivate_dag(&dag, t0()).await.unwrap();
@@ -79,7 +101,12 @@ pub async fn dag_versions_register_once_per_content_hash(db: &TestDb) {
     assert!(d.paused && d.active && d.parse_error.is_none());
     assert_eq!(d.current_version_id, Some(a.version_id));
     assert_eq!(s.list_dags().await.unwrap().len(), 2);
-    assert!(s.set_dag_paused(&DagId::new("nope"), true, t0()).await.unwrap_err().is_not_found());
+    assert!(
+        s.set_dag_paused(&DagId::new("nope"), true, t0())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 pub async fn runs_are_created_atomically_and_a_schedule_slot_exists_once(db: &TestDb) {
@@ -94,7 +121,14 @@ pub async fn runs_are_created_atomically_and_a_schedule_slot_exists_once(db: &Te
         r
     };
     let first = match s
-        .create_run(scheduled(vec![task("a", TaskState::Ready), task("b", TaskState::Pending)]), "cron", t0())
+        .create_run(
+            scheduled(vec![
+                task("a", TaskState::Ready),
+                task("b", TaskState::Pending),
+            ]),
+            "cron",
+            t0(),
+        )
         .await
         .unwrap()
     {
@@ -109,18 +143,30 @@ pub async fn runs_are_created_atomically_and_a_schedule_slot_exists_once(db: &Te
     };
     assert_eq!(s.get_run(first.id).await.unwrap(), first);
     // Same slot again (a second replica's cron tick): the first run comes back.
-    match s.create_run(scheduled(vec![task("a", TaskState::Ready)]), "cron", t0()).await.unwrap() {
+    match s
+        .create_run(scheduled(vec![task("a", TaskState::Ready)]), "cron", t0())
+        .await
+        .unwrap()
+    {
         RunCreation::AlreadyExists(r) => assert_eq!(r.id, first.id),
         other => panic!("{other:?}"),
     }
     assert_eq!(s.task_instances(first.id).await.unwrap().len(), 2);
-    assert_eq!(s.last_scheduled_logical_date(&DagId::new("nightly")).await.unwrap(), Some(slot));
+    assert_eq!(
+        s.last_scheduled_logical_date(&DagId::new("nightly"))
+            .await
+            .unwrap(),
+        Some(slot)
+    );
 
     // Idempotency key for manual triggers.
     let mut m = manual_run("nightly", version, vec![task("a", TaskState::Ready)]);
     m.idempotency_key = Some("req-1".to_owned());
     let m_id = m.id;
-    assert!(matches!(s.create_run(m.clone(), "api", t0()).await.unwrap(), RunCreation::Created { .. }));
+    assert!(matches!(
+        s.create_run(m.clone(), "api", t0()).await.unwrap(),
+        RunCreation::Created { .. }
+    ));
     m.id = RunId::new();
     match s.create_run(m, "api", t0()).await.unwrap() {
         RunCreation::AlreadyExists(r) => assert_eq!(r.id, m_id),
@@ -129,15 +175,32 @@ pub async fn runs_are_created_atomically_and_a_schedule_slot_exists_once(db: &Te
     // Bad input is refused before anything is written.
     let mut bad = scheduled(vec![task("a", TaskState::Ready)]);
     bad.logical_date = None;
-    assert!(matches!(s.create_run(bad, "cron", t0()).await, Err(StoreError::InvalidArgument(_))));
-    let dup = manual_run("nightly", version, vec![task("a", TaskState::Ready), task("a", TaskState::Ready)]);
+    assert!(matches!(
+        s.create_run(bad, "cron", t0()).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    let dup = manual_run(
+        "nightly",
+        version,
+        vec![task("a", TaskState::Ready), task("a", TaskState::Ready)],
+    );
     let dup_id = dup.id;
-    assert!(matches!(s.create_run(dup, "api", t0()).await, Err(StoreError::InvalidArgument(_))));
+    assert!(matches!(
+        s.create_run(dup, "api", t0()).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
     assert!(s.get_run(dup_id).await.unwrap_err().is_not_found());
 
     let events = s.run_events(first.id).await.unwrap();
     assert_eq!(events.len(), 1);
-    assert_eq!((events[0].entity, events[0].from_state.as_deref(), events[0].to_state.as_str()), (EventEntity::Run, None, "queued"));
+    assert_eq!(
+        (
+            events[0].entity,
+            events[0].from_state.as_deref(),
+            events[0].to_state.as_str()
+        ),
+        (EventEntity::Run, None, "queued")
+    );
 }
 
 pub async fn run_listing_pages_newest_first(db: &TestDb) {
@@ -149,32 +212,104 @@ pub async fn run_listing_pages_newest_first(db: &TestDb) {
         ids.push(r.id);
         s.create_run(r, "api", t0()).await.unwrap();
     }
-    let page = s.list_runs(RunFilter { dag_id: Some(DagId::new("d")), limit: 2, ..Default::default() }).await.unwrap();
-    assert_eq!(page.runs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
-    let page2 = s.list_runs(RunFilter { before: page.next_cursor, limit: 2, ..Default::default() }).await.unwrap();
-    assert_eq!(page2.runs.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
-    let page3 = s.list_runs(RunFilter { before: page2.next_cursor, limit: 2, ..Default::default() }).await.unwrap();
+    let page = s
+        .list_runs(RunFilter {
+            dag_id: Some(DagId::new("d")),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
+    let page2 = s
+        .list_runs(RunFilter {
+            before: page.next_cursor,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+    let page3 = s
+        .list_runs(RunFilter {
+            before: page2.next_cursor,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page3.runs.len(), 1);
     assert_eq!(page3.next_cursor, None);
-    let running = s.list_runs(RunFilter { states: vec![RunState::Running], limit: 100, ..Default::default() }).await.unwrap();
+    let running = s
+        .list_runs(RunFilter {
+            states: vec![RunState::Running],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(running.runs.len(), 5);
     assert_eq!(s.active_runs().await.unwrap().len(), 5);
-    assert!(s.last_successful_run(&DagId::new("d")).await.unwrap().is_none());
+    assert!(
+        s.last_successful_run(&DagId::new("d"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn run_transitions_are_compare_and_set(db: &TestDb) {
     let s = &*db.store;
     let (run, _) = seed_run(s, "d", 1, TaskState::Ready).await;
-    let tr = |from, to| RunTransition { id: run.id, from, to, reason: None };
-    let done = s.transition_run(tr(RunState::Running, RunState::Success), "scheduler", t0() + secs(5)).await.unwrap();
+    let tr = |from, to| RunTransition {
+        id: run.id,
+        from,
+        to,
+        reason: None,
+    };
+    let done = s
+        .transition_run(
+            tr(RunState::Running, RunState::Success),
+            "scheduler",
+            t0() + secs(5),
+        )
+        .await
+        .unwrap();
     assert_eq!(done.state, RunState::Success);
     assert_eq!(done.ended_at, Some(t0() + secs(5)));
-    let err = s.transition_run(tr(RunState::Running, RunState::Failed), "scheduler", t0()).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("run {}: expected state running, found success", run.id));
-    let err = s.transition_run(tr(RunState::Success, RunState::Failed), "scheduler", t0()).await.unwrap_err();
-    assert!(matches!(err, StoreError::ForbiddenRunTransition { .. }), "{err}");
-    assert_eq!(s.last_successful_run(&DagId::new("d")).await.unwrap().map(|r| r.id), Some(run.id));
-    let reopened = s.transition_run(tr(RunState::Success, RunState::Queued), "api", t0()).await.unwrap();
+    let err = s
+        .transition_run(tr(RunState::Running, RunState::Failed), "scheduler", t0())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("run {}: expected state running, found success", run.id)
+    );
+    let err = s
+        .transition_run(tr(RunState::Success, RunState::Failed), "scheduler", t0())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::ForbiddenRunTransition { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        s.last_successful_run(&DagId::new("d"))
+            .await
+            .unwrap()
+            .map(|r| r.id),
+        Some(run.id)
+    );
+    let reopened = s
+        .transition_run(tr(RunState::Success, RunState::Queued), "api", t0())
+        .await
+        .unwrap();
     assert_eq!(reopened.ended_at, None);
 }
 
@@ -183,27 +318,53 @@ pub async fn forbidden_task_transitions_are_refused_by_the_store(db: &TestDb) {
     let (_, tasks) = seed_run(s, "d", 1, TaskState::Pending).await;
     let id = tasks[0].id;
     let err = s
-        .transition_task(TaskTransition::new(id, TaskState::Pending, TaskState::Success, 0), "x", t0())
+        .transition_task(
+            TaskTransition::new(id, TaskState::Pending, TaskState::Success, 0),
+            "x",
+            t0(),
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.to_string(), format!("task instance {id}: transition pending -> success is not allowed"));
+    assert_eq!(
+        err.to_string(),
+        format!("task instance {id}: transition pending -> success is not allowed")
+    );
     // Claims and starts have their own calls (they create and fence attempts).
     let err = s
-        .transition_task(TaskTransition::new(id, TaskState::Ready, TaskState::Assigned, 0), "x", t0())
+        .transition_task(
+            TaskTransition::new(id, TaskState::Ready, TaskState::Assigned, 0),
+            "x",
+            t0(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
     // A CAS on the wrong state says what it found.
     let err = s
-        .transition_task(TaskTransition::new(id, TaskState::Ready, TaskState::Skipped, 0), "x", t0())
+        .transition_task(
+            TaskTransition::new(id, TaskState::Ready, TaskState::Skipped, 0),
+            "x",
+            t0(),
+        )
         .await
         .unwrap_err();
     assert!(err.is_conflict());
-    assert!(err.to_string().contains("expected state ready attempt 0, found pending attempt 0"), "{err}");
-    assert_eq!(s.get_task_instance(id).await.unwrap().state, TaskState::Pending);
+    assert!(
+        err.to_string()
+            .contains("expected state ready attempt 0, found pending attempt 0"),
+        "{err}"
+    );
+    assert_eq!(
+        s.get_task_instance(id).await.unwrap().state,
+        TaskState::Pending
+    );
     let missing = TaskInstanceId::new(987_654);
     let err = s
-        .transition_task(TaskTransition::new(missing, TaskState::Pending, TaskState::Ready, 0), "x", t0())
+        .transition_task(
+            TaskTransition::new(missing, TaskState::Pending, TaskState::Ready, 0),
+            "x",
+            t0(),
+        )
         .await
         .unwrap_err();
     assert!(err.is_not_found(), "{err}");
@@ -213,23 +374,45 @@ pub async fn batch_transitions_are_all_or_nothing(db: &TestDb) {
     let s = &*db.store;
     let (run, tasks) = seed_run(s, "d", 100, TaskState::Pending).await;
     // One task moved away first: the batch that expects it pending fails whole.
-    s.transition_task(TaskTransition::new(tasks[50].id, TaskState::Pending, TaskState::Cancelled, 0), "x", t0())
-        .await
-        .unwrap();
+    s.transition_task(
+        TaskTransition::new(tasks[50].id, TaskState::Pending, TaskState::Cancelled, 0),
+        "x",
+        t0(),
+    )
+    .await
+    .unwrap();
     let batch: Vec<_> = tasks
         .iter()
         .map(|t| TaskTransition::new(t.id, TaskState::Pending, TaskState::Ready, 0))
         .collect();
-    let err = s.transition_tasks(&batch, "scheduler", t0()).await.unwrap_err();
-    assert!(err.to_string().contains("found cancelled attempt 0"), "{err}");
+    let err = s
+        .transition_tasks(&batch, "scheduler", t0())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("found cancelled attempt 0"),
+        "{err}"
+    );
     let now = s.task_instances(run.id).await.unwrap();
-    assert_eq!(now.iter().filter(|t| t.state == TaskState::Ready).count(), 0);
+    assert_eq!(
+        now.iter().filter(|t| t.state == TaskState::Ready).count(),
+        0
+    );
 
     let batch: Vec<_> = batch.into_iter().filter(|t| t.id != tasks[50].id).collect();
-    s.transition_tasks(&batch, "scheduler", t0() + secs(1)).await.unwrap();
+    s.transition_tasks(&batch, "scheduler", t0() + secs(1))
+        .await
+        .unwrap();
     let now = s.task_instances(run.id).await.unwrap();
-    assert_eq!(now.iter().filter(|t| t.state == TaskState::Ready).count(), 99);
-    assert!(now.iter().filter(|t| t.state == TaskState::Ready).all(|t| t.ready_at == Some(t0() + secs(1))));
+    assert_eq!(
+        now.iter().filter(|t| t.state == TaskState::Ready).count(),
+        99
+    );
+    assert!(
+        now.iter()
+            .filter(|t| t.state == TaskState::Ready)
+            .all(|t| t.ready_at == Some(t0() + secs(1)))
+    );
     let events = s.run_events(run.id).await.unwrap();
     assert_eq!(events.iter().filter(|e| e.to_state == "ready").count(), 99);
 }
@@ -238,7 +421,12 @@ pub async fn claims_take_highest_priority_then_oldest_ready(db: &TestDb) {
     let s = &*db.store;
     let version = seed_dag(s, "d").await;
     let mut r = manual_run("d", version, vec![]);
-    for (name, prio, pool) in [("low", 0, "default"), ("high", 10, "default"), ("gpu", 5, "gpu"), ("low2", 0, "default")] {
+    for (name, prio, pool) in [
+        ("low", 0, "default"),
+        ("high", 10, "default"),
+        ("gpu", 5, "gpu"),
+        ("low2", 0, "default"),
+    ] {
         let mut t = task(name, TaskState::Pending);
         t.priority = prio;
         t.pool = pool.to_owned();
@@ -251,38 +439,99 @@ pub async fn claims_take_highest_priority_then_oldest_ready(db: &TestDb) {
     // low2 becomes ready before low: FIFO among equal priorities.
     for (i, name) in ["low2", "low", "high", "gpu"].iter().enumerate() {
         let t = tasks.iter().find(|t| t.task_id.as_str() == *name).unwrap();
-        s.transition_task(TaskTransition::new(t.id, TaskState::Pending, TaskState::Ready, 0), "x", t0() + secs(i as i64))
-            .await
-            .unwrap();
+        s.transition_task(
+            TaskTransition::new(t.id, TaskState::Pending, TaskState::Ready, 0),
+            "x",
+            t0() + secs(i as i64),
+        )
+        .await
+        .unwrap();
     }
     let ready = s.ready_tasks(&ClaimFilter::default(), 10).await.unwrap();
     let names: Vec<_> = ready.iter().map(|t| t.task_id.as_str()).collect();
     assert_eq!(names, ["high", "gpu", "low2", "low"]);
 
-    let gpu_only = ClaimFilter { pools: vec!["gpu".to_owned()], ..Default::default() };
-    let claimed = s.claim_ready(&gpu_only, 10, None, "scheduler", t0() + secs(10)).await.unwrap();
-    assert_eq!(claimed.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(), ["gpu"]);
+    let gpu_only = ClaimFilter {
+        pools: vec!["gpu".to_owned()],
+        ..Default::default()
+    };
+    let claimed = s
+        .claim_ready(&gpu_only, 10, None, "scheduler", t0() + secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| c.task_id.as_str())
+            .collect::<Vec<_>>(),
+        ["gpu"]
+    );
     let worker = WorkerId::new();
-    let claimed = s.claim_ready(&ClaimFilter::default(), 2, Some(worker), "scheduler", t0() + secs(10)).await.unwrap();
-    assert_eq!(claimed.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(), ["high", "low2"]);
-    assert!(claimed.iter().all(|c| c.attempt == 1 && c.worker_id == Some(worker)));
+    let claimed = s
+        .claim_ready(
+            &ClaimFilter::default(),
+            2,
+            Some(worker),
+            "scheduler",
+            t0() + secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|c| c.task_id.as_str())
+            .collect::<Vec<_>>(),
+        ["high", "low2"]
+    );
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.attempt == 1 && c.worker_id == Some(worker))
+    );
     let attempts = s.attempts(claimed[0].id).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].id, claimed[0].attempt_id);
-    assert_eq!(s.get_task_instance(claimed[0].id).await.unwrap().state, TaskState::Assigned);
-    let other_dag = ClaimFilter { dag_ids: vec![DagId::new("other")], ..Default::default() };
-    assert!(s.claim_ready(&other_dag, 10, None, "scheduler", t0()).await.unwrap().is_empty());
+    assert_eq!(
+        s.get_task_instance(claimed[0].id).await.unwrap().state,
+        TaskState::Assigned
+    );
+    let other_dag = ClaimFilter {
+        dag_ids: vec![DagId::new("other")],
+        ..Default::default()
+    };
+    assert!(
+        s.claim_ready(&other_dag, 10, None, "scheduler", t0())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn assign_tasks_places_on_gpus_and_skips_taken_ones(db: &TestDb) {
     let s = &*db.store;
     let (_, tasks) = seed_run(s, "d", 3, TaskState::Ready).await;
     let worker = WorkerId::new();
-    let assign = |i: usize, gpus: Vec<u32>| Assignment { id: tasks[i].id, attempt: 0, worker_id: Some(worker), gpus };
+    let assign = |i: usize, gpus: Vec<u32>| Assignment {
+        id: tasks[i].id,
+        attempt: 0,
+        worker_id: Some(worker),
+        gpus,
+    };
     // Another replica takes task 1 first.
-    let first = s.assign_tasks(&[assign(1, vec![3])], "replica-b", t0()).await.unwrap();
+    let first = s
+        .assign_tasks(&[assign(1, vec![3])], "replica-b", t0())
+        .await
+        .unwrap();
     assert_eq!(first.len(), 1);
-    let got = s.assign_tasks(&[assign(0, vec![0, 1]), assign(1, vec![2]), assign(2, vec![])], "replica-a", t0()).await.unwrap();
+    let got = s
+        .assign_tasks(
+            &[assign(0, vec![0, 1]), assign(1, vec![2]), assign(2, vec![])],
+            "replica-a",
+            t0(),
+        )
+        .await
+        .unwrap();
     let mut got_ids: Vec<_> = got.iter().map(|c| c.id).collect();
     got_ids.sort();
     assert_eq!(got_ids, vec![tasks[0].id, tasks[2].id]);
@@ -298,9 +547,14 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
     let s = &*db.store;
     let (run, tasks) = seed_run(s, "d", 1, TaskState::Ready).await;
     let id = tasks[0].id;
-    let c = s.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0()).await.unwrap();
+    let c = s
+        .claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
+        .await
+        .unwrap();
     assert_eq!(c[0].attempt, 1);
-    s.start_attempt(id, 1, "worker", t0() + secs(1)).await.unwrap();
+    s.start_attempt(id, 1, "worker", t0() + secs(1))
+        .await
+        .unwrap();
     let fail = FinishAttempt {
         id,
         attempt: 1,
@@ -312,17 +566,34 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
         log_location: Some("logs/1".to_owned()),
         next_retry_at: Some(t0() + secs(60)),
     };
-    s.finish_attempt(fail, "worker", t0() + secs(2)).await.unwrap();
+    s.finish_attempt(fail, "worker", t0() + secs(2))
+        .await
+        .unwrap();
     assert!(s.due_retries(t0() + secs(59), 10).await.unwrap().is_empty());
     assert_eq!(s.next_retry_time().await.unwrap(), Some(t0() + secs(60)));
     let due = s.due_retries(t0() + secs(60), 10).await.unwrap();
     assert_eq!(due.iter().map(|t| t.id).collect::<Vec<_>>(), vec![id]);
-    s.transition_task(TaskTransition::new(id, TaskState::UpForRetry, TaskState::Ready, 1), "scheduler", t0() + secs(60))
+    s.transition_task(
+        TaskTransition::new(id, TaskState::UpForRetry, TaskState::Ready, 1),
+        "scheduler",
+        t0() + secs(60),
+    )
+    .await
+    .unwrap();
+    let c = s
+        .claim_ready(
+            &ClaimFilter::default(),
+            1,
+            None,
+            "scheduler",
+            t0() + secs(61),
+        )
         .await
         .unwrap();
-    let c = s.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0() + secs(61)).await.unwrap();
     assert_eq!(c[0].attempt, 2);
-    s.start_attempt(id, 2, "worker", t0() + secs(62)).await.unwrap();
+    s.start_attempt(id, 2, "worker", t0() + secs(62))
+        .await
+        .unwrap();
 
     // The first attempt's late success report: fenced off, nothing changes.
     let before = s.get_task_instance(id).await.unwrap();
@@ -338,10 +609,16 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
         log_location: None,
         next_retry_at: None,
     };
-    let err = s.finish_attempt(stale.clone(), "worker", t0() + secs(63)).await.unwrap_err();
+    let err = s
+        .finish_attempt(stale.clone(), "worker", t0() + secs(63))
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("task instance {id} of run {}: expected state running attempt 1, found running attempt 2", run.id)
+        format!(
+            "task instance {id} of run {}: expected state running attempt 1, found running attempt 2",
+            run.id
+        )
     );
     assert_eq!(s.get_task_instance(id).await.unwrap(), before);
     assert_eq!(s.run_events(run.id).await.unwrap().len(), events_before);
@@ -351,17 +628,39 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
     assert_eq!(attempts[1].outcome, None);
 
     // The current attempt's report is applied.
-    s.finish_attempt(FinishAttempt { attempt: 2, ..stale }, "worker", t0() + secs(64)).await.unwrap();
+    s.finish_attempt(
+        FinishAttempt {
+            attempt: 2,
+            ..stale
+        },
+        "worker",
+        t0() + secs(64),
+    )
+    .await
+    .unwrap();
     let done = s.get_task_instance(id).await.unwrap();
-    assert_eq!((done.state, done.attempt, done.ended_at), (TaskState::Success, 2, Some(t0() + secs(64))));
-    assert_eq!(s.run_attempts(run.id).await.unwrap()[1].outcome, Some(AttemptOutcome::Success));
+    assert_eq!(
+        (done.state, done.attempt, done.ended_at),
+        (TaskState::Success, 2, Some(t0() + secs(64)))
+    );
+    assert_eq!(
+        s.run_attempts(run.id).await.unwrap()[1].outcome,
+        Some(AttemptOutcome::Success)
+    );
 
     // Clear: back to pending, attempt counter kept.
-    s.transition_task(TaskTransition::new(id, TaskState::Success, TaskState::Pending, 2), "api", t0() + secs(70))
-        .await
-        .unwrap();
+    s.transition_task(
+        TaskTransition::new(id, TaskState::Success, TaskState::Pending, 2),
+        "api",
+        t0() + secs(70),
+    )
+    .await
+    .unwrap();
     let cleared = s.get_task_instance(id).await.unwrap();
-    assert_eq!((cleared.state, cleared.attempt, cleared.ended_at), (TaskState::Pending, 2, None));
+    assert_eq!(
+        (cleared.state, cleared.attempt, cleared.ended_at),
+        (TaskState::Pending, 2, None)
+    );
 }
 
 pub async fn lost_worker_attempts_become_lost(db: &TestDb) {
@@ -376,26 +675,60 @@ pub async fn lost_worker_attempts_become_lost(db: &TestDb) {
     };
     let worker = s.register_worker(w.clone(), t0()).await.unwrap();
     assert_eq!(worker.state, WorkerState::Active);
-    let claimed = s.claim_ready(&ClaimFilter::default(), 2, Some(w.id), "scheduler", t0()).await.unwrap();
-    s.start_attempt(claimed[0].id, 1, "worker", t0()).await.unwrap();
-    assert_eq!(s.heartbeat_worker(w.id, t0() + secs(5)).await.unwrap(), WorkerState::Active);
+    let claimed = s
+        .claim_ready(&ClaimFilter::default(), 2, Some(w.id), "scheduler", t0())
+        .await
+        .unwrap();
+    s.start_attempt(claimed[0].id, 1, "worker", t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.heartbeat_worker(w.id, t0() + secs(5)).await.unwrap(),
+        WorkerState::Active
+    );
     assert!(s.stale_workers(t0() + secs(5)).await.unwrap().is_empty());
     assert_eq!(s.stale_workers(t0() + secs(6)).await.unwrap().len(), 1);
 
-    let lost = s.mark_worker_lost(w.id, "no heartbeat for 30s", t0() + secs(40)).await.unwrap();
+    let lost = s
+        .mark_worker_lost(w.id, "no heartbeat for 30s", t0() + secs(40))
+        .await
+        .unwrap();
     assert_eq!(lost.len(), 2);
     for c in &claimed {
         let t = s.get_task_instance(c.id).await.unwrap();
         assert_eq!(t.state, TaskState::Lost);
-        assert_eq!(s.attempts(c.id).await.unwrap()[0].outcome, Some(AttemptOutcome::Lost));
+        assert_eq!(
+            s.attempts(c.id).await.unwrap()[0].outcome,
+            Some(AttemptOutcome::Lost)
+        );
     }
-    assert_eq!(s.get_task_instance(tasks[2].id).await.unwrap().state, TaskState::Ready);
+    assert_eq!(
+        s.get_task_instance(tasks[2].id).await.unwrap().state,
+        TaskState::Ready
+    );
     assert!(s.attempts_held_by_worker(w.id).await.unwrap().is_empty());
-    assert_eq!(s.task_instances_in_state(TaskState::Lost, 10).await.unwrap().len(), 2);
-    assert_eq!(s.heartbeat_worker(w.id, t0() + secs(41)).await.unwrap(), WorkerState::Lost);
+    assert_eq!(
+        s.task_instances_in_state(TaskState::Lost, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.heartbeat_worker(w.id, t0() + secs(41)).await.unwrap(),
+        WorkerState::Lost
+    );
     // Re-registering brings it back.
-    assert_eq!(s.register_worker(w, t0() + secs(50)).await.unwrap().state, WorkerState::Active);
-    assert!(s.heartbeat_worker(WorkerId::new(), t0()).await.unwrap_err().is_not_found());
+    assert_eq!(
+        s.register_worker(w, t0() + secs(50)).await.unwrap().state,
+        WorkerState::Active
+    );
+    assert!(
+        s.heartbeat_worker(WorkerId::new(), t0())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 pub async fn metrics_are_stored_per_attempt_and_charted_across_runs(db: &TestDb) {
@@ -404,18 +737,40 @@ pub async fn metrics_are_stored_per_attempt_and_charted_across_runs(db: &TestDb)
     for (i, auc) in [0.81, 0.86, 0.9].iter().enumerate() {
         let (run, tasks) = seed_run(s, "churn", 1, TaskState::Ready).await;
         let id = tasks[0].id;
-        s.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0()).await.unwrap();
-        s.record_metrics(id, 1, &[("auc".to_owned(), *auc), ("loss".to_owned(), 0.1 * i as f64)], t0())
+        s.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
             .await
             .unwrap();
+        s.record_metrics(
+            id,
+            1,
+            &[
+                ("auc".to_owned(), *auc),
+                ("loss".to_owned(), 0.1 * i as f64),
+            ],
+            t0(),
+        )
+        .await
+        .unwrap();
         runs.push(run.id);
     }
     let m = s.run_metrics(runs[1]).await.unwrap();
     assert_eq!(m.len(), 2);
     assert_eq!((m[0].name.as_str(), m[0].value), ("auc", 0.86));
-    let series = s.metric_series(&DagId::new("churn"), &TaskId::new("t0000"), "auc", 2).await.unwrap();
-    assert_eq!(series.iter().map(|p| (p.run_id, p.value)).collect::<Vec<_>>(), vec![(runs[1], 0.86), (runs[2], 0.9)]);
+    let series = s
+        .metric_series(&DagId::new("churn"), &TaskId::new("t0000"), "auc", 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        series
+            .iter()
+            .map(|p| (p.run_id, p.value))
+            .collect::<Vec<_>>(),
+        vec![(runs[1], 0.86), (runs[2], 0.9)]
+    );
     let tasks = s.task_instances(runs[0]).await.unwrap();
-    let err = s.record_metrics(tasks[0].id, 5, &[("auc".to_owned(), 1.0)], t0()).await.unwrap_err();
+    let err = s
+        .record_metrics(tasks[0].id, 5, &[("auc".to_owned(), 1.0)], t0())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
 }

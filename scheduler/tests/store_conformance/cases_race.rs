@@ -22,7 +22,13 @@ pub async fn concurrent_claimers_claim_each_task_exactly_once(db: &TestDb) {
             let mut mine = Vec::new();
             loop {
                 let got = store
-                    .claim_ready(&ClaimFilter::default(), 7, None, &format!("replica-{i}"), t0())
+                    .claim_ready(
+                        &ClaimFilter::default(),
+                        7,
+                        None,
+                        &format!("replica-{i}"),
+                        t0(),
+                    )
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -39,20 +45,37 @@ pub async fn concurrent_claimers_claim_each_task_exactly_once(db: &TestDb) {
         all.extend(c.await.unwrap());
     }
     let unique: HashSet<_> = all.iter().map(|(id, _)| *id).collect();
-    assert_eq!(all.len(), TASKS, "claimed {} times for {TASKS} tasks", all.len());
+    assert_eq!(
+        all.len(),
+        TASKS,
+        "claimed {} times for {TASKS} tasks",
+        all.len()
+    );
     assert_eq!(unique.len(), TASKS);
     assert!(all.iter().all(|(_, attempt)| *attempt == 1));
     let s = &*db.store;
     assert_eq!(s.run_attempts(run.id).await.unwrap().len(), TASKS);
     let events = s.run_events(run.id).await.unwrap();
-    assert_eq!(events.iter().filter(|e| e.to_state == "assigned").count(), TASKS);
-    assert!(s.task_instances(run.id).await.unwrap().iter().all(|t| t.state == TaskState::Assigned));
+    assert_eq!(
+        events.iter().filter(|e| e.to_state == "assigned").count(),
+        TASKS
+    );
+    assert!(
+        s.task_instances(run.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.state == TaskState::Assigned)
+    );
 }
 
 pub async fn concurrent_reporters_exactly_one_wins(db: &TestDb) {
     let (run, tasks) = seed_run(&*db.store, "d", 1, TaskState::Ready).await;
     let id = tasks[0].id;
-    db.store.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0()).await.unwrap();
+    db.store
+        .claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
+        .await
+        .unwrap();
     db.store.start_attempt(id, 1, "worker", t0()).await.unwrap();
     // Eight retried RPCs of the same report, half saying success, half failure.
     let barrier = Arc::new(tokio::sync::Barrier::new(8));
@@ -78,7 +101,9 @@ pub async fn concurrent_reporters_exactly_one_wins(db: &TestDb) {
                 next_retry_at: None,
             };
             barrier.wait().await;
-            store.finish_attempt(report, &format!("reporter-{i}"), t0() + secs(1)).await
+            store
+                .finish_attempt(report, &format!("reporter-{i}"), t0() + secs(1))
+                .await
         }));
     }
     let mut wins = 0;
@@ -86,14 +111,21 @@ pub async fn concurrent_reporters_exactly_one_wins(db: &TestDb) {
         match r.await.unwrap() {
             Ok(()) => wins += 1,
             Err(e @ StoreError::TaskConflict { .. }) => {
-                assert!(e.to_string().contains("expected state running attempt 1, found"), "{e}")
+                assert!(
+                    e.to_string()
+                        .contains("expected state running attempt 1, found"),
+                    "{e}"
+                )
             }
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
     assert_eq!(wins, 1);
     let events = db.store.run_events(run.id).await.unwrap();
-    let finishes: Vec<_> = events.iter().filter(|e| e.from_state.as_deref() == Some("running")).collect();
+    let finishes: Vec<_> = events
+        .iter()
+        .filter(|e| e.from_state.as_deref() == Some("running"))
+        .collect();
     assert_eq!(finishes.len(), 1, "{events:?}");
     let t = db.store.get_task_instance(id).await.unwrap();
     assert_eq!(t.state.as_str(), finishes[0].to_state);
@@ -108,9 +140,16 @@ pub async fn concurrent_reporters_exactly_one_wins(db: &TestDb) {
 pub async fn failed_insert_mid_run_leaves_no_run(db: &TestDb) {
     let s = &*db.store;
     let version = seed_dag(s, "d").await;
-    let tasks = |n| (0..n).map(|i| task(&format!("t{i}"), TaskState::Pending)).collect();
+    let tasks = |n| {
+        (0..n)
+            .map(|i| task(&format!("t{i}"), TaskState::Pending))
+            .collect()
+    };
     let first = manual_run("d", version, tasks(1000));
-    assert!(matches!(s.create_run(first, "api", t0()).await.unwrap(), RunCreation::Created { .. }));
+    assert!(matches!(
+        s.create_run(first, "api", t0()).await.unwrap(),
+        RunCreation::Created { .. }
+    ));
     // A trap the store's validation cannot see: only one `t700` of DAG `d` may
     // exist, so the second run's insert dies in its second chunk of rows,
     // after the run row and 500 task rows were written in its transaction.
@@ -134,7 +173,9 @@ pub async fn killed_transaction_leaves_no_half_written_run(db: &TestDb) {
     const TASKS: usize = 20_000;
     let s = db.store.clone();
     let version = seed_dag(&*s, "big").await;
-    let tasks = (0..TASKS).map(|i| task(&format!("t{i:05}"), TaskState::Pending)).collect();
+    let tasks = (0..TASKS)
+        .map(|i| task(&format!("t{i:05}"), TaskState::Pending))
+        .collect();
     let run = manual_run("big", version, tasks);
     let id: RunId = run.id;
     let creating = tokio::spawn({
@@ -181,9 +222,19 @@ pub async fn killed_transaction_leaves_no_half_written_run(db: &TestDb) {
         .await
         .unwrap();
     admin.close().await;
-    assert!(killed, "the create-run transaction was never observed in flight");
-    assert!(result.is_err(), "create_run should fail when its connection dies");
-    assert_eq!((run_rows, rows), (0, 0), "a killed transaction left a half-written run");
+    assert!(
+        killed,
+        "the create-run transaction was never observed in flight"
+    );
+    assert!(
+        result.is_err(),
+        "create_run should fail when its connection dies"
+    );
+    assert_eq!(
+        (run_rows, rows),
+        (0, 0),
+        "a killed transaction left a half-written run"
+    );
     // The store keeps working after losing a connection.
     let (_, tasks) = seed_run(&*s, "after", 2, TaskState::Ready).await;
     assert_eq!(tasks.len(), 2);

@@ -33,10 +33,20 @@ pub struct TestDb {
 impl TestDb {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}?mode=rwc", dir.path().join("trainyard.db").display());
+        let url = format!(
+            "sqlite:{}?mode=rwc",
+            dir.path().join("trainyard.db").display()
+        );
         let options = ConnectOptions::default();
         let store = connect_with(&url, options.clone()).await.unwrap();
-        Self { store, backend: Backend::Sqlite, url, options, schema: None, _dir: Some(dir) }
+        Self {
+            store,
+            backend: Backend::Sqlite,
+            url,
+            options,
+            schema: None,
+            _dir: Some(dir),
+        }
     }
 
     pub async fn postgres() -> Self {
@@ -49,7 +59,10 @@ impl TestDb {
                  connecting failed: {e}"
             )
         });
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
         admin.close().await;
         let options = ConnectOptions {
             pg_schema: Some(schema.clone()),
@@ -58,12 +71,23 @@ impl TestDb {
             ..ConnectOptions::default()
         };
         let store = connect_with(&url, options.clone()).await.unwrap();
-        Self { store, backend: Backend::Postgres, url, options, schema: Some(schema), _dir: None }
+        Self {
+            store,
+            backend: Backend::Postgres,
+            url,
+            options,
+            schema: Some(schema),
+            _dir: None,
+        }
     }
 
     /// A second, independent store on the same database (another scheduler replica).
     pub async fn replica(&self) -> Arc<dyn Store> {
-        let options = ConnectOptions { migrate: false, max_connections: 2, ..self.options.clone() };
+        let options = ConnectOptions {
+            migrate: false,
+            max_connections: 2,
+            ..self.options.clone()
+        };
         connect_with(&self.url, options).await.unwrap()
     }
 
@@ -90,14 +114,21 @@ impl TestDb {
         let opts = sqlx::postgres::PgConnectOptions::from_str(&self.url)
             .unwrap()
             .options([("search_path", schema.as_str())]);
-        sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(opts).await.unwrap()
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await
+            .unwrap()
     }
 
     pub async fn cleanup(self) {
         self.store.close().await;
         if let Some(schema) = &self.schema {
             let admin = sqlx::PgPool::connect(&self.url).await.unwrap();
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&admin)
+                .await
+                .unwrap();
             admin.close().await;
         }
     }
@@ -141,7 +172,11 @@ pub fn task(name: &str, state: TaskState) -> NewTaskInstance {
     }
 }
 
-pub fn manual_run(dag: &str, version: trainyard_core::ids::DagVersionId, tasks: Vec<NewTaskInstance>) -> NewRun {
+pub fn manual_run(
+    dag: &str,
+    version: trainyard_core::ids::DagVersionId,
+    tasks: Vec<NewTaskInstance>,
+) -> NewRun {
     NewRun {
         id: RunId::new(),
         dag_id: DagId::new(dag),
@@ -156,10 +191,19 @@ pub fn manual_run(dag: &str, version: trainyard_core::ids::DagVersionId, tasks: 
 }
 
 /// Creates a running manual run of `n` tasks in `state`, named t0000….
-pub async fn seed_run(store: &dyn Store, dag: &str, n: usize, state: TaskState) -> (Run, Vec<TaskInstance>) {
+pub async fn seed_run(
+    store: &dyn Store,
+    dag: &str,
+    n: usize,
+    state: TaskState,
+) -> (Run, Vec<TaskInstance>) {
     let version = seed_dag(store, dag).await;
     let tasks = (0..n).map(|i| task(&format!("t{i:04}"), state)).collect();
-    match store.create_run(manual_run(dag, version, tasks), "test", t0()).await.unwrap() {
+    match store
+        .create_run(manual_run(dag, version, tasks), "test", t0())
+        .await
+        .unwrap()
+    {
         RunCreation::Created { run, tasks } => (run, tasks),
         RunCreation::AlreadyExists(r) => panic!("run {} already existed", r.id),
     }

@@ -15,10 +15,10 @@ use trainyard_core::ids::{AttemptId, WorkerId};
 use trainyard_core::state::TaskState;
 
 use super::common::{self, NewEvent};
+use crate::store::Backend;
 use crate::store::error::Result;
 use crate::store::rows::{TI_COLS, pg, sqlite};
 use crate::store::types::*;
-use crate::store::Backend;
 
 /// What the claim picks: the generic "best N ready" or an explicit list.
 enum Pick<'a> {
@@ -58,7 +58,8 @@ fn push_claim<'a, DB: sqlx::Database>(
                     }
                     qb.push(")");
                 }
-                qb.push(" ORDER BY priority DESC, ready_at, id LIMIT ").push_bind(*limit);
+                qb.push(" ORDER BY priority DESC, ready_at, id LIMIT ")
+                    .push_bind(*limit);
             }
             Pick::Exactly(list) => {
                 qb.push(" AND id IN (");
@@ -89,13 +90,16 @@ fn push_claim<'a, DB: sqlx::Database>(
             qb.push("WITH picked AS (");
             push_candidates(qb);
             qb.push(" FOR UPDATE SKIP LOCKED) UPDATE task_instances AS t SET state = 'assigned', ");
-            qb.push("attempt = t.attempt + 1, queued_at = ").push_bind(now);
+            qb.push("attempt = t.attempt + 1, queued_at = ")
+                .push_bind(now);
             qb.push(", updated_at = ").push_bind(now);
             qb.push(" FROM picked WHERE t.id = picked.id AND t.state = 'ready' RETURNING ");
             qb.push(returning);
         }
         Backend::Sqlite => {
-            qb.push("UPDATE task_instances SET state = 'assigned', attempt = attempt + 1, queued_at = ");
+            qb.push(
+                "UPDATE task_instances SET state = 'assigned', attempt = attempt + 1, queued_at = ",
+            );
             qb.push_bind(now).push(", updated_at = ").push_bind(now);
             qb.push(" WHERE id IN (");
             push_candidates(qb);

@@ -98,10 +98,13 @@ pub(crate) enum OnConflict {
 }
 
 /// Transitions that can share one `UPDATE` (same from, to, retry time and outcome).
-pub(crate) fn group(
-    transitions: &[TaskTransition],
-) -> Vec<Vec<&TaskTransition>> {
-    type Key = (TaskState, TaskState, Option<DateTime<Utc>>, Option<AttemptOutcome>);
+pub(crate) fn group(transitions: &[TaskTransition]) -> Vec<Vec<&TaskTransition>> {
+    type Key = (
+        TaskState,
+        TaskState,
+        Option<DateTime<Utc>>,
+        Option<AttemptOutcome>,
+    );
     let mut groups: Vec<(Key, Vec<&TaskTransition>)> = Vec::new();
     for t in transitions {
         let key = (t.from, t.to, t.next_retry_at, t.outcome);
