@@ -87,7 +87,10 @@ impl Batcher {
             run_id: self.run_id.clone(),
             task_id: self.task_id.clone(),
         };
-        let _ = self.events.send(JobEvent::Logs(self.key.clone(), msg)).await;
+        let _ = self
+            .events
+            .send(JobEvent::Logs(self.key.clone(), msg))
+            .await;
     }
 }
 
@@ -270,7 +273,9 @@ mod tests {
                 task_id: "task".into(),
                 argv: vec![script.into()],
                 shell: true,
-                env: [("SECRET".to_owned(), "hunter2".to_owned())].into_iter().collect(),
+                env: [("SECRET".to_owned(), "hunter2".to_owned())]
+                    .into_iter()
+                    .collect(),
                 secret_env: vec!["SECRET".into()],
                 gpu_indices: vec![1],
                 ..Default::default()

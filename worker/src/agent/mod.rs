@@ -220,7 +220,9 @@ impl Agent {
             return Err(AgentError::Options("slots must be at least 1".into()));
         }
         if opts.name.trim().is_empty() {
-            return Err(AgentError::Options("the worker name must not be empty".into()));
+            return Err(AgentError::Options(
+                "the worker name must not be empty".into(),
+            ));
         }
         std::fs::create_dir_all(&opts.work_dir).map_err(|source| AgentError::WorkDir {
             path: opts.work_dir.clone(),
@@ -272,8 +274,14 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_millis(500),
         };
-        assert_eq!(b.next(Duration::from_millis(100)), Duration::from_millis(200));
-        assert_eq!(b.next(Duration::from_millis(400)), Duration::from_millis(500));
+        assert_eq!(
+            b.next(Duration::from_millis(100)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            b.next(Duration::from_millis(400)),
+            Duration::from_millis(500)
+        );
         assert_eq!(b.next(Duration::ZERO), Duration::from_millis(100));
     }
 

@@ -44,8 +44,7 @@ pub fn safe_component(s: &str) -> bool {
         && s != "."
         && s != ".."
         && s.len() <= 255
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
@@ -192,7 +191,8 @@ mod tests {
             up.prepare().await.unwrap();
             std::fs::write(up.out_dir.join("data.csv"), format!("attempt {attempt}")).unwrap();
         }
-        let me = AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
+        let me =
+            AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
         me.prepare().await.unwrap();
         LocalInputs.fetch_inputs(&me).await.unwrap();
         let seen = std::fs::read_to_string(me.in_dir.join("ingest").join("data.csv")).unwrap();
@@ -202,7 +202,8 @@ mod tests {
     #[tokio::test]
     async fn a_missing_upstream_output_is_an_error_naming_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let me = AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
+        let me =
+            AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
         me.prepare().await.unwrap();
         let err = LocalInputs.fetch_inputs(&me).await.unwrap_err();
         assert!(err.contains("`ingest`"), "{err}");

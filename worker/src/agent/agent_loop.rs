@@ -1,0 +1,649 @@
+//! The agent's one task: owns the connection to the scheduler and the table
+//! of running attempts, and reacts to scheduler messages, job events, the
+//! heartbeat tick and draining. Jobs run on their own tasks and only talk to
+//! this loop through [`JobEvent`]s, so a slow or broken connection never
+//! stalls a task's process.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval};
+use tokio_stream::StreamExt as _;
+use tonic::Streaming;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, instrument, warn};
+use trainyard_core::ids::WorkerId;
+use trainyard_proto::v1::{self, scheduler_message::Kind as In, worker_message::Kind as Out};
+
+use super::dial::{self, DialError, Established};
+use super::job::{self, AttemptKey, Job, JobEvent};
+use super::workdir::{ArtifactHook, LocalInputs};
+use super::{AgentOptions, AgentStatus, Result};
+use crate::convert::{gpu_to_proto, gpu_usage_to_proto};
+use crate::exec::StopHandle;
+
+/// Heartbeat interval when neither the scheduler nor the options say.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Never heartbeat faster than this, whatever the scheduler asks.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
+/// Log lines kept while disconnected; older batches are dropped beyond it.
+const MAX_PENDING_LOG_LINES: usize = 100_000;
+/// After a drain, how long to wait for the scheduler to confirm the last results.
+const CONFIRM_WAIT: Duration = Duration::from_secs(30);
+
+/// One attempt this worker runs.
+struct Running {
+    assignment_id: String,
+    stop: StopHandle,
+    started_at_ms: i64,
+    gpus: Vec<u32>,
+    /// Killed (fenced): nothing more is reported about it.
+    killed: bool,
+}
+
+/// A TaskFinished the scheduler has not confirmed yet.
+struct Unconfirmed {
+    key: AttemptKey,
+    /// How it is listed in Hello after a reconnect (so the scheduler keeps
+    /// the attempt until the report arrives).
+    running: v1::RunningAttempt,
+    msg: v1::TaskFinished,
+    /// Sequence number of the message on the current stream; `None`: not
+    /// sent on it yet.
+    sent_seq: Option<u64>,
+}
+
+/// The open stream's sending side.
+struct Conn {
+    tx: mpsc::Sender<v1::WorkerMessage>,
+    /// Messages sent on this stream so far.
+    seq: u64,
+    /// (heartbeat timestamp, its sequence number), oldest first.
+    heartbeats: VecDeque<(i64, u64)>,
+}
+
+pub(super) struct AgentLoop {
+    opts: AgentOptions,
+    endpoint: Endpoint,
+    artifacts: Arc<dyn ArtifactHook>,
+    worker_id: WorkerId,
+    /// The scheduler answered a registration at least once.
+    registered: bool,
+    status: watch::Sender<AgentStatus>,
+    tasks: HashMap<AttemptKey, Running>,
+    unconfirmed: Vec<Unconfirmed>,
+    /// Log batches produced while disconnected.
+    pending_logs: VecDeque<v1::LogLines>,
+    pending_log_lines: usize,
+    conn: Option<Conn>,
+    draining: bool,
+    heartbeat_every: Duration,
+    /// Last heartbeat timestamp, kept strictly increasing (it keys confirmations).
+    last_heartbeat_ms: i64,
+    /// Wait before the next dial; reset once a stream proves healthy.
+    delay: Duration,
+    connections: u64,
+    usage: watch::Receiver<Vec<v1::GpuUsage>>,
+    /// Keeps `usage` open when no sampler runs.
+    _usage_tx: Option<watch::Sender<Vec<v1::GpuUsage>>>,
+    sampler: Option<tokio::task::JoinHandle<()>>,
+    events_tx: mpsc::Sender<JobEvent>,
+    events_rx: Option<mpsc::Receiver<JobEvent>>,
+}
+
+async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_message(
+    s: Option<&mut Streaming<v1::SchedulerMessage>>,
+) -> Option<std::result::Result<v1::SchedulerMessage, tonic::Status>> {
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(i: Option<&mut Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn key_of(a: Option<&v1::AttemptRef>) -> Option<AttemptKey> {
+    a.map(|a| (a.task_instance_id.clone(), a.attempt))
+}
+
+fn attempt_ref(key: &AttemptKey) -> v1::AttemptRef {
+    v1::AttemptRef {
+        task_instance_id: key.0.clone(),
+        attempt: key.1,
+    }
+}
+
+fn msg(kind: Out) -> v1::WorkerMessage {
+    v1::WorkerMessage { kind: Some(kind) }
+}
+
+impl AgentLoop {
+    pub(super) fn new(
+        opts: AgentOptions,
+        worker_id: WorkerId,
+        status: watch::Sender<AgentStatus>,
+    ) -> Self {
+        // Checked in Agent::build; a fallback keeps this infallible.
+        let endpoint = dial::endpoint(&opts.scheduler_url)
+            .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"));
+        let artifacts = opts
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| Arc::new(LocalInputs));
+        let (usage_tx, usage) = watch::channel(Vec::new());
+        let every = opts.heartbeat_interval.unwrap_or(DEFAULT_HEARTBEAT);
+        let (sampler, usage_tx) = match opts.usage_sampler.clone() {
+            Some(s) => (Some(tokio::spawn(sample_gpus(s, every, usage_tx))), None),
+            None => (None, Some(usage_tx)),
+        };
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        Self {
+            heartbeat_every: every,
+            opts,
+            endpoint,
+            artifacts,
+            worker_id,
+            registered: false,
+            status,
+            tasks: HashMap::new(),
+            unconfirmed: Vec::new(),
+            pending_logs: VecDeque::new(),
+            pending_log_lines: 0,
+            conn: None,
+            draining: false,
+            last_heartbeat_ms: 0,
+            delay: Duration::ZERO,
+            connections: 0,
+            usage,
+            _usage_tx: usage_tx,
+            sampler,
+            events_tx,
+            events_rx: Some(events_rx),
+        }
+    }
+
+    fn publish(&self) {
+        self.status.send_replace(AgentStatus {
+            worker_id: self.registered.then_some(self.worker_id),
+            connected: self.conn.is_some(),
+            draining: self.draining,
+            running: self.tasks.len(),
+            connections: self.connections,
+        });
+    }
+
+    #[instrument(skip_all, fields(worker = %self.worker_id, scheduler = %self.opts.scheduler_url), err)]
+    pub(super) async fn run(
+        mut self,
+        mut drain_rx: watch::Receiver<bool>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::pin!(shutdown);
+        let Some(mut events_rx) = self.events_rx.take() else {
+            return Ok(());
+        };
+        let mut inbound: Option<Streaming<v1::SchedulerMessage>> = None;
+        let mut ticker: Option<Interval> = None;
+        let mut dialing: Option<BoxFuture<'static, std::result::Result<Established, DialError>>> =
+            None;
+        let mut shutdown_seen = false;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut exit_deadline: Option<Instant> = None;
+        self.publish();
+        let result = loop {
+            if self.draining && self.tasks.is_empty() {
+                if self.unconfirmed.is_empty() {
+                    break Ok(());
+                }
+                exit_deadline.get_or_insert_with(|| Instant::now() + CONFIRM_WAIT);
+            }
+            if self.conn.is_none() {
+                inbound = None;
+                ticker = None;
+                if dialing.is_none() {
+                    dialing = Some(self.dial());
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown, if !shutdown_seen => {
+                    shutdown_seen = true;
+                    self.start_drain("the worker is shutting down").await;
+                    drain_deadline.get_or_insert_with(|| Instant::now() + self.opts.drain_grace);
+                }
+                changed = drain_rx.changed(), if !self.draining => {
+                    if changed.is_ok() && *drain_rx.borrow_and_update() {
+                        self.start_drain("drain requested").await;
+                        drain_deadline.get_or_insert_with(|| Instant::now() + self.opts.drain_grace);
+                    }
+                }
+                Some(ev) = events_rx.recv() => self.on_job_event(ev).await,
+                est = maybe(dialing.as_mut()) => {
+                    dialing = None;
+                    match est {
+                        Ok(est) => {
+                            let mut every = tokio::time::interval(self.heartbeat_interval(est.heartbeat_interval));
+                            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            ticker = Some(every);
+                            inbound = Some(est.inbound);
+                            self.on_connected(est.worker_id, est.tx).await;
+                        }
+                        Err(e) if e.is_fatal() => break Err(e.into()),
+                        Err(e) => {
+                            self.delay = self.opts.reconnect.next(self.delay);
+                            warn!(error = %e, retry_in = ?self.delay, "scheduler not reachable");
+                        }
+                    }
+                }
+                m = next_message(inbound.as_mut()) => match m {
+                    Some(Ok(m)) => self.on_message(m).await,
+                    Some(Err(status)) => {
+                        warn!(code = ?status.code(), message = status.message(), "stream to the scheduler ended");
+                        self.disconnect();
+                    }
+                    None => {
+                        warn!("the scheduler closed the stream");
+                        self.disconnect();
+                    }
+                },
+                () = tick(ticker.as_mut()) => self.heartbeat().await,
+                () = sleep_until(drain_deadline) => {
+                    drain_deadline = None;
+                    if !self.tasks.is_empty() {
+                        warn!(running = self.tasks.len(), "drain grace over; cancelling what still runs");
+                        for t in self.tasks.values() {
+                            t.stop.cancel.cancel();
+                        }
+                    }
+                }
+                () = sleep_until(exit_deadline) => {
+                    warn!(unconfirmed = self.unconfirmed.len(), "the scheduler did not confirm the last results; exiting anyway");
+                    break Ok(());
+                }
+            }
+        };
+        if result.is_err() {
+            // The scheduler refused us: nothing we run can be reported.
+            for t in self.tasks.values() {
+                t.stop.kill.cancel();
+            }
+        }
+        if let Some(s) = self.sampler.take() {
+            s.abort();
+        }
+        self.conn = None;
+        self.publish();
+        info!("agent stopped");
+        result
+    }
+
+    fn heartbeat_interval(&mut self, from_scheduler: Duration) -> Duration {
+        let every = self
+            .opts
+            .heartbeat_interval
+            .unwrap_or(if from_scheduler.is_zero() {
+                DEFAULT_HEARTBEAT
+            } else {
+                from_scheduler
+            });
+        self.heartbeat_every = every.max(MIN_HEARTBEAT);
+        self.heartbeat_every
+    }
+
+    /// One connection try after the current back-off delay.
+    fn dial(&self) -> BoxFuture<'static, std::result::Result<Established, DialError>> {
+        let o = &self.opts;
+        let request = v1::RegisterRequest {
+            protocol_version: o.protocol_version,
+            name: o.name.clone(),
+            labels: o
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            queues: o.queues.clone(),
+            cpus: o.cpus,
+            memory_bytes: o.memory_bytes,
+            slots: o.slots,
+            gpus: o.gpus.iter().map(gpu_to_proto).collect(),
+            worker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            hostname: o.hostname.clone(),
+            worker_id: self.worker_id.to_string(),
+        };
+        let mut running: Vec<v1::RunningAttempt> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.killed)
+            .map(|(k, t)| v1::RunningAttempt {
+                attempt: Some(attempt_ref(k)),
+                assignment_id: t.assignment_id.clone(),
+                started_at_unix_ms: t.started_at_ms,
+                gpu_indices: t.gpus.clone(),
+            })
+            .collect();
+        running.extend(self.unconfirmed.iter().map(|u| u.running.clone()));
+        let endpoint = self.endpoint.clone();
+        let delay = self.delay;
+        let max = o.max_message_bytes;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            dial::establish(endpoint, request, running, max).await
+        })
+    }
+
+    async fn on_connected(&mut self, worker_id: WorkerId, tx: mpsc::Sender<v1::WorkerMessage>) {
+        if worker_id != self.worker_id {
+            info!(old = %self.worker_id, new = %worker_id, "the scheduler assigned another worker id");
+            self.worker_id = worker_id;
+        }
+        self.registered = true;
+        self.connections += 1;
+        self.conn = Some(Conn {
+            tx,
+            seq: 1, // the Hello
+            heartbeats: VecDeque::new(),
+        });
+        info!(
+            connections = self.connections,
+            held = self.tasks.len(),
+            "connected to the scheduler"
+        );
+        if self.draining {
+            self.send_draining("drain requested").await;
+        }
+        // Results first: they are what the scheduler waits on.
+        for i in 0..self.unconfirmed.len() {
+            let m = msg(Out::TaskFinished(self.unconfirmed[i].msg.clone()));
+            let seq = self.send(m).await;
+            if let Some(u) = self.unconfirmed.get_mut(i) {
+                u.sent_seq = seq;
+            }
+        }
+        while let Some(batch) = self.pending_logs.pop_front() {
+            self.pending_log_lines = self.pending_log_lines.saturating_sub(batch.lines.len());
+            if self.send(msg(Out::LogLines(batch))).await.is_none() {
+                break;
+            }
+        }
+        self.publish();
+    }
+
+    fn disconnect(&mut self) {
+        self.conn = None;
+        for u in &mut self.unconfirmed {
+            u.sent_seq = None;
+        }
+        self.publish();
+    }
+
+    /// Sends on the open stream; the message's sequence number, or `None`
+    /// when there is no usable stream.
+    async fn send(&mut self, m: v1::WorkerMessage) -> Option<u64> {
+        let conn = self.conn.as_mut()?;
+        if conn.tx.send(m).await.is_ok() {
+            conn.seq += 1;
+            return Some(conn.seq);
+        }
+        self.disconnect();
+        None
+    }
+
+    async fn send_draining(&mut self, reason: &str) {
+        let grace_ms = u64::try_from(self.opts.drain_grace.as_millis()).unwrap_or(u64::MAX);
+        let m = msg(Out::Draining(v1::Draining {
+            grace_ms,
+            reason: reason.to_owned(),
+        }));
+        self.send(m).await;
+    }
+
+    async fn start_drain(&mut self, reason: &str) {
+        if self.draining {
+            return;
+        }
+        info!(reason, running = self.tasks.len(), grace = ?self.opts.drain_grace, "draining");
+        self.draining = true;
+        self.send_draining(reason).await;
+        self.publish();
+    }
+
+    async fn heartbeat(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        let ts = chrono::Utc::now()
+            .timestamp_millis()
+            .max(self.last_heartbeat_ms + 1);
+        self.last_heartbeat_ms = ts;
+        let running = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.killed)
+            .map(|(k, _)| attempt_ref(k))
+            .collect();
+        let gpus = self.usage.borrow().clone();
+        let m = msg(Out::Heartbeat(v1::Heartbeat {
+            timestamp_unix_ms: ts,
+            gpus,
+            running,
+        }));
+        if let Some(seq) = self.send(m).await
+            && let Some(conn) = self.conn.as_mut()
+        {
+            conn.heartbeats.push_back((ts, seq));
+            if conn.heartbeats.len() > 64 {
+                conn.heartbeats.pop_front();
+            }
+        }
+    }
+
+    /// A HeartbeatAck: every report sent before that heartbeat was processed.
+    fn confirm(&mut self, ts: i64) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let Some(pos) = conn.heartbeats.iter().position(|(t, _)| *t == ts) else {
+            return;
+        };
+        let seq = conn.heartbeats[pos].1;
+        conn.heartbeats.drain(..=pos);
+        self.unconfirmed
+            .retain(|u| !u.sent_seq.is_some_and(|s| s < seq));
+        // The stream works: the next disconnect redials at once.
+        self.delay = Duration::ZERO;
+    }
+
+    async fn ack(&mut self, a: &v1::Assign, accepted: bool, reason: String) {
+        if !accepted {
+            info!(assignment = %a.assignment_id, %reason, "declining an assignment");
+        }
+        let m = msg(Out::Ack(v1::Ack {
+            assignment_id: a.assignment_id.clone(),
+            attempt: a.attempt.clone(),
+            accepted,
+            reason,
+        }));
+        self.send(m).await;
+    }
+
+    async fn on_message(&mut self, m: v1::SchedulerMessage) {
+        let Some(kind) = m.kind else {
+            return;
+        };
+        match kind {
+            In::Assign(a) => self.on_assign(a).await,
+            In::Cancel(c) => {
+                if let Some(t) = key_of(c.attempt.as_ref()).and_then(|k| self.tasks.get(&k)) {
+                    info!(reason = %c.reason, "cancelling an attempt");
+                    t.stop.cancel.cancel();
+                }
+            }
+            In::Kill(k) => {
+                let Some(key) = key_of(k.attempt.as_ref()) else {
+                    return;
+                };
+                if let Some(t) = self.tasks.get_mut(&key) {
+                    warn!(ti = %key.0, attempt = key.1, reason = %k.reason, "killing a fenced attempt");
+                    t.killed = true;
+                    t.stop.kill.cancel();
+                }
+                // The scheduler no longer wants to hear about it.
+                self.unconfirmed.retain(|u| u.key != key);
+                self.pending_logs
+                    .retain(|l| key_of(l.attempt.as_ref()).as_ref() != Some(&key));
+            }
+            In::Ping(_) => self.heartbeat().await,
+            In::HeartbeatAck(a) => self.confirm(a.timestamp_unix_ms),
+        }
+    }
+
+    async fn on_assign(&mut self, a: v1::Assign) {
+        let Some(key) = key_of(a.attempt.as_ref()) else {
+            self.ack(&a, false, "the assignment has no attempt reference".into())
+                .await;
+            return;
+        };
+        if self.draining {
+            self.ack(&a, false, "the worker is draining".into()).await;
+            return;
+        }
+        if self.tasks.contains_key(&key) || self.unconfirmed.iter().any(|u| u.key == key) {
+            // A repeated assignment (e.g. resent after a reconnect): already ours.
+            self.ack(&a, true, String::new()).await;
+            return;
+        }
+        let slots = usize::try_from(self.opts.slots).unwrap_or(usize::MAX);
+        if self.tasks.len() >= slots {
+            self.ack(&a, false, format!("all {slots} slots are busy"))
+                .await;
+            return;
+        }
+        self.ack(&a, true, String::new()).await;
+        let stop = StopHandle::new();
+        self.tasks.insert(
+            key.clone(),
+            Running {
+                assignment_id: a.assignment_id.clone(),
+                stop: stop.clone(),
+                started_at_ms: chrono::Utc::now().timestamp_millis(),
+                gpus: a.gpu_indices.clone(),
+                killed: false,
+            },
+        );
+        debug!(ti = %key.0, attempt = key.1, task = %a.task_id, "starting an attempt");
+        let job = Job {
+            key,
+            assign: a,
+            work_dir: self.opts.work_dir.clone(),
+            artifacts: self.artifacts.clone(),
+        };
+        tokio::spawn(job::run_job(job, stop, self.events_tx.clone()));
+        self.publish();
+    }
+
+    fn is_killed(&self, key: &AttemptKey) -> bool {
+        self.tasks.get(key).is_none_or(|t| t.killed)
+    }
+
+    async fn on_job_event(&mut self, ev: JobEvent) {
+        match ev {
+            JobEvent::Started(key, s) => {
+                if !self.is_killed(&key) {
+                    // Lost while disconnected is fine: a result implies a start.
+                    self.send(msg(Out::TaskStarted(s))).await;
+                }
+            }
+            JobEvent::Logs(key, lines) => {
+                if self.is_killed(&key) {
+                    return;
+                }
+                if self.conn.is_some() {
+                    self.send(msg(Out::LogLines(lines))).await;
+                } else {
+                    self.pending_log_lines += lines.lines.len();
+                    self.pending_logs.push_back(lines);
+                    while self.pending_log_lines > MAX_PENDING_LOG_LINES {
+                        let Some(old) = self.pending_logs.pop_front() else {
+                            break;
+                        };
+                        self.pending_log_lines -= old.lines.len();
+                        warn!(
+                            lines = old.lines.len(),
+                            "dropping log lines buffered while disconnected"
+                        );
+                    }
+                }
+            }
+            JobEvent::Finished(key, f) => {
+                let Some(t) = self.tasks.remove(&key) else {
+                    return;
+                };
+                self.publish();
+                if t.killed {
+                    debug!(ti = %key.0, attempt = key.1, "killed attempt ended; not reported");
+                    return;
+                }
+                let sent_seq = self.send(msg(Out::TaskFinished(f.clone()))).await;
+                self.unconfirmed.push(Unconfirmed {
+                    running: v1::RunningAttempt {
+                        attempt: Some(attempt_ref(&key)),
+                        assignment_id: t.assignment_id,
+                        started_at_unix_ms: t.started_at_ms,
+                        gpu_indices: t.gpus,
+                    },
+                    key,
+                    msg: f,
+                    sent_seq,
+                });
+                if self.draining {
+                    // Get the confirmation now rather than at the next tick.
+                    self.heartbeat().await;
+                }
+            }
+        }
+    }
+}
+
+/// Samples GPU utilisation in the background so a slow `nvidia-smi` never
+/// delays a heartbeat.
+async fn sample_gpus(
+    sampler: crate::gpu::UsageSampler,
+    every: Duration,
+    tx: watch::Sender<Vec<v1::GpuUsage>>,
+) {
+    let every = every.max(Duration::from_secs(1));
+    loop {
+        match tokio::time::timeout(every * 3, sampler.sample()).await {
+            Ok(Ok(usage)) => {
+                tx.send_replace(usage.iter().map(gpu_usage_to_proto).collect());
+            }
+            Ok(Err(e)) => debug!(error = %e, "GPU sampling failed"),
+            Err(_) => debug!("GPU sampling timed out"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
