@@ -156,7 +156,11 @@ fn poll_watcher(
     every: Duration,
     dir: &Path,
 ) -> Result<PollWatcher> {
-    let config = notify::Config::default().with_poll_interval(every);
+    // notify's poller compares mtimes in whole seconds, so two saves within a
+    // second would look like one; DAG files are small, so hash contents too.
+    let config = notify::Config::default()
+        .with_poll_interval(every)
+        .with_compare_contents(true);
     PollWatcher::new(handler, config).map_err(|source| DagLoadError::Watch {
         path: dir.to_path_buf(),
         source,
