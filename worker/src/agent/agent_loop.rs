@@ -472,7 +472,7 @@ impl AgentLoop {
         let seq = conn.heartbeats[pos].1;
         conn.heartbeats.drain(..=pos);
         self.unconfirmed
-            .retain(|u| !u.sent_seq.is_some_and(|s| s < seq));
+            .retain(|u| u.sent_seq.is_none_or(|s| s >= seq));
         // The stream works: the next disconnect redials at once.
         self.delay = Duration::ZERO;
     }
