@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::dags::DagLoaderOptions;
 use crate::engine::{Engine, EngineHandle, EngineOptions};
+use crate::grpc::{self, GrpcOptions, WorkerServiceImpl};
 use crate::http::{self, AppState};
 use crate::logs::LogStore;
 use crate::store::{self, Store};
@@ -73,6 +74,7 @@ pub struct SchedulerApp {
     pub engine: EngineHandle,
     pub logs: LogStore,
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     tasks: JoinSet<()>,
 }
 
@@ -80,6 +82,7 @@ impl std::fmt::Debug for SchedulerApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SchedulerApp")
             .field("http_addr", &self.http_addr)
+            .field("grpc_addr", &self.grpc_addr)
             .finish_non_exhaustive()
     }
 }
@@ -90,14 +93,23 @@ impl SchedulerApp {
     pub async fn start(
         config: SchedulerConfig,
         http_listener: TcpListener,
+        grpc_listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<Self, AppError> {
-        Self::start_with_clock(config, http_listener, shutdown, Arc::new(SystemClock)).await
+        Self::start_with_clock(
+            config,
+            http_listener,
+            grpc_listener,
+            shutdown,
+            Arc::new(SystemClock),
+        )
+        .await
     }
 
     pub async fn start_with_clock(
         config: SchedulerConfig,
         http_listener: TcpListener,
+        grpc_listener: TcpListener,
         shutdown: CancellationToken,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
@@ -171,12 +183,30 @@ impl SchedulerApp {
                 }
             });
         }
-        info!(%http_addr, "scheduler started");
+        let grpc_addr = grpc_listener.local_addr()?;
+        let service = WorkerServiceImpl::new(
+            handle.clone(),
+            logs.clone(),
+            GrpcOptions {
+                heartbeat_interval: config.heartbeat_interval,
+                ..GrpcOptions::default()
+            },
+        );
+        {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(err) = grpc::serve(grpc_listener, service, token.cancelled_owned()).await {
+                    tracing::error!(error = %err, "worker gRPC service stopped");
+                }
+            });
+        }
+        info!(%http_addr, %grpc_addr, "scheduler started");
         Ok(Self {
             store,
             engine: handle,
             logs,
             http_addr,
+            grpc_addr,
             tasks,
         })
     }

@@ -34,7 +34,11 @@ enum Command {
     #[command(subcommand)]
     Dag(dag::DagCommand),
     /// Run the scheduler: store, engine, DAG loader, HTTP API and the gRPC endpoint for workers.
-    Scheduler(serve::SchedulerArgs),
+    Scheduler(serve::SchedulerCmd),
+    /// Run a worker: connect to a scheduler, offer this machine's GPUs, run tasks.
+    Worker(serve::WorkerArgs),
+    /// Run a scheduler and workers in one process, on SQLite, with the example DAGs.
+    Standalone(serve::StandaloneArgs),
     /// Trigger a run of a DAG on a running scheduler.
     Trigger(runs::TriggerArgs),
     /// Create one run per schedule slot between two dates.
@@ -55,6 +59,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Dag(cmd) => dag::run(cmd),
         Command::Scheduler(args) => serve::scheduler(args),
+        Command::Worker(args) => serve::worker(args),
+        Command::Standalone(args) => serve::standalone(args),
         Command::Trigger(args) => runs::trigger(args),
         Command::Backfill(args) => runs::backfill(args),
         Command::Runs(cmd) => runs::runs(cmd),
@@ -96,7 +102,8 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let json = std::env::var("TRAINYARD_LOG_FORMAT").is_ok_and(|v| v == "json");
     // A second init (tests) fails harmlessly.
     let _ = if json {

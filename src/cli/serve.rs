@@ -11,7 +11,11 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use trainyard_core::resources::ByteSize;
 use trainyard_scheduler::app::{SchedulerApp, SchedulerConfig};
+use trainyard_worker::agent::{Agent, AgentOptions};
+use trainyard_worker::gpu::{self, DiscoveryOptions, GpuSource, GpuSpec, UsageSampler};
+use trainyard_worker::host::HostResources;
 
 /// Settings shared by `scheduler` and `standalone`.
 #[derive(Debug, Clone, Args)]
@@ -104,17 +108,233 @@ pub async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow!("cannot listen on {addr} for the {what}: {e}"))
 }
 
-pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+#[derive(Debug, Args)]
+pub struct SchedulerCmd {
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    /// Once serving, write the bound addresses here as JSON
+    /// (`{"http": "...", "grpc": "..."}`); for scripts and tests that use port 0.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Settings of one worker (`trainyard worker`; `standalone` shares some).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// The scheduler's gRPC address.
+    #[arg(
+        long,
+        env = "TRAINYARD_SCHEDULER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub scheduler: String,
+    /// Name shown in the UI (default: the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub resources: WorkerResourceArgs,
+    /// Pools/queues this worker serves, comma-separated (default: the default pool).
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Labels, `KEY=VALUE`; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Root of the per-attempt working folders (outputs, inputs, metrics).
+    #[arg(long, env = "TRAINYARD_WORK_DIR", default_value = ".trainyard/work")]
+    pub work_dir: PathBuf,
+    /// On SIGTERM, how long running tasks may take to finish before they are cancelled.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+}
+
+/// What a worker offers: GPUs, CPUs, memory, task slots.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerResourceArgs {
+    /// GPUs: `auto` (NVML or nvidia-smi), `none`, or a declared inventory such
+    /// as `4xA100-80GB`, `2xH100-80GB,1xL4-24GB` or `H100:80GiB,H100:80GiB`.
+    #[arg(long, env = "TRAINYARD_GPUS", default_value = "auto")]
+    pub gpus: String,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 8)]
+    pub slots: u32,
+    /// CPUs offered (default: what the OS reports).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory offered, e.g. 64GiB (default: what the OS reports).
+    #[arg(long)]
+    pub memory: Option<String>,
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+}
+
+/// Writes `{"http": ..., "grpc": ...}` atomically (rename), ending in a newline.
+fn write_ready_file(path: &std::path::Path, app: &SchedulerApp) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "http": app.http_addr.to_string(),
+        "grpc": app.grpc_addr.to_string(),
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{body}\n"))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn scheduler(cmd: SchedulerCmd) -> anyhow::Result<ExitCode> {
+    let args = cmd.scheduler;
     super::runtime_multi()?.block_on(async {
         let config = args.config()?;
         let shutdown = CancellationToken::new();
         cancel_on_signals(shutdown.clone());
         let http = bind(&args.http, "HTTP API").await?;
-        let app = SchedulerApp::start(config, http, shutdown.clone()).await?;
+        let grpc = bind(&args.grpc, "worker gRPC endpoint").await?;
+        let app = SchedulerApp::start(config, http, grpc, shutdown.clone()).await?;
         eprintln!(
-            "trainyard scheduler: API and UI on http://{}",
+            "trainyard scheduler: API and UI on http://{}, workers connect to http://{}",
+            app.http_addr, app.grpc_addr
+        );
+        if let Some(path) = &cmd.ready_file {
+            write_ready_file(path, &app)?;
+        }
+        app.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Discovers GPUs and host resources and builds the agent's options.
+async fn agent_options(
+    scheduler_url: &str,
+    name: Option<String>,
+    resources: &WorkerResourceArgs,
+    work_dir: PathBuf,
+) -> anyhow::Result<AgentOptions> {
+    let spec: GpuSpec = resources.gpus.parse()?;
+    let (gpus, source, warning) = gpu::discover_with(&spec, &DiscoveryOptions::default()).await;
+    if let Some(err) = warning {
+        tracing::warn!("GPU discovery failed, running CPU-only: {err}");
+    }
+    let memory = match &resources.memory {
+        Some(raw) => Some(
+            ByteSize::parse(raw)
+                .map_err(|e| anyhow!("--memory {raw:?}: {e}"))?
+                .bytes(),
+        ),
+        None => None,
+    };
+    let host = HostResources::detect(resources.cpus, memory);
+    tracing::info!(
+        gpus = gpus.len(),
+        source = ?source,
+        models = ?gpus.iter().map(|g| g.model.as_str()).collect::<Vec<_>>(),
+        cpus = host.cpus,
+        memory_bytes = host.memory_bytes,
+        "worker resources"
+    );
+    let mut opts = AgentOptions::new(scheduler_url, work_dir);
+    if let Some(name) = name {
+        opts.name = name;
+    }
+    opts.slots = resources.slots.max(1);
+    opts.usage_sampler = matches!(source, GpuSource::Nvml | GpuSource::NvidiaSmi)
+        .then(|| UsageSampler::new(source, DiscoveryOptions::default()));
+    opts.gpus = gpus;
+    opts.cpus = host.cpus;
+    opts.memory_bytes = host.memory_bytes;
+    Ok(opts)
+}
+
+pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    super::runtime_multi()?.block_on(async {
+        std::fs::create_dir_all(&args.work_dir)
+            .with_context(|| format!("cannot create {}", args.work_dir.display()))?;
+        let work_dir = std::fs::canonicalize(&args.work_dir)?;
+        let mut opts = agent_options(
+            &args.scheduler,
+            args.name.clone(),
+            &args.resources,
+            work_dir,
+        )
+        .await?;
+        opts.queues = args.queues.clone();
+        opts.labels = args.labels.iter().cloned().collect();
+        opts.drain_grace = args.drain_grace;
+        let agent = Agent::build(opts)?;
+        let handle = agent.handle();
+        // SIGTERM/SIGINT drain: no new work, running tasks finish (up to the grace).
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                handle.drain();
+            });
+        }
+        agent.run(std::future::pending::<()>()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    /// Workers started in this process (each gets --slots slots and --gpus GPUs).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    #[command(flatten)]
+    pub resources: WorkerResourceArgs,
+    /// Write the bound addresses here as JSON once serving.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
+pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
+    super::runtime_multi()?.block_on(async {
+        let config = args.scheduler.config()?;
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        let http = bind(&args.scheduler.http, "HTTP API").await?;
+        let grpc = bind(&args.scheduler.grpc, "worker gRPC endpoint").await?;
+        let app = SchedulerApp::start(config, http, grpc, shutdown.clone()).await?;
+        let grpc_url = format!("http://{}", app.grpc_addr);
+        let work_root = args.scheduler.data_dir.join("work");
+        std::fs::create_dir_all(&work_root)?;
+        let work_root = std::fs::canonicalize(&work_root)?;
+        let workers = args.workers.max(1);
+        let mut agents = tokio::task::JoinSet::new();
+        for i in 0..workers {
+            let name = format!("standalone-{i}");
+            let mut opts =
+                agent_options(&grpc_url, Some(name), &args.resources, work_root.clone()).await?;
+            // Workers of one process share the host: each gets an even share.
+            opts.cpus = (opts.cpus / workers).max(1);
+            opts.memory_bytes /= u64::from(workers);
+            let agent = Agent::build(opts)?;
+            let handle = agent.handle();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                token.cancelled().await;
+                handle.drain();
+            });
+            agents.spawn(async move {
+                if let Err(err) = agent.run(std::future::pending::<()>()).await {
+                    tracing::error!(error = %err, "worker stopped");
+                }
+            });
+        }
+        eprintln!(
+            "trainyard standalone: UI and API on http://{} ({workers} worker(s)); try `trainyard trigger churn_retrain --wait`",
             app.http_addr
         );
+        if let Some(path) = &args.ready_file {
+            write_ready_file(path, &app)?;
+        }
+        while agents.join_next().await.is_some() {}
+        shutdown.cancel();
         app.wait().await;
         Ok(ExitCode::SUCCESS)
     })
