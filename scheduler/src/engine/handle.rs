@@ -131,6 +131,9 @@ pub struct Assignment {
 }
 
 /// What the engine tells a connected worker.
+// Assign dominates the traffic and is moved, not copied, into the channel;
+// boxing it would only add an allocation per attempt.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkerCommand {
     Assign(Assignment),

@@ -113,57 +113,56 @@ pub fn decide(rule: TriggerRule, upstream: impl IntoIterator<Item = TaskState>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Decision::*;
+    use Decision::{Skip, Wait};
+    const READY: Decision = Decision::Ready;
+    const UF: Decision = Decision::UpstreamFailed;
     use TaskState::*;
     use TriggerRule::*;
 
     #[test]
     fn roots_are_ready_under_every_rule() {
         for rule in [AllSuccess, AllDone, OneSuccess, OneFailed, NoneFailed] {
-            assert_eq!(decide(rule, []), Ready, "{rule:?}");
+            assert_eq!(decide(rule, []), READY, "{rule:?}");
         }
     }
 
     #[test]
     fn all_success_waits_then_propagates_failure_and_skips() {
         assert_eq!(decide(AllSuccess, [Success, Running]), Wait);
-        assert_eq!(decide(AllSuccess, [Success, Success]), Ready);
-        assert_eq!(decide(AllSuccess, [Failed, Running]), UpstreamFailed);
-        assert_eq!(
-            decide(AllSuccess, [UpstreamFailed, Success]),
-            UpstreamFailed
-        );
+        assert_eq!(decide(AllSuccess, [Success, Success]), READY);
+        assert_eq!(decide(AllSuccess, [Failed, Running]), UF);
+        assert_eq!(decide(AllSuccess, [UpstreamFailed, Success]), UF);
         assert_eq!(decide(AllSuccess, [Skipped, Success]), Skip);
-        assert_eq!(decide(AllSuccess, [Skipped, Failed]), UpstreamFailed);
-        assert_eq!(decide(AllSuccess, [Cancelled]), UpstreamFailed);
+        assert_eq!(decide(AllSuccess, [Skipped, Failed]), UF);
+        assert_eq!(decide(AllSuccess, [Cancelled]), UF);
     }
 
     #[test]
     fn all_done_runs_after_anything() {
         assert_eq!(decide(AllDone, [Failed, Running]), Wait);
-        assert_eq!(decide(AllDone, [Failed, Skipped, Success]), Ready);
+        assert_eq!(decide(AllDone, [Failed, Skipped, Success]), READY);
         assert_eq!(decide(AllDone, [UpForRetry]), Wait);
     }
 
     #[test]
     fn one_success_fires_early_and_fails_when_none_can_succeed() {
-        assert_eq!(decide(OneSuccess, [Success, Running]), Ready);
+        assert_eq!(decide(OneSuccess, [Success, Running]), READY);
         assert_eq!(decide(OneSuccess, [Failed, Running]), Wait);
-        assert_eq!(decide(OneSuccess, [Failed, Skipped]), UpstreamFailed);
+        assert_eq!(decide(OneSuccess, [Failed, Skipped]), UF);
         assert_eq!(decide(OneSuccess, [Skipped, Skipped]), Skip);
     }
 
     #[test]
     fn one_failed_fires_early_and_skips_when_all_passed() {
-        assert_eq!(decide(OneFailed, [Failed, Running]), Ready);
+        assert_eq!(decide(OneFailed, [Failed, Running]), READY);
         assert_eq!(decide(OneFailed, [Success, Running]), Wait);
         assert_eq!(decide(OneFailed, [Success, Skipped]), Skip);
     }
 
     #[test]
     fn none_failed_accepts_skips() {
-        assert_eq!(decide(NoneFailed, [Skipped, Success]), Ready);
+        assert_eq!(decide(NoneFailed, [Skipped, Success]), READY);
         assert_eq!(decide(NoneFailed, [Skipped, Running]), Wait);
-        assert_eq!(decide(NoneFailed, [Failed, Running]), UpstreamFailed);
+        assert_eq!(decide(NoneFailed, [Failed, Running]), UF);
     }
 }

@@ -120,8 +120,8 @@ impl ActiveRun {
             });
         }
         let mut demands = Vec::with_capacity(tasks.len());
-        for i in 0..tasks.len() {
-            let name = tasks[i].task_id.as_str().to_owned();
+        for node in &mut tasks {
+            let name = node.task_id.as_str().to_owned();
             let spec_task = spec.tasks.get(&name);
             let up: Vec<usize> = spec
                 .upstream(&name)
@@ -133,11 +133,11 @@ impl ActiveRun {
                 .iter()
                 .filter_map(|d| by_task.get(d).copied())
                 .collect();
-            tasks[i].upstream = up;
-            tasks[i].downstream = down;
+            node.upstream = up;
+            node.downstream = down;
             let r = spec_task.map(|t| t.resources.clone()).unwrap_or_default();
             demands.push(Demand {
-                pool: tasks[i].pool.clone(),
+                pool: node.pool.clone(),
                 cpus: r.cpus,
                 memory: r.memory.map_or(0, |m| m.bytes()),
                 gpus: r.gpus,
