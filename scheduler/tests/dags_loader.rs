@@ -255,6 +255,24 @@ async fn deleting_deactivates_and_a_returning_file_reactivates() {
 }
 
 #[tokio::test]
+async fn a_folder_that_cannot_be_listed_keeps_its_dags() {
+    let fx = Fixture::new().await;
+    fx.write("a.toml", &dag("a", "true"));
+    let (mut loader, _rx) = fx.loader();
+    loader.load_all(t(0)).await.unwrap();
+
+    fs::remove_dir_all(&fx.dir).unwrap();
+    let report = loader.reload_all(t(1)).await;
+
+    assert!(report.deactivated.is_empty());
+    assert!(
+        matches!(report.errors[..], [(_, FileError::Read { .. })]),
+        "{report:?}"
+    );
+    assert!(fx.dag("a").await.active);
+}
+
+#[tokio::test]
 async fn renaming_a_file_keeps_its_dag_active() {
     let fx = Fixture::new().await;
     let path = fx.write("a.toml", &dag("a", "true"));

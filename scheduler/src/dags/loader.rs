@@ -14,7 +14,7 @@ use trainyard_core::dag::{DagSpec, parse_dag};
 use trainyard_core::ids::{DagId, DagVersionId};
 
 use super::error::{DagLoadError, FileError, Result};
-use super::scan::{content_hash, dag_files, guess_dag_id, read_file};
+use super::scan::{DirScan, content_hash, guess_dag_id, read_file, scan_dir};
 use super::{DagLoaderOptions, LoadReport};
 use crate::store::{NewDagVersion, Store};
 
@@ -151,18 +151,28 @@ impl DagLoader {
     /// unchanged folder writes nothing.
     pub async fn reload_all(&mut self, now: DateTime<Utc>) -> LoadReport {
         let mut report = LoadReport::default();
-        let on_disk = dag_files(&self.dir);
+        let DirScan {
+            files: on_disk,
+            unreadable,
+        } = scan_dir(&self.dir);
         let present: BTreeSet<&PathBuf> = on_disk.iter().collect();
         let mut orphans = std::mem::take(&mut self.pending_deactivations);
 
         // Deletions first, so a rename (delete + create with the same id) is
-        // not taken for a duplicate.
+        // not taken for a duplicate. Files under a folder that cannot be
+        // listed (an unmounted share, a permission change) are unknown, not
+        // gone: deactivating every DAG over a hiccup would be worse.
         let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !present.contains(p))
+            .filter(|p| !present.contains(p) && !unreadable.iter().any(|(d, _)| p.starts_with(d)))
             .cloned()
             .collect();
+        for (path, source) in unreadable {
+            report
+                .errors
+                .push((path.clone(), FileError::Read { path, source }));
+        }
         for path in gone {
             self.forget(&path, &mut orphans);
         }

@@ -19,7 +19,10 @@
 //! - a second file claiming a DAG id another file defines is an error naming
 //!   both files; the first keeps the id, and the second takes over when the
 //!   first lets go of it;
-//! - non-`.toml` files and hidden files and folders are ignored.
+//! - non-`.toml` files and hidden files and folders are ignored;
+//! - a folder that cannot be listed (unmounted share, the DAG folder itself
+//!   removed) is reported, and its DAGs are kept as they were rather than
+//!   all deactivated at once.
 //!
 //! Each change that matters to scheduling (new current version, activation,
 //! deactivation, a recorded parse error) is announced through the `on_change`

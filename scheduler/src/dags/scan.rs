@@ -17,13 +17,27 @@ use sha2::{Digest, Sha256};
 /// Symbolic links to directories are not followed, so a link cycle cannot
 /// loop the scan.
 pub fn dag_files(dir: &Path) -> Vec<PathBuf> {
+    scan_dir(dir).files
+}
+
+/// What one walk of the folder found.
+pub(crate) struct DirScan {
+    /// DAG files, sorted.
+    pub(crate) files: Vec<PathBuf>,
+    /// Folders that could not be listed: their files are unknown, not gone.
+    pub(crate) unreadable: Vec<(PathBuf, io::Error)>,
+}
+
+pub(crate) fn scan_dir(dir: &Path) -> DirScan {
     let mut files = Vec::new();
+    let mut unreadable = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(current) = pending.pop() {
         let entries = match fs::read_dir(&current) {
             Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!(dir = %current.display(), %error, "cannot list dag folder");
+                unreadable.push((current, error));
                 continue;
             }
         };
@@ -45,7 +59,7 @@ pub fn dag_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files.sort();
-    files
+    DirScan { files, unreadable }
 }
 
 /// True when the last component of `path` starts with a dot.
