@@ -167,6 +167,39 @@ impl ArtifactStore {
         Ok(listed)
     }
 
+    /// Attempt numbers of `task_id` in `run_id` that stored any output, in
+    /// ascending order. For a worker that was not told which upstream attempt
+    /// succeeded; the scheduler's record of the successful attempt is the
+    /// better source when it has one.
+    pub async fn attempts_with_outputs(&self, run_id: &str, task_id: &str) -> Result<Vec<u32>> {
+        // Validates both ids as single key segments.
+        AttemptKey::new(run_id, task_id, 0)?;
+        let task_prefix = format!("runs/{run_id}/{task_id}");
+        let task_path = parse_key(&task_prefix)?;
+        let uri = self.uri(&task_prefix);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&task_path))
+            .await
+            .map_err(|e| Error::store(&uri, e))?;
+        let mut attempts = Vec::new();
+        for dir in listing.common_prefixes {
+            let Some(attempt) = dir.filename().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let out = AttemptKey::new(run_id, task_id, attempt)?.output_prefix();
+            let out_path = parse_key(&out)?;
+            let mut objects = self.store.list(Some(&out_path));
+            match objects.next().await {
+                Some(Ok(_)) => attempts.push(attempt),
+                Some(Err(e)) => return Err(Error::store(self.uri(&out), e)),
+                None => {}
+            }
+        }
+        attempts.sort_unstable();
+        Ok(attempts)
+    }
+
     /// Downloads every object under `prefix` into `local_dir/<relative key>`,
     /// creating directories. A key whose remainder is not a safe relative
     /// path (`..`, absolute, empty segment) fails the whole download before

@@ -204,4 +204,24 @@ pub async fn assert_output_roundtrip(store: &trainyard_artifacts::ArtifactStore)
     let downloaded = store.download_prefix(&prefix, &input_dir).await.unwrap();
     assert_eq!(tree_digest(&input_dir), expected);
     assert_eq!(downloaded, uploaded);
+
+    // Attempt 1 has outputs; a log-only attempt 2 does not count.
+    let log = work.path().join("log.txt");
+    std::fs::write(&log, b"attempt 2 failed before writing outputs\n").unwrap();
+    let second = AttemptKey::new("run-42", "train", 2).unwrap();
+    store.put_log(&second, &log).await.unwrap();
+    assert_eq!(
+        store
+            .attempts_with_outputs("run-42", "train")
+            .await
+            .unwrap(),
+        vec![1]
+    );
+    assert!(
+        store
+            .attempts_with_outputs("run-42", "nobody")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
