@@ -225,11 +225,11 @@ impl Cluster {
         body["run_id"].as_str().unwrap().to_owned()
     }
 
-    /// Waits until `workers` workers are connected (state online).
+    /// Waits until `workers` workers are connected (state active).
     pub async fn wait_workers(&self, count: usize) {
         self.wait_until(Duration::from_secs(60), "workers to register", || async {
             let v = self.get("/api/v1/workers").await;
-            let online = v["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "online").count();
+            let online = v["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "active").count();
             (online >= count).then_some(())
         })
         .await;
