@@ -87,7 +87,7 @@ async fn a_frozen_worker_is_declared_lost_its_task_retried_elsewhere_and_its_cop
     assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
     let long = task(&detail, "long");
     assert_eq!(attempt_of(long, 1)["outcome"], "lost", "{long}");
-    assert_eq!(attempt_of(long, 2)["outcome"], "succeeded", "{long}");
+    assert_eq!(attempt_of(long, 2)["outcome"], "success", "{long}");
     assert_eq!(std::fs::read_to_string(out.join("ran.log")).unwrap(), "long 2\n", "only the retry ran to the end");
 }
 
