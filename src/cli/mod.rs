@@ -3,6 +3,7 @@
 mod client;
 pub mod dag;
 mod db;
+mod run_once;
 mod runs;
 mod serve;
 

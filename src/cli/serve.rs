@@ -290,6 +290,18 @@ pub struct StandaloneArgs {
     /// Write the bound addresses here as JSON once serving.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Trigger one run of this DAG, wait for it, print each task's outcome and
+    /// exit: 0 if the run succeeded, 1 otherwise (e.g. `--run churn_retrain`).
+    #[arg(long, value_name = "DAG")]
+    pub run: Option<String>,
+    /// A param for `--run`, `NAME=VALUE`; repeat for several.
+    #[arg(
+        long = "param",
+        short = 'p',
+        value_name = "NAME=VALUE",
+        requires = "run"
+    )]
+    pub params: Vec<String>,
 }
 
 pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
@@ -332,6 +344,13 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         );
         if let Some(path) = &args.ready_file {
             write_ready_file(path, &app)?;
+        }
+        if let Some(dag) = &args.run {
+            let outcome = super::run_once::run_once(&app, dag, &args.params).await;
+            shutdown.cancel();
+            while agents.join_next().await.is_some() {}
+            app.wait().await;
+            return outcome;
         }
         while agents.join_next().await.is_some() {}
         shutdown.cancel();
