@@ -79,6 +79,9 @@ pub fn finished_to_proto(
             .collect(),
         finished_at_unix_ms: finished_at.timestamp_millis(),
         duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        // Filled by the agent's job after the artifact transfers.
+        outputs: Vec::new(),
+        inputs: Vec::new(),
     }
 }
 

@@ -20,6 +20,7 @@ use trainyard_core::ids::WorkerId;
 use trainyard_proto::v1::{self, scheduler_message::Kind as In, worker_message::Kind as Out};
 
 use super::dial::{self, DialError, Established};
+use super::artifacts::{StoreArtifacts, UnusableStore};
 use super::job::{self, AttemptKey, Job, JobEvent};
 use super::workdir::{ArtifactHook, LocalInputs};
 use super::{AgentOptions, AgentStatus, Result};
@@ -69,7 +70,11 @@ struct Conn {
 pub(super) struct AgentLoop {
     opts: AgentOptions,
     endpoint: Endpoint,
+    /// The hook new attempts use; running ones keep the one they started with.
     artifacts: Arc<dyn ArtifactHook>,
+    /// The scheduler's store URL `artifacts` was built from; `None` while the
+    /// hook comes from the options (fixed) or is the same-host fallback.
+    artifacts_from_scheduler: Option<String>,
     worker_id: WorkerId,
     /// The scheduler answered a registration at least once.
     registered: bool,
@@ -167,6 +172,7 @@ impl AgentLoop {
             opts,
             endpoint,
             artifacts,
+            artifacts_from_scheduler: None,
             worker_id,
             registered: false,
             status,
@@ -250,6 +256,7 @@ impl AgentLoop {
                             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             ticker = Some(every);
                             inbound = Some(est.inbound);
+                            self.use_scheduler_store(&est.artifact_store_url);
                             self.on_connected(est.worker_id, est.tx).await;
                         }
                         Err(e) if e.is_fatal() => break Err(e.into()),
@@ -353,6 +360,39 @@ impl AgentLoop {
             tokio::time::sleep(delay).await;
             dial::establish(endpoint, request, running, max).await
         })
+    }
+
+    /// Adopts the artifact store the scheduler announced, unless the options
+    /// fixed one. Rebuilt only when the URL changes.
+    fn use_scheduler_store(&mut self, url: &str) {
+        if self.opts.artifacts.is_some() {
+            return;
+        }
+        if self.artifacts_from_scheduler.as_deref() == Some(url) {
+            return;
+        }
+        if url.is_empty() {
+            if self.artifacts_from_scheduler.take().is_some() {
+                warn!("the scheduler announces no artifact store; inputs come from this host only");
+                self.artifacts = Arc::new(LocalInputs);
+            }
+            return;
+        }
+        self.artifacts = match StoreArtifacts::from_url(url) {
+            Ok(hook) => {
+                info!(store = %hook.store().base_uri(), "artifact store from the scheduler");
+                Arc::new(hook)
+            }
+            Err(e) => {
+                let reason = format!(
+                    "cannot open the scheduler's artifact store {url:?}: {e} \
+                     (start the worker with --artifacts and the store's credentials)"
+                );
+                warn!(%reason, "attempts will fail until this is fixed");
+                Arc::new(UnusableStore { reason })
+            }
+        };
+        self.artifacts_from_scheduler = Some(url.to_owned());
     }
 
     async fn on_connected(&mut self, worker_id: WorkerId, tx: mpsc::Sender<v1::WorkerMessage>) {

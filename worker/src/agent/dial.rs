@@ -56,6 +56,8 @@ pub struct Established {
     pub heartbeat_interval: Duration,
     pub tx: mpsc::Sender<v1::WorkerMessage>,
     pub inbound: Streaming<v1::SchedulerMessage>,
+    /// The scheduler's artifact store; empty when it configured none.
+    pub artifact_store_url: String,
 }
 
 /// `host:port` becomes `http://host:port`.
@@ -136,6 +138,7 @@ pub async fn establish(
         heartbeat_interval: Duration::from_millis(resp.heartbeat_interval_ms),
         tx,
         inbound,
+        artifact_store_url: resp.artifact_store_url,
     })
 }
 

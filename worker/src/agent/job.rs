@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, instrument};
 use trainyard_proto::v1;
 
-use super::workdir::{ArtifactHook, AttemptPaths};
+use super::workdir::{ArtifactHook, AttemptPaths, UpstreamOutput};
 use crate::convert::{finished_to_proto, launch_from_assign, log_line_to_proto};
 use crate::exec::{self, ExecOutcome, ExecStatus, Metrics, StopHandle};
 
@@ -94,6 +94,23 @@ impl Batcher {
     }
 }
 
+/// How an attempt ended, with what it consumed and produced.
+struct Done {
+    outcome: ExecOutcome,
+    metrics: Metrics,
+    inputs: Vec<v1::Artifact>,
+    outputs: Vec<v1::Artifact>,
+}
+
+fn artifact_to_proto(r: trainyard_artifacts::ArtifactRecord) -> v1::Artifact {
+    v1::Artifact {
+        key: r.key,
+        uri: r.uri,
+        size: r.size,
+        sha256: r.sha256,
+    }
+}
+
 /// A failure before the process ran, as an outcome.
 fn not_started(message: String) -> ExecOutcome {
     ExecOutcome {
@@ -122,16 +139,23 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
         next_seq: 0,
         events: events.clone(),
     };
-    let (outcome, metrics) = match attempt(&job, &stop, &mut batch).await {
+    let done = match attempt(&job, &stop, &mut batch).await {
         Ok(done) => done,
         Err(message) => {
             batch.system(message.clone());
-            (not_started(message), Metrics::default())
+            Done {
+                outcome: not_started(message),
+                metrics: Metrics::default(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            }
         }
     };
     batch.flush().await;
-    let finished = finished_to_proto(attempt_ref, &outcome, &metrics, Utc::now());
-    debug!(status = ?outcome.status, "attempt finished");
+    let mut finished = finished_to_proto(attempt_ref, &done.outcome, &done.metrics, Utc::now());
+    finished.inputs = done.inputs;
+    finished.outputs = done.outputs;
+    debug!(status = ?done.outcome.status, "attempt finished");
     let _ = events.send(JobEvent::Finished(job.key, finished)).await;
 }
 
@@ -141,9 +165,9 @@ async fn attempt(
     job: &Job,
     stop: &StopHandle,
     batch: &mut Batcher,
-) -> Result<(ExecOutcome, Metrics), String> {
+) -> Result<Done, String> {
     let a = &job.assign;
-    let paths = AttemptPaths::new(
+    let mut paths = AttemptPaths::new(
         &job.work_dir,
         &a.run_id,
         &a.dag_id,
@@ -151,14 +175,32 @@ async fn attempt(
         job.key.1,
         a.upstream.clone(),
     )?;
+    paths.upstream_outputs = a
+        .upstream_outputs
+        .iter()
+        .map(|o| UpstreamOutput {
+            task_id: o.task_id.clone(),
+            attempt: o.attempt,
+            prefix: o.prefix.clone(),
+        })
+        .collect();
     paths
         .prepare()
         .await
         .map_err(|e| format!("preparing {}: {e}", paths.dir.display()))?;
-    job.artifacts
+    let fetched = job
+        .artifacts
         .fetch_inputs(&paths)
         .await
         .map_err(|e| format!("fetching inputs: {e}"))?;
+    for note in fetched.notes {
+        batch.system(note);
+    }
+    let inputs = fetched
+        .records
+        .into_iter()
+        .map(artifact_to_proto)
+        .collect();
 
     let mut assign = a.clone();
     assign.output_dir = paths.out_dir.display().to_string();
@@ -231,8 +273,19 @@ async fn attempt(
     for w in &metrics.warnings {
         batch.system(w.clone());
     }
+    let mut outputs = Vec::new();
     let outcome = match job.artifacts.upload_outputs(&paths).await {
-        Ok(()) => outcome,
+        Ok(uploaded) => {
+            for note in uploaded.notes {
+                batch.system(note);
+            }
+            outputs = uploaded
+                .records
+                .into_iter()
+                .map(artifact_to_proto)
+                .collect();
+            outcome
+        }
         Err(e) => {
             let message = format!("uploading outputs: {e}");
             batch.system(message.clone());
@@ -246,7 +299,12 @@ async fn attempt(
             }
         }
     };
-    Ok((outcome, metrics))
+    Ok(Done {
+        outcome,
+        metrics,
+        inputs,
+        outputs,
+    })
 }
 
 async fn events_send(batch: &Batcher, ev: JobEvent) -> Result<(), ()> {
@@ -319,6 +377,37 @@ mod tests {
         };
         assert_eq!(f.outcome, v1::TaskOutcome::Succeeded as i32);
         assert_eq!(f.metrics["auc"], 0.9);
+    }
+
+    #[tokio::test]
+    async fn outputs_are_uploaded_and_reported_and_secrets_never_leave_unmasked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let hook = crate::agent::StoreArtifacts::from_url(&store.path().display().to_string())
+            .unwrap();
+        let script = r#"echo "token=$SECRET"; echo "$SECRET" > "$TRAINYARD_OUTPUT_DIR/model.bin"; echo "x $SECRET y" >&2"#;
+        let mut j = job(tmp.path(), script);
+        j.artifacts = Arc::new(hook);
+        let events = collect(j).await;
+        let text: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                JobEvent::Logs(_, l) => Some(l.lines.iter().map(|l| l.text.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(text.contains(&"token=***".to_owned()), "{text:?}");
+        assert!(text.contains(&"x *** y".to_owned()), "{text:?}");
+        assert!(text.iter().all(|l| !l.contains("hunter2")), "{text:?}");
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished: {events:?}");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Succeeded as i32);
+        assert_eq!(f.outputs.len(), 1, "{f:?}");
+        assert_eq!(f.outputs[0].key, "runs/run1/task/1/out/model.bin");
+        assert_eq!(f.outputs[0].size, 8);
+        assert!(f.inputs.is_empty());
     }
 
     #[tokio::test]

@@ -8,8 +8,14 @@
 //! Module map: `dial` (dial + Register + Connect/Hello, one try), `job` (one
 //! attempt: directories, inputs, exec, log batches, metrics, outputs),
 //! `workdir` (per-attempt directories, the [`ArtifactHook`] and its same-host
-//! fallback [`LocalInputs`]) and `agent_loop` (the one task that owns the
-//! connection and the table of running attempts).
+//! fallback [`LocalInputs`]), `artifacts` ([`StoreArtifacts`], the hook on
+//! object storage) and `agent_loop` (the one task that owns the connection
+//! and the table of running attempts).
+//!
+//! Which artifact hook runs: [`AgentOptions::artifacts`] if set (tests);
+//! else the worker's own [`AgentOptions::artifact_url`]; else the store URL
+//! the scheduler answers at registration; [`LocalInputs`] only when none of
+//! them names a store.
 //!
 //! Guarantees:
 //! - Tasks outlive the connection: a broken stream or a restarted scheduler
@@ -26,6 +32,7 @@
 //!   `drain_grace` to finish and are cancelled after it; then `run` returns.
 
 mod agent_loop;
+mod artifacts;
 mod dial;
 mod job;
 mod workdir;
@@ -41,7 +48,8 @@ use trainyard_core::ids::WorkerId;
 
 pub use dial::DialError;
 pub use job::{LOG_BATCH_LINES, LOG_FLUSH_INTERVAL};
-pub use workdir::{ArtifactHook, AttemptPaths, LocalInputs};
+pub use artifacts::StoreArtifacts;
+pub use workdir::{ArtifactHook, AttemptPaths, LocalInputs, Transfer, UpstreamOutput};
 
 use crate::gpu::{GpuInfo, UsageSampler};
 
@@ -96,9 +104,15 @@ pub struct AgentOptions {
     pub reconnect: Backoff,
     /// Kept across reconnects; `None` picks a new one at build.
     pub worker_id: Option<WorkerId>,
-    /// Inputs before start, outputs after exit. `None`: [`LocalInputs`]
+    /// Inputs before start, outputs after exit. `None`: a [`StoreArtifacts`]
+    /// on `artifact_url` or on the scheduler's store, else [`LocalInputs`]
     /// (same-host fallback, see `workdir`).
     pub artifacts: Option<Arc<dyn ArtifactHook>>,
+    /// The worker's own artifact store (`--artifacts`), overriding the URL
+    /// the scheduler announces: a worker on another machine may need its
+    /// own endpoint or credentials (those come from its `AWS_*`/`GOOGLE_*`/
+    /// `AZURE_*` env).
+    pub artifact_url: Option<String>,
     /// Largest gRPC message sent or accepted.
     pub max_message_bytes: usize,
     /// Speaks this protocol version at Register (tests set another to
@@ -126,6 +140,7 @@ impl AgentOptions {
             reconnect: Backoff::default(),
             worker_id: None,
             artifacts: None,
+            artifact_url: None,
             max_message_bytes: 16 * 1024 * 1024,
             protocol_version: trainyard_proto::v1::PROTOCOL_VERSION,
         }
@@ -214,7 +229,7 @@ pub struct Agent {
 
 impl Agent {
     /// Checks the options and prepares the work dir; connects nothing yet.
-    pub fn build(opts: AgentOptions) -> Result<Agent> {
+    pub fn build(mut opts: AgentOptions) -> Result<Agent> {
         dial::endpoint(&opts.scheduler_url)?;
         if opts.slots == 0 {
             return Err(AgentError::Options("slots must be at least 1".into()));
@@ -228,6 +243,13 @@ impl Agent {
             path: opts.work_dir.clone(),
             source,
         })?;
+        if opts.artifacts.is_none()
+            && let Some(url) = opts.artifact_url.as_deref()
+        {
+            let hook = StoreArtifacts::from_url(url)
+                .map_err(|e| AgentError::Options(format!("artifact store {url:?}: {e}")))?;
+            opts.artifacts = Some(Arc::new(hook));
+        }
         let worker_id = opts.worker_id.unwrap_or_default();
         let (drain_tx, drain_rx) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(AgentStatus::default());

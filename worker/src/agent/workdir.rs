@@ -7,18 +7,42 @@
 //! from them.
 //!
 //! Artifacts: an [`ArtifactHook`] fetches inputs before the task starts and
-//! uploads outputs after it exits (the object_store implementation lives in
-//! the worker's artifacts module and is passed in through
-//! `AgentOptions::artifacts`). Without one, [`LocalInputs`] is the
-//! **same-host fallback**: each upstream task's newest `out/` under this
+//! uploads outputs after it exits. The object_store implementation is
+//! [`super::StoreArtifacts`]; it is used whenever an artifact store is
+//! configured (by the scheduler at registration, or the worker's own
+//! `--artifacts`). Only when none is configured at all is [`LocalInputs`]
+//! the **same-host fallback**: each upstream task's newest `out/` under this
 //! worker's `work_dir` is symlinked as `in/<upstream>`, and nothing is
 //! uploaded. It only works when every worker shares one `work_dir` on one
-//! machine (e.g. `trainyard standalone`).
+//! machine.
+//!
+//! Either way an upstream that left nothing (or whose output is not found)
+//! gets an empty `in/<upstream>/` and a note in the task log, never a
+//! failure: a task that reads nothing from an upstream must still run.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
+use trainyard_artifacts::ArtifactRecord;
+
+/// Where an upstream task's usable output lives, as the scheduler said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamOutput {
+    pub task_id: String,
+    /// The upstream's successful attempt.
+    pub attempt: u32,
+    /// Key prefix in the artifact store (`runs/<run>/<task>/<attempt>/out`).
+    pub prefix: String,
+}
+
+/// What a transfer moved, for lineage, and notes for the task log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transfer {
+    pub records: Vec<ArtifactRecord>,
+    /// Sentences for the task log (e.g. an upstream with no output).
+    pub notes: Vec<String>,
+}
 
 /// Where one attempt lives on disk, and what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +53,9 @@ pub struct AttemptPaths {
     pub attempt: u32,
     /// Direct upstream task ids (their outputs are this task's inputs).
     pub upstream: Vec<String>,
+    /// Which attempt of each upstream to read, from the assignment; an
+    /// upstream missing here gets an empty input folder.
+    pub upstream_outputs: Vec<UpstreamOutput>,
     /// The worker's `work_dir` (root of every attempt directory).
     pub work_dir: PathBuf,
     /// `<work_dir>/<run_id>/<task_id>/<attempt>`.
@@ -73,6 +100,7 @@ impl AttemptPaths {
             task_id: task_id.to_owned(),
             attempt,
             upstream,
+            upstream_outputs: Vec::new(),
             work_dir: work_dir.to_path_buf(),
             out_dir: dir.join("out"),
             in_dir: dir.join("in"),
@@ -98,11 +126,33 @@ impl AttemptPaths {
 /// Moves artifacts between the object store and an attempt's directories.
 /// Errors are sentences for the task log and the attempt's error.
 pub trait ArtifactHook: Send + Sync + fmt::Debug {
-    /// Before the task starts: fill `in_dir` with the upstream outputs.
-    fn fetch_inputs<'a>(&'a self, attempt: &'a AttemptPaths) -> BoxFuture<'a, Result<(), String>>;
+    /// Before the task starts: fill `in_dir` with the upstream outputs
+    /// (`in/<upstream>/`, empty when the upstream left nothing).
+    fn fetch_inputs<'a>(
+        &'a self,
+        attempt: &'a AttemptPaths,
+    ) -> BoxFuture<'a, Result<Transfer, String>>;
     /// After the task exited (successfully or not): store `out_dir`.
-    fn upload_outputs<'a>(&'a self, attempt: &'a AttemptPaths)
-    -> BoxFuture<'a, Result<(), String>>;
+    fn upload_outputs<'a>(
+        &'a self,
+        attempt: &'a AttemptPaths,
+    ) -> BoxFuture<'a, Result<Transfer, String>>;
+}
+
+/// Creates `in/<upstream>/` empty and says why in the task log.
+pub(super) async fn empty_input(
+    attempt: &AttemptPaths,
+    upstream: &str,
+    why: &str,
+) -> Result<String, String> {
+    let dir = attempt.in_dir.join(upstream);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    tracing::warn!(upstream, reason = why, "empty input folder");
+    Ok(format!(
+        "input folder of upstream task `{upstream}` is empty: {why}"
+    ))
 }
 
 /// The same-host fallback: link upstream `out/` dirs into `in/`, upload nothing.
@@ -110,15 +160,18 @@ pub trait ArtifactHook: Send + Sync + fmt::Debug {
 pub struct LocalInputs;
 
 impl ArtifactHook for LocalInputs {
-    fn fetch_inputs<'a>(&'a self, attempt: &'a AttemptPaths) -> BoxFuture<'a, Result<(), String>> {
+    fn fetch_inputs<'a>(
+        &'a self,
+        attempt: &'a AttemptPaths,
+    ) -> BoxFuture<'a, Result<Transfer, String>> {
         Box::pin(link_local_inputs(attempt))
     }
 
     fn upload_outputs<'a>(
         &'a self,
         _attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+    ) -> BoxFuture<'a, Result<Transfer, String>> {
+        Box::pin(async { Ok(Transfer::default()) })
     }
 }
 
@@ -144,19 +197,22 @@ async fn latest_out(work_dir: &Path, run_id: &str, task: &str) -> Option<PathBuf
 }
 
 /// Links each upstream's newest `out/` as `in/<upstream>`. An upstream with
-/// no output here is an error naming it: on a multi-host setup this is where
-/// an object store is needed.
-async fn link_local_inputs(attempt: &AttemptPaths) -> Result<(), String> {
+/// no output here gets an empty folder and a note: on a multi-host setup
+/// without an artifact store its output is on another machine.
+async fn link_local_inputs(attempt: &AttemptPaths) -> Result<Transfer, String> {
+    let mut done = Transfer::default();
     for up in &attempt.upstream {
         if !safe_component(up) {
             return Err(format!("upstream task id {up:?} cannot name a directory"));
         }
         let Some(out) = latest_out(&attempt.work_dir, &attempt.run_id, up).await else {
-            return Err(format!(
-                "no output of upstream task `{up}` under {} (without an artifact store, \
-                 inputs are only found when the upstream ran on a worker sharing this work dir)",
+            let why = format!(
+                "no output under {} (without an artifact store, inputs are only found \
+                 when the upstream ran on a worker sharing this work dir)",
                 attempt.work_dir.display()
-            ));
+            );
+            done.notes.push(empty_input(attempt, up, &why).await?);
+            continue;
         };
         let out = tokio::fs::canonicalize(&out).await.unwrap_or(out);
         let link = attempt.in_dir.join(up);
@@ -164,7 +220,7 @@ async fn link_local_inputs(attempt: &AttemptPaths) -> Result<(), String> {
             .await
             .map_err(|e| format!("linking {} to {}: {e}", link.display(), out.display()))?;
     }
-    Ok(())
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -200,13 +256,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_upstream_output_is_an_error_naming_it() {
+    async fn a_missing_upstream_output_is_an_empty_folder_and_a_note_naming_it() {
         let tmp = tempfile::tempdir().unwrap();
         let me =
             AttemptPaths::new(tmp.path(), "r", "d", "train", 1, vec!["ingest".into()]).unwrap();
         me.prepare().await.unwrap();
-        let err = LocalInputs.fetch_inputs(&me).await.unwrap_err();
-        assert!(err.contains("`ingest`"), "{err}");
+        let done = LocalInputs.fetch_inputs(&me).await.unwrap();
+        assert!(done.notes[0].contains("`ingest`"), "{:?}", done.notes);
+        let dir = me.in_dir.join("ingest");
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     }
 
     #[tokio::test]
