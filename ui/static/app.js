@@ -1,0 +1,95 @@
+// Trainyard UI: live updates without reloads. Every text that comes from a
+// DAG or a task is set with textContent, never innerHTML.
+"use strict";
+
+const TERMINAL = new Set(["success", "failed", "cancelled", "skipped", "upstream_failed"]);
+
+function setBadge(el, state) {
+  if (!el || el.textContent === state) return;
+  el.textContent = state;
+  el.className = el.className.replace(/\bst-[a-z_]+/g, "").trim() + " st-" + state;
+}
+
+function fmtDuration(start, end) {
+  if (!start || !end) return "";
+  const ms = Math.max(0, Date.parse(end) - Date.parse(start));
+  if (ms < 1000) return ms + " ms";
+  if (ms < 120000) return (ms / 1000).toFixed(1) + " s";
+  return Math.floor(ms / 60000) + " min";
+}
+
+// Run page: poll the run every second until it ends.
+function followRun(badge) {
+  const run = badge.dataset.run;
+  const tick = async () => {
+    let data;
+    try {
+      const resp = await fetch("/api/v1/runs/" + encodeURIComponent(run), { credentials: "same-origin" });
+      if (!resp.ok) return setTimeout(tick, 2000);
+      data = await resp.json();
+    } catch (e) {
+      return setTimeout(tick, 2000);
+    }
+    setBadge(badge, data.run.state);
+    for (const t of data.tasks) {
+      const row = document.querySelector('#tasks tr[data-task="' + CSS.escape(t.task_id) + '"]');
+      if (row) {
+        setBadge(row.querySelector(".state .badge"), t.state);
+        row.querySelector(".attempt").textContent = t.attempt + " / " + t.max_attempts;
+        row.querySelector(".worker").textContent = t.worker || "";
+        row.querySelector(".gpus").textContent = (t.gpus || []).join(",");
+        row.querySelector(".duration").textContent = fmtDuration(t.started_at, t.ended_at);
+        row.querySelector(".wait").textContent = t.wait_reason || "";
+      }
+      const node = document.querySelector('svg.graph g.node[data-task="' + CSS.escape(t.task_id) + '"]');
+      if (node) node.setAttribute("class", "node st-" + t.state);
+    }
+    if (!["success", "failed", "cancelled"].includes(data.run.state)) setTimeout(tick, 1000);
+  };
+  setTimeout(tick, 1000);
+}
+
+// Task page: tail the log over SSE; poll the task's state; reload the full
+// log once the task ends (covers lines written between render and connect).
+function followTask(badge, log) {
+  const run = badge.dataset.run, task = badge.dataset.task;
+  let source = null;
+  if (!TERMINAL.has(badge.textContent) && window.EventSource) {
+    source = new EventSource(log.dataset.stream);
+    source.addEventListener("line", (ev) => {
+      try {
+        const line = JSON.parse(ev.data);
+        log.appendChild(document.createTextNode(line.line + "\n"));
+        log.scrollTop = log.scrollHeight;
+      } catch (e) { /* a malformed event is dropped */ }
+    });
+  }
+  const tick = async () => {
+    try {
+      const resp = await fetch("/api/v1/runs/" + encodeURIComponent(run), { credentials: "same-origin" });
+      if (resp.ok) {
+        const data = await resp.json();
+        const t = data.tasks.find((x) => x.task_id === task);
+        if (t) {
+          setBadge(badge, t.state);
+          if (TERMINAL.has(t.state)) {
+            if (source) source.close();
+            const full = await fetch(log.dataset.full, { credentials: "same-origin" });
+            if (full.ok) log.textContent = await full.text();
+            return;
+          }
+        }
+      }
+    } catch (e) { /* retry below */ }
+    setTimeout(tick, 1000);
+  };
+  if (!TERMINAL.has(badge.textContent)) setTimeout(tick, 1000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const runBadge = document.getElementById("run-state");
+  if (runBadge && !["success", "failed", "cancelled"].includes(runBadge.textContent)) followRun(runBadge);
+  const taskBadge = document.getElementById("task-state");
+  const log = document.getElementById("log");
+  if (taskBadge && log) followTask(taskBadge, log);
+});
