@@ -40,6 +40,9 @@ pub struct SchedulerConfig {
     /// Named pool slot counts.
     pub pools: BTreeMap<String, u32>,
     pub catchup_limit: usize,
+    /// API tokens and UI sessions; open (no tokens) by default, which the
+    /// CLI allows only on loopback.
+    pub auth: http::AuthConfig,
 }
 
 impl SchedulerConfig {
@@ -52,6 +55,7 @@ impl SchedulerConfig {
             lost_worker_timeout: Duration::from_secs(30),
             pools: BTreeMap::new(),
             catchup_limit: 100,
+            auth: http::AuthConfig::open(),
         }
     }
 }
@@ -174,6 +178,7 @@ impl SchedulerApp {
             store: store.clone(),
             control: Arc::new(handle.clone()),
             logs: logs.clone(),
+            auth: config.auth.clone(),
         };
         {
             let token = shutdown.clone();

@@ -47,6 +47,21 @@ pub struct SchedulerArgs {
     /// Most missed cron slots created per DAG when catchup is on.
     #[arg(long, default_value_t = 100)]
     pub catchup_limit: usize,
+    /// API token `ROLE:TOKEN` (role `viewer` or `operator`, token ≥ 16 chars); repeat
+    /// for several. With any token, every request but /healthz, /readyz, login and
+    /// static assets needs one (bearer header or UI login).
+    #[arg(long = "api-token", value_name = "ROLE:TOKEN", value_parser = parse_api_token)]
+    pub api_tokens: Vec<trainyard_scheduler::http::ApiToken>,
+    /// More tokens, comma-separated `ROLE:TOKEN` (kept out of the process list).
+    #[arg(long, env = "TRAINYARD_API_TOKENS", hide_env_values = true, value_name = "LIST")]
+    pub api_tokens_list: Option<String>,
+    /// Serve the API and UI without authentication on a non-loopback address.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+fn parse_api_token(raw: &str) -> Result<trainyard_scheduler::http::ApiToken, String> {
+    raw.parse().map_err(|e: trainyard_scheduler::http::AuthError| e.to_string())
 }
 
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -78,7 +93,20 @@ impl SchedulerArgs {
         config.lost_worker_timeout = self.lost_worker_timeout;
         config.pools = self.pools.iter().cloned().collect::<BTreeMap<_, _>>();
         config.catchup_limit = self.catchup_limit;
+        let mut tokens = self.api_tokens.clone();
+        if let Some(list) = &self.api_tokens_list {
+            tokens.extend(trainyard_scheduler::http::parse_token_list(list)?);
+        }
+        config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens);
         Ok(config)
+    }
+
+    /// Refuses an unauthenticated HTTP API beyond loopback (unless --insecure-no-auth).
+    pub fn check_http_auth(&self, config: &SchedulerConfig, http: &TcpListener) -> anyhow::Result<()> {
+        config
+            .auth
+            .check_bind(http.local_addr()?, self.insecure_no_auth)?;
+        Ok(())
     }
 }
 
@@ -190,6 +218,7 @@ pub fn scheduler(cmd: SchedulerCmd) -> anyhow::Result<ExitCode> {
         let shutdown = CancellationToken::new();
         cancel_on_signals(shutdown.clone());
         let http = bind(&args.http, "HTTP API").await?;
+        args.check_http_auth(&config, &http)?;
         let grpc = bind(&args.grpc, "worker gRPC endpoint").await?;
         let app = SchedulerApp::start(config, http, grpc, shutdown.clone()).await?;
         eprintln!(
@@ -310,6 +339,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         let shutdown = CancellationToken::new();
         cancel_on_signals(shutdown.clone());
         let http = bind(&args.scheduler.http, "HTTP API").await?;
+        args.scheduler.check_http_auth(&config, &http)?;
         let grpc = bind(&args.scheduler.grpc, "worker gRPC endpoint").await?;
         let app = SchedulerApp::start(config, http, grpc, shutdown.clone()).await?;
         let grpc_url = format!("http://{}", app.grpc_addr);

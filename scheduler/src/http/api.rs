@@ -9,8 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -18,42 +17,44 @@ use serde_json::{Map, Value, json};
 use trainyard_core::ids::{DagId, RunId, WorkerId};
 use trainyard_core::state::RunState;
 
-use super::{ApiError, ApiResult, AppState, TriggerRequest};
+use super::openapi as doc;
+use super::routes::RouteTable;
+use super::{ApiError, ApiResult, AppState, TriggerRequest, read};
 use crate::store::{Attempt, RunFilter, TaskInstance};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/dags", get(list_dags))
-        .route("/api/v1/dags/{dag_id}", get(get_dag))
-        .route("/api/v1/dags/{dag_id}/runs", post(trigger))
-        .route("/api/v1/dags/{dag_id}/backfill", post(backfill))
-        .route("/api/v1/dags/{dag_id}/pause", post(pause))
-        .route("/api/v1/dags/{dag_id}/resume", post(resume))
-        .route("/api/v1/runs", get(list_runs))
-        .route("/api/v1/runs/{run_id}", get(get_run))
-        .route("/api/v1/runs/{run_id}/cancel", post(cancel_run))
-        .route(
-            "/api/v1/runs/{run_id}/tasks/{task_id}/cancel",
-            post(cancel_task),
-        )
-        .route(
-            "/api/v1/runs/{run_id}/tasks/{task_id}/clear",
-            post(clear_task),
-        )
-        .route("/api/v1/runs/{run_id}/tasks/{task_id}/logs", get(task_log))
-        .route(
+/// Adds the probes and `/api/v1` to the route table (see `routes.rs`:
+/// `.get(path, handler)` / `.post(path, handler)` record each route).
+pub(super) fn routes(t: RouteTable) -> RouteTable {
+    t.get("/healthz", healthz)
+        .get("/readyz", readyz)
+        .get("/api/v1/dags", read::list_dags)
+        .get("/api/v1/dags/{dag_id}", read::get_dag)
+        .post("/api/v1/dags/{dag_id}/runs", trigger)
+        .post("/api/v1/dags/{dag_id}/backfill", backfill)
+        .post("/api/v1/dags/{dag_id}/pause", pause)
+        .post("/api/v1/dags/{dag_id}/resume", resume)
+        .get("/api/v1/runs", list_runs)
+        .get("/api/v1/runs/{run_id}", get_run)
+        .post("/api/v1/runs/{run_id}/cancel", cancel_run)
+        .post("/api/v1/runs/{run_id}/tasks/{task_id}/cancel", cancel_task)
+        .post("/api/v1/runs/{run_id}/tasks/{task_id}/clear", clear_task)
+        .get("/api/v1/runs/{run_id}/tasks/{task_id}/logs", task_log)
+        .get(
             "/api/v1/runs/{run_id}/tasks/{task_id}/logs/stream",
-            get(task_log_stream),
+            task_log_stream,
         )
-        .route("/api/v1/workers", get(list_workers))
+        .get("/api/v1/workers", read::list_workers)
 }
 
+/// Process up.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, body = String)))]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Database reachable and every migration applied.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, body = String), (status = 503, body = doc::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.migration_status().await {
         Ok(status) if status.iter().all(|m| m.applied) => (StatusCode::OK, "ready").into_response(),
@@ -75,34 +76,25 @@ fn run_id(raw: &str) -> ApiResult<RunId> {
     RunId::from_str(raw).map_err(|e| ApiError::BadRequest(format!("bad run id {raw:?}: {e}")))
 }
 
-async fn list_dags(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let dags = state.store.list_dags().await?;
-    Ok(Json(json!({ "dags": dags })))
-}
-
-async fn get_dag(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
-    let id = dag_id(&raw)?;
-    let dag = state.store.get_dag(&id).await?;
-    let version = match dag.current_version_id {
-        Some(v) => Some(state.store.get_dag_version(v).await?),
-        None => None,
-    };
-    Ok(Json(json!({
-        "dag": dag,
-        "spec": version.as_ref().map(|v| &v.spec),
-        "version": version.as_ref().map(|v| json!({"id": v.id, "content_hash": v.content_hash, "created_at": v.created_at})),
-    })))
-}
-
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TriggerBody {
+pub(super) struct TriggerBody {
+    /// Param values by name; checked against the DAG's declared params.
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: Map<String, Value>,
     #[serde(default)]
     logical_date: Option<DateTime<Utc>>,
 }
 
+/// Starts a run. A repeated `Idempotency-Key` returns the run it created first.
+#[utoipa::path(post, path = "/api/v1/dags/{dag_id}/runs", tag = "runs",
+    params(("dag_id" = String, Path, description = "DAG id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the same run")),
+    request_body(content = Option<TriggerBody>, content_type = "application/json"),
+    responses((status = 201, body = doc::Triggered), (status = 400, body = doc::ErrorBody),
+        (status = 401, body = doc::ErrorBody), (status = 403, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody), (status = 413, body = doc::ErrorBody)))]
 async fn trigger(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -136,13 +128,19 @@ async fn trigger(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BackfillBody {
+pub(super) struct BackfillBody {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 }
 
+/// Creates one run per schedule slot in `[from, to]`.
+#[utoipa::path(post, path = "/api/v1/dags/{dag_id}/backfill", tag = "dags",
+    params(("dag_id" = String, Path, description = "DAG id")),
+    request_body = BackfillBody,
+    responses((status = 201, body = doc::Backfilled), (status = 400, body = doc::ErrorBody),
+        (status = 403, body = doc::ErrorBody), (status = 404, body = doc::ErrorBody)))]
 async fn backfill(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -156,20 +154,31 @@ async fn backfill(
     Ok((StatusCode::CREATED, Json(json!({ "run_ids": runs }))))
 }
 
+/// Stops new scheduled runs of the DAG.
+#[utoipa::path(post, path = "/api/v1/dags/{dag_id}/pause", tag = "dags",
+    params(("dag_id" = String, Path, description = "DAG id")),
+    responses((status = 200, body = doc::Paused), (status = 403, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody)))]
 async fn pause(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = dag_id(&raw)?;
     state.control.set_paused(&id, true).await?;
     Ok(Json(json!({ "dag_id": id, "paused": true })))
 }
 
+/// Resumes scheduling of the DAG.
+#[utoipa::path(post, path = "/api/v1/dags/{dag_id}/resume", tag = "dags",
+    params(("dag_id" = String, Path, description = "DAG id")),
+    responses((status = 200, body = doc::Paused), (status = 403, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody)))]
 async fn resume(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = dag_id(&raw)?;
     state.control.set_paused(&id, false).await?;
     Ok(Json(json!({ "dag_id": id, "paused": false })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RunsQuery {
     dag_id: Option<String>,
     /// Comma-separated states.
@@ -178,6 +187,9 @@ struct RunsQuery {
     limit: Option<u32>,
 }
 
+/// Runs, newest first; filter by DAG and states, page with `before=next_cursor`.
+#[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, body = doc::RunPage), (status = 400, body = doc::ErrorBody)))]
 async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<RunsQuery>,
@@ -221,6 +233,11 @@ struct TaskView {
     attempts: Vec<Attempt>,
 }
 
+/// A run and every task instance with all its attempts.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path, description = "Run id")),
+    responses((status = 200, body = doc::RunDetail), (status = 400, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody)))]
 async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id = run_id(&raw)?;
     let run = state.store.get_run(id).await?;
@@ -271,6 +288,11 @@ fn task_view(
     }
 }
 
+/// Cancels the run and every unfinished task.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/cancel", tag = "runs",
+    params(("run_id" = String, Path, description = "Run id")),
+    responses((status = 200, body = doc::Cancelled), (status = 403, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody), (status = 409, body = doc::ErrorBody)))]
 async fn cancel_run(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -280,6 +302,11 @@ async fn cancel_run(
     Ok(Json(json!({ "run_id": id, "cancelled": true })))
 }
 
+/// Cancels one task of a run.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/tasks/{task_id}/cancel", tag = "runs",
+    params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id")),
+    responses((status = 200, body = doc::Cancelled), (status = 403, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody), (status = 409, body = doc::ErrorBody)))]
 async fn cancel_task(
     State(state): State<AppState>,
     Path((raw, task)): Path<(String, String)>,
@@ -291,12 +318,18 @@ async fn cancel_task(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ClearQuery {
     downstream: Option<bool>,
 }
 
+/// Clears (retries) a task and, by default, everything downstream of it.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/tasks/{task_id}/clear", tag = "runs",
+    params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id"), ClearQuery),
+    responses((status = 200, body = doc::Cleared), (status = 403, body = doc::ErrorBody),
+        (status = 404, body = doc::ErrorBody), (status = 409, body = doc::ErrorBody)))]
 async fn clear_task(
     State(state): State<AppState>,
     Path((raw, task)): Path<(String, String)>,
@@ -310,8 +343,9 @@ async fn clear_task(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LogQuery {
     attempt: Option<i32>,
 }
@@ -334,6 +368,10 @@ async fn pick_attempt(
     Ok(ti.attempt.max(1))
 }
 
+/// The full log of an attempt (default: the latest) as plain text.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs", tag = "logs",
+    params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id"), LogQuery),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = doc::ErrorBody)))]
 async fn task_log(
     State(state): State<AppState>,
     Path((raw, task)): Path<(String, String)>,
@@ -358,6 +396,10 @@ async fn task_log(
 }
 
 /// Live log lines of a task as Server-Sent Events (`data:` is the JSON line).
+/// New log lines as Server-Sent Events (`event: line`, `data:` one JSON line).
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs/stream", tag = "logs",
+    params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id")),
+    responses((status = 200, body = String, content_type = "text/event-stream"), (status = 400, body = doc::ErrorBody)))]
 async fn task_log_stream(
     State(state): State<AppState>,
     Path((raw, task)): Path<(String, String)>,
@@ -380,9 +422,4 @@ async fn task_log_stream(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-async fn list_workers(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let workers = state.store.list_workers().await?;
-    Ok(Json(json!({ "workers": workers })))
 }

@@ -6,8 +6,13 @@
 //! can drive it with `tower::ServiceExt::oneshot`, without a socket.
 
 mod api;
+mod auth;
 mod control;
 mod error;
+mod openapi;
+mod read;
+mod routes;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +25,9 @@ use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use trainyard_core::ids::{DagId, RunId};
 
+pub use auth::{ApiToken, AuthConfig, AuthError, Role, parse_token_list};
 pub use error::{ApiError, ApiResult};
+pub use openapi::document as openapi_document;
 
 use crate::logs::LogStore;
 use crate::store::Store;
@@ -89,11 +96,32 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub control: Arc<dyn RunControl>,
     pub logs: LogStore,
+    /// Tokens, roles and UI sessions; open (everyone operator) without tokens.
+    pub auth: AuthConfig,
+}
+
+/// Every route: probes, `/api/v1`, the OpenAPI document, login and the UI.
+fn all_routes() -> routes::RouteTable {
+    let t = api::routes(routes::RouteTable::new());
+    let t = t.get("/api/v1/openapi.json", openapi::openapi_json);
+    ui::routes(t)
+}
+
+/// Every (method, path) the router serves, from the same list it is built from.
+pub fn route_table() -> Vec<(axum::http::Method, &'static str)> {
+    all_routes().into_parts().1
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    api::routes()
+    let (routes, _) = all_routes().into_parts();
+    routes
+        .fallback(ui::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .layer(axum::middleware::from_fn(routes::json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
