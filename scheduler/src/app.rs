@@ -16,11 +16,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use trainyard_artifacts::ArtifactStore;
 
 use crate::clock::{Clock, SystemClock};
 use crate::dags::DagLoaderOptions;
 use crate::engine::{Engine, EngineHandle, EngineOptions};
-use crate::grpc::{self, GrpcOptions, WorkerServiceImpl};
+use crate::grpc::{self, ArtifactContext, GrpcOptions, WorkerServiceImpl};
 use crate::http::{self, AppState};
 use crate::logs::LogStore;
 use crate::store::{self, Store};
@@ -40,6 +41,11 @@ pub struct SchedulerConfig {
     /// Named pool slot counts.
     pub pools: BTreeMap<String, u32>,
     pub catchup_limit: usize,
+    /// The artifact store (`file:///dir`, `s3://bucket/prefix`, `gs://…`,
+    /// `az://…`; credentials from the usual env). `None`: a folder
+    /// `artifacts/` in the data dir. Announced to workers at registration;
+    /// attempt logs are archived there too.
+    pub artifacts_url: Option<String>,
     /// API tokens and UI sessions; open (no tokens) by default, which the
     /// CLI allows only on loopback.
     pub auth: http::AuthConfig,
@@ -55,6 +61,7 @@ impl SchedulerConfig {
             lost_worker_timeout: Duration::from_secs(30),
             pools: BTreeMap::new(),
             catchup_limit: 100,
+            artifacts_url: None,
             auth: http::AuthConfig::open(),
         }
     }
@@ -68,6 +75,8 @@ pub enum AppError {
     Engine(#[from] crate::engine::EngineError),
     #[error("cannot load DAGs from {dir}: {message}")]
     Dags { dir: PathBuf, message: String },
+    #[error("cannot open the artifact store: {0}")]
+    Artifacts(#[from] trainyard_artifacts::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -77,6 +86,8 @@ pub struct SchedulerApp {
     pub store: Arc<dyn Store>,
     pub engine: EngineHandle,
     pub logs: LogStore,
+    /// Where artifacts and archived logs live.
+    pub artifacts: ArtifactStore,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     tasks: JoinSet<()>,
@@ -118,6 +129,8 @@ impl SchedulerApp {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
         let store = store::connect(&config.db_url).await?;
+        let artifacts = open_artifacts(&config)?;
+        info!(store = %artifacts.base_uri(), "artifact store");
         let mut opts = EngineOptions::new(store.clone(), clock.clone());
         opts.heartbeat_interval = config.heartbeat_interval;
         opts.lost_worker_timeout = config.lost_worker_timeout;
@@ -172,7 +185,7 @@ impl SchedulerApp {
             });
         }
 
-        let logs = LogStore::new(config.data_dir.join("logs"));
+        let logs = LogStore::new(config.data_dir.join("logs")).with_archive(artifacts.clone());
         let http_addr = http_listener.local_addr()?;
         let state = AppState {
             store: store.clone(),
@@ -196,11 +209,16 @@ impl SchedulerApp {
                 heartbeat_interval: config.heartbeat_interval,
                 ..GrpcOptions::default()
             },
-        );
+        )
+        .with_artifacts(ArtifactContext {
+            store: store.clone(),
+            url: artifacts.base_uri().to_owned(),
+        });
         {
             let token = shutdown.clone();
             tasks.spawn(async move {
-                if let Err(err) = grpc::serve(grpc_listener, service, token.cancelled_owned()).await {
+                if let Err(err) = grpc::serve(grpc_listener, service, token.cancelled_owned()).await
+                {
                     tracing::error!(error = %err, "worker gRPC service stopped");
                 }
             });
@@ -210,6 +228,7 @@ impl SchedulerApp {
             store,
             engine: handle,
             logs,
+            artifacts,
             http_addr,
             grpc_addr,
             tasks,
@@ -220,5 +239,19 @@ impl SchedulerApp {
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
         self.store.close().await;
+    }
+}
+
+/// The configured artifact store, or `<data dir>/artifacts` (an absolute
+/// `file://` URL, so workers on this host find it whatever their cwd).
+fn open_artifacts(config: &SchedulerConfig) -> Result<ArtifactStore, AppError> {
+    match &config.artifacts_url {
+        Some(url) => Ok(ArtifactStore::from_url(url)?),
+        None => {
+            let dir = config.data_dir.join("artifacts");
+            std::fs::create_dir_all(&dir)?;
+            let dir = std::fs::canonicalize(&dir)?;
+            Ok(ArtifactStore::from_url(&dir.display().to_string())?)
+        }
     }
 }

@@ -6,6 +6,12 @@
 //! prefixed by nothing: the file is exactly what the task printed, stdout and
 //! stderr interleaved in arrival order. Secret values are masked by the caller
 //! before lines reach this module.
+//!
+//! Archive: with an artifact store ([`LogStore::with_archive`]) the whole file
+//! of an attempt is uploaded when the attempt ends
+//! (`runs/<run>/<task>/<attempt>/log.txt`), and [`LogStore::read`] serves it
+//! from there when the local file is gone (a wiped or replaced scheduler
+//! disk), so logs outlive both the worker and the scheduler's disk.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
+use trainyard_artifacts::{ArtifactStore, AttemptKey};
 use trainyard_core::ids::RunId;
 
 /// Which stream a line came from.
@@ -46,6 +53,9 @@ pub enum LogError {
     },
     #[error("log storage: {0}")]
     Io(#[from] std::io::Error),
+    /// The artifact store holding archived logs failed.
+    #[error("log archive: {0}")]
+    Archive(#[from] trainyard_artifacts::Error),
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
@@ -61,12 +71,15 @@ pub struct LogStore {
     /// Followers per (run, task); entries are created on demand and removed
     /// when the last follower leaves and a write finds no receivers.
     followers: Arc<Mutex<HashMap<(RunId, String), broadcast::Sender<LogLine>>>>,
+    /// Where finished attempts' logs are archived; `None`: local files only.
+    archive: Option<ArtifactStore>,
 }
 
 impl std::fmt::Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore")
             .field("root", &self.root)
+            .field("archive", &self.archive.as_ref().map(|a| a.base_uri()))
             .finish()
     }
 }
@@ -76,7 +89,43 @@ impl LogStore {
         Self {
             root: root.into(),
             followers: Arc::default(),
+            archive: None,
         }
+    }
+
+    /// Archives finished attempts' logs in `store` and reads them back from
+    /// there when the local file is missing.
+    pub fn with_archive(mut self, store: ArtifactStore) -> Self {
+        self.archive = Some(store);
+        self
+    }
+
+    pub fn has_archive(&self) -> bool {
+        self.archive.is_some()
+    }
+
+    /// Uploads the attempt's whole log (an empty one if it printed nothing)
+    /// and returns its URI. Lines are already masked when appended.
+    pub async fn archive(&self, run: RunId, task: &str, attempt: i32) -> Result<String> {
+        let Some(store) = &self.archive else {
+            return Err(LogError::Io(std::io::Error::other(
+                "no artifact store to archive logs in",
+            )));
+        };
+        let path = self.path(run, task, attempt)?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        // Creates the file when the task printed nothing, keeps it otherwise.
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await?;
+        let record = store
+            .put_log(&archive_key(run, task, attempt)?, &path)
+            .await?;
+        Ok(record.uri)
     }
 
     pub fn root(&self) -> &Path {
@@ -158,13 +207,23 @@ impl LogStore {
     /// The whole log of one attempt.
     pub async fn read(&self, run: RunId, task: &str, attempt: i32) -> Result<String> {
         let path = self.path(run, task, attempt)?;
+        let not_found = || LogError::NotFound {
+            run,
+            task: task.to_owned(),
+            attempt,
+        };
         match tokio::fs::read_to_string(&path).await {
             Ok(text) => Ok(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LogError::NotFound {
-                run,
-                task: task.to_owned(),
-                attempt,
-            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let Some(store) = &self.archive else {
+                    return Err(not_found());
+                };
+                match store.read_log(&archive_key(run, task, attempt)?).await {
+                    Ok(text) => Ok(text),
+                    Err(e) if e.is_not_found() => Err(not_found()),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -182,9 +241,47 @@ impl LogStore {
     }
 }
 
+/// The archive key of an attempt's log; attempts start at 1.
+fn archive_key(run: RunId, task: &str, attempt: i32) -> Result<AttemptKey> {
+    let attempt = u32::try_from(attempt).map_err(|_| LogError::NotFound {
+        run,
+        task: task.to_owned(),
+        attempt,
+    })?;
+    AttemptKey::new(run.to_string(), task, attempt)
+        .map_err(|_| LogError::BadTaskId(task.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_archived_log_is_served_after_the_local_folder_is_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::from_url(&archive.path().display().to_string()).unwrap();
+        let logs = LogStore::new(dir.path().join("logs")).with_archive(store);
+        let run = RunId::new();
+        logs.append(run, "train", 1, &[(LogStream::Stdout, "epoch 1".into())])
+            .await
+            .unwrap();
+        let uri = logs.archive(run, "train", 1).await.unwrap();
+        assert!(
+            uri.ends_with(&format!("runs/{run}/train/1/log.txt")),
+            "{uri}"
+        );
+        // A silent attempt still gets an (empty) archived log.
+        logs.archive(run, "quiet", 1).await.unwrap();
+
+        std::fs::remove_dir_all(dir.path().join("logs")).unwrap();
+        assert_eq!(logs.read(run, "train", 1).await.unwrap(), "epoch 1\n");
+        assert_eq!(logs.read(run, "quiet", 1).await.unwrap(), "");
+        assert!(matches!(
+            logs.read(run, "train", 2).await,
+            Err(LogError::NotFound { .. })
+        ));
+    }
 
     #[tokio::test]
     async fn appended_lines_are_read_back_and_reach_followers() {

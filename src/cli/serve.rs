@@ -53,15 +53,29 @@ pub struct SchedulerArgs {
     #[arg(long = "api-token", value_name = "ROLE:TOKEN", value_parser = parse_api_token)]
     pub api_tokens: Vec<trainyard_scheduler::http::ApiToken>,
     /// More tokens, comma-separated `ROLE:TOKEN` (kept out of the process list).
-    #[arg(long, env = "TRAINYARD_API_TOKENS", hide_env_values = true, value_name = "LIST")]
+    #[arg(
+        long,
+        env = "TRAINYARD_API_TOKENS",
+        hide_env_values = true,
+        value_name = "LIST"
+    )]
     pub api_tokens_list: Option<String>,
     /// Serve the API and UI without authentication on a non-loopback address.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Where artifacts and archived logs are kept: `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a path
+    /// (default: `<data dir>/artifacts`). Credentials and endpoints come from
+    /// the usual env (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP`, `GOOGLE_*`,
+    /// `AZURE_*`). Workers are told this URL when they register.
+    #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
+    pub artifacts: Option<String>,
 }
 
 fn parse_api_token(raw: &str) -> Result<trainyard_scheduler::http::ApiToken, String> {
-    raw.parse().map_err(|e: trainyard_scheduler::http::AuthError| e.to_string())
+    raw.parse()
+        .map_err(|e: trainyard_scheduler::http::AuthError| e.to_string())
 }
 
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -93,6 +107,7 @@ impl SchedulerArgs {
         config.lost_worker_timeout = self.lost_worker_timeout;
         config.pools = self.pools.iter().cloned().collect::<BTreeMap<_, _>>();
         config.catchup_limit = self.catchup_limit;
+        config.artifacts_url = self.artifacts.clone();
         let mut tokens = self.api_tokens.clone();
         if let Some(list) = &self.api_tokens_list {
             tokens.extend(trainyard_scheduler::http::parse_token_list(list)?);
@@ -102,7 +117,11 @@ impl SchedulerArgs {
     }
 
     /// Refuses an unauthenticated HTTP API beyond loopback (unless --insecure-no-auth).
-    pub fn check_http_auth(&self, config: &SchedulerConfig, http: &TcpListener) -> anyhow::Result<()> {
+    pub fn check_http_auth(
+        &self,
+        config: &SchedulerConfig,
+        http: &TcpListener,
+    ) -> anyhow::Result<()> {
         config
             .auth
             .check_bind(http.local_addr()?, self.insecure_no_auth)?;
@@ -173,6 +192,11 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running tasks may take to finish before they are cancelled.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub drain_grace: Duration,
+    /// This worker's own artifact store URL, overriding the one the scheduler
+    /// announces (e.g. another endpoint for the same bucket); credentials come
+    /// from this worker's env (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
+    pub artifacts: Option<String>,
 }
 
 /// What a worker offers: GPUs, CPUs, memory, task slots.
@@ -290,6 +314,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         opts.queues = args.queues.clone();
         opts.labels = args.labels.iter().cloned().collect();
         opts.drain_grace = args.drain_grace;
+        opts.artifact_url = args.artifacts.clone();
         let agent = Agent::build(opts)?;
         let handle = agent.handle();
         // SIGTERM/SIGINT drain: no new work, running tasks finish (up to the grace).

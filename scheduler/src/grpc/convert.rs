@@ -404,6 +404,8 @@ pub fn assign_to_proto(a: &Assignment) -> v1::Assign {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         secret_env: a.secret_env.clone(),
+        // Filled by the session from the store (see grpc::artifacts).
+        upstream_outputs: Vec::new(),
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Module map: `convert` (wire ⇄ engine types, input validation), `error`
 //! (status mapping), `service` ([`WorkerServiceImpl`]: Register and the
-//! Connect handshake) and `session` (one worker's Connect stream: engine
-//! commands out, reports in).
+//! Connect handshake), `session` (one worker's Connect stream: engine
+//! commands out, reports in) and `artifacts` (upstream attempts for inputs,
+//! lineage, secret masking, log archiving — active with an
+//! [`ArtifactContext`]).
 //!
 //! Invariants:
 //! - Nothing a worker sends can panic the server: every id, number and string
@@ -19,6 +21,7 @@
 //! [`EngineHandle`]: crate::engine::EngineHandle
 //! [`LogStore`]: crate::logs::LogStore
 
+mod artifacts;
 pub mod convert;
 mod error;
 mod service;
@@ -34,6 +37,7 @@ use tonic::transport::Server;
 use tracing::{info, instrument};
 use trainyard_proto::v1::worker_service_server::WorkerServiceServer;
 
+pub use artifacts::{ArtifactContext, mask_lines};
 pub use error::{GrpcError, Result, status_of};
 pub use service::WorkerServiceImpl;
 

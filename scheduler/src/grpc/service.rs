@@ -13,6 +13,7 @@ use tracing::{info, instrument, warn};
 use trainyard_proto::v1::{self, worker_message::Kind, worker_service_server::WorkerService};
 
 use super::GrpcOptions;
+use super::artifacts::ArtifactContext;
 use super::convert;
 use super::error::status_of;
 use super::session::{Session, Sessions};
@@ -32,6 +33,8 @@ pub struct WorkerServiceImpl {
     sessions: Arc<Sessions>,
     /// Cancelled when the server shuts down: every session ends its stream.
     stop: CancellationToken,
+    /// Artifact store and lineage; `None`: workers use the same-host fallback.
+    artifacts: Option<ArtifactContext>,
 }
 
 impl WorkerServiceImpl {
@@ -42,7 +45,15 @@ impl WorkerServiceImpl {
             opts,
             sessions: Arc::default(),
             stop: CancellationToken::new(),
+            artifacts: None,
         }
+    }
+
+    /// Announces the artifact store to workers, names upstream attempts in
+    /// assignments, records lineage and archives logs (see `artifacts`).
+    pub fn with_artifacts(mut self, ctx: ArtifactContext) -> Self {
+        self.artifacts = Some(ctx);
+        self
     }
 
     pub fn options(&self) -> &GrpcOptions {
@@ -68,6 +79,11 @@ impl WorkerServiceImpl {
             heartbeat_interval_ms: u64::try_from(self.opts.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             protocol_version: v1::PROTOCOL_VERSION,
+            artifact_store_url: self
+                .artifacts
+                .as_ref()
+                .map(|a| a.url.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -165,6 +181,7 @@ impl WorkerService for WorkerServiceImpl {
             running,
             out,
             commands,
+            self.artifacts.clone(),
         );
         tokio::spawn(session.run(inbound, self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))

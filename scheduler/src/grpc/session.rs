@@ -22,6 +22,7 @@ use tracing::{debug, info, instrument, warn};
 use trainyard_core::ids::{RunId, TaskInstanceId, WorkerId};
 use trainyard_proto::v1::{self, worker_message::Kind};
 
+use super::artifacts::{self, ArtifactContext, SecretCache};
 use super::convert;
 use super::error::status_of;
 use crate::engine::{EngineError, EngineHandle, WorkerCommand};
@@ -79,6 +80,10 @@ pub(super) struct Session {
     /// Run and task of each attempt assigned on this stream, for its logs
     /// (authoritative over what a LogLines batch claims).
     places: HashMap<Attempt, (RunId, String)>,
+    /// Artifact store and lineage (see `grpc::artifacts`).
+    artifacts: Option<ArtifactContext>,
+    /// Secret values per (run, task), masked in log lines before storing.
+    secrets: SecretCache,
 }
 
 /// Why a session ended; decides the status the worker gets.
@@ -100,6 +105,7 @@ impl Session {
         running: Vec<Attempt>,
         out: Out,
         commands: mpsc::Receiver<WorkerCommand>,
+        artifacts: Option<ArtifactContext>,
     ) -> Self {
         Self {
             engine,
@@ -111,6 +117,8 @@ impl Session {
             commands,
             held: running.into_iter().collect(),
             places: HashMap::new(),
+            artifacts,
+            secrets: SecretCache::default(),
         }
     }
 
@@ -173,19 +181,27 @@ impl Session {
 
     /// One engine command to the worker.
     async fn forward(&mut self, cmd: WorkerCommand) -> Result<(), End> {
+        let mut msg = convert::command_to_proto(&cmd);
         match &cmd {
             WorkerCommand::Assign(a) => {
                 let key = (a.task_instance_id, a.attempt);
                 self.held.insert(key);
                 self.places
                     .insert(key, (a.run_id, a.task_id.as_str().to_owned()));
+                self.secrets
+                    .insert(a.run_id, a.task_id.as_str(), artifacts::secrets_of(a));
+                if let (Some(ctx), Some(v1::scheduler_message::Kind::Assign(wire))) =
+                    (&self.artifacts, msg.kind.as_mut())
+                {
+                    artifacts::fill_upstream_outputs(ctx.store.as_ref(), a, wire).await;
+                }
             }
             WorkerCommand::Kill { ti, attempt, .. } => {
                 self.held.remove(&(*ti, *attempt));
             }
             WorkerCommand::Cancel { .. } => {}
         }
-        self.send(convert::command_to_proto(&cmd)).await
+        self.send(msg).await
     }
 
     /// One message from the worker.
@@ -239,11 +255,14 @@ impl Session {
             }
             Kind::LogLines(l) => {
                 let key = convert::attempt_from_proto(l.attempt.as_ref()).map_err(bad)?;
-                let lines = convert::log_lines_from_proto(&l).map_err(bad)?;
+                let mut lines = convert::log_lines_from_proto(&l).map_err(bad)?;
                 let (run, task) = match self.places.get(&key) {
                     Some(p) => p.clone(),
                     None => convert::log_place_from_proto(&l).map_err(bad)?,
                 };
+                let store = self.artifacts.as_ref().map(|a| a.store.as_ref());
+                let secrets = self.secrets.get(store, run, &task).await;
+                artifacts::mask_lines(&mut lines, &secrets);
                 if let Err(e) = self.logs.append(run, &task, key.1, &lines).await {
                     warn!(%run, %task, attempt = key.1, error = %e, "could not store log lines");
                 }
@@ -253,11 +272,16 @@ impl Session {
                 let (ti, attempt) = convert::attempt_from_proto(f.attempt.as_ref()).map_err(bad)?;
                 let result = convert::result_from_proto(&f).map_err(bad)?;
                 self.held.remove(&(ti, attempt));
-                self.places.remove(&(ti, attempt));
+                let place = self.places.remove(&(ti, attempt));
                 let r = self
                     .engine
                     .task_finished(self.worker, ti, attempt, result)
                     .await;
+                if r.is_ok()
+                    && let Some(ctx) = &self.artifacts
+                {
+                    artifacts::on_finished(ctx, &self.logs, place, ti, attempt, &f).await;
+                }
                 self.report(r, ti, attempt, true)
             }
             Kind::Draining(d) => {

@@ -90,6 +90,7 @@ impl From<LogError> for ApiError {
             LogError::NotFound { .. } => Self::NotFound(err.to_string()),
             LogError::BadTaskId(_) => Self::BadRequest(err.to_string()),
             LogError::Io(e) => Self::Internal(e.to_string()),
+            LogError::Archive(e) => Self::Internal(e.to_string()),
         }
     }
 }

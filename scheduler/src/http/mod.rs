@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod control;
 mod error;
+mod lineage;
 mod openapi;
 mod read;
 mod routes;
@@ -103,6 +104,7 @@ pub struct AppState {
 /// Every route: probes, `/api/v1`, the OpenAPI document, login and the UI.
 fn all_routes() -> routes::RouteTable {
     let t = api::routes(routes::RouteTable::new());
+    let t = lineage::routes(t);
     let t = t.get("/api/v1/openapi.json", openapi::openapi_json);
     ui::routes(t)
 }

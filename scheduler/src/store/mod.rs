@@ -296,4 +296,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         name: &str,
         limit: u32,
     ) -> Result<Vec<SeriesPoint>>;
+
+    // ------------------------------------------------------------ artifacts
+    /// Records what an attempt produced (idempotent per run and key).
+    async fn record_artifacts(
+        &self,
+        producer: &AttemptOf,
+        artifacts: &[NewArtifact],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Records that an attempt consumed the run's artifacts with these keys;
+    /// keys no recorded artifact has are ignored. Returns the links made.
+    async fn record_artifact_inputs(
+        &self,
+        consumer: &AttemptOf,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Every artifact of a run with its consumers, by producer then key.
+    async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>>;
+    /// Where the attempt's full log was archived (a URI in the artifact store).
+    async fn set_attempt_log_location(
+        &self,
+        id: TaskInstanceId,
+        attempt: i32,
+        location: &str,
+    ) -> Result<()>;
 }

@@ -206,6 +206,37 @@ macro_rules! decoders {
                 })
             }
 
+            pub(crate) fn artifact(r: &$Row) -> Result<StoredArtifact> {
+                let size: i64 = r.try_get("size")?;
+                Ok(StoredArtifact {
+                    id: r.try_get("id")?,
+                    run_id: RunId::from_uuid(r.try_get::<Uuid, _>("run_id")?),
+                    task_id: TaskId::new(r.try_get::<String, _>("task_id")?),
+                    task_instance_id: TaskInstanceId::new(r.try_get("task_instance_id")?),
+                    attempt: r.try_get("attempt")?,
+                    key: r.try_get("key")?,
+                    uri: r.try_get("uri")?,
+                    // The CHECK keeps it non-negative.
+                    size: u64::try_from(size).unwrap_or(0),
+                    sha256: r.try_get("sha256")?,
+                    created_at: r.try_get("created_at")?,
+                    consumers: Vec::new(),
+                })
+            }
+
+            /// The consumer columns of a `run_artifacts.sql` row, if any.
+            pub(crate) fn artifact_consumer(r: &$Row) -> Result<Option<ArtifactConsumer>> {
+                let Some(task) = r.try_get::<Option<String>, _>("consumer_task_id")? else {
+                    return Ok(None);
+                };
+                Ok(Some(ArtifactConsumer {
+                    task_id: TaskId::new(task),
+                    task_instance_id: TaskInstanceId::new(r.try_get("consumer_task_instance_id")?),
+                    attempt: r.try_get("consumer_attempt")?,
+                    consumed_at: r.try_get("consumed_at")?,
+                }))
+            }
+
             pub(crate) fn series(r: &$Row) -> Result<SeriesPoint> {
                 Ok(SeriesPoint {
                     run_id: RunId::from_uuid(r.try_get::<Uuid, _>("run_id")?),

@@ -380,3 +380,50 @@ pub struct Event {
     pub reason: Option<String>,
     pub at: DateTime<Utc>,
 }
+
+/// The attempt at one end of a lineage edge (the producer or a consumer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptOf {
+    pub run_id: RunId,
+    pub task_id: TaskId,
+    pub task_instance_id: TaskInstanceId,
+    pub attempt: i32,
+}
+
+/// One object an attempt left in its output folder, as uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewArtifact {
+    /// Relative to the artifact store URL (`runs/<run>/<task>/<attempt>/out/…`).
+    pub key: String,
+    pub uri: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// An attempt that downloaded an artifact as an input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactConsumer {
+    pub task_id: TaskId,
+    pub task_instance_id: TaskInstanceId,
+    pub attempt: i32,
+    pub consumed_at: DateTime<Utc>,
+}
+
+/// A recorded artifact with its lineage: who produced it, who consumed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredArtifact {
+    pub id: i64,
+    pub run_id: RunId,
+    /// The producing task and attempt.
+    pub task_id: TaskId,
+    pub task_instance_id: TaskInstanceId,
+    pub attempt: i32,
+    pub key: String,
+    pub uri: String,
+    pub size: u64,
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+    /// Oldest first.
+    pub consumers: Vec<ArtifactConsumer>,
+}

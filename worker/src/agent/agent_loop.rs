@@ -19,8 +19,8 @@ use tracing::{debug, info, instrument, warn};
 use trainyard_core::ids::WorkerId;
 use trainyard_proto::v1::{self, scheduler_message::Kind as In, worker_message::Kind as Out};
 
-use super::dial::{self, DialError, Established};
 use super::artifacts::{StoreArtifacts, UnusableStore};
+use super::dial::{self, DialError, Established};
 use super::job::{self, AttemptKey, Job, JobEvent};
 use super::workdir::{ArtifactHook, LocalInputs};
 use super::{AgentOptions, AgentStatus, Result};

@@ -163,7 +163,10 @@ mod tests {
         let keys: Vec<&str> = up.records.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["runs/run1/train/2/out/ckpt/e1.bin", "runs/run1/train/2/out/model.json"]
+            [
+                "runs/run1/train/2/out/ckpt/e1.bin",
+                "runs/run1/train/2/out/model.json"
+            ]
         );
         assert_eq!(up.records[1].size, 8);
         assert_eq!(up.records[1].sha256.len(), 64);
@@ -193,7 +196,10 @@ mod tests {
             std::fs::read(eval.in_dir.join("train/ckpt/e1.bin")).unwrap(),
             b"abc"
         );
-        assert_eq!(got.records, up.records, "the consumed records name what was produced");
+        assert_eq!(
+            got.records, up.records,
+            "the consumed records name what was produced"
+        );
         assert!(eval.in_dir.join("ingest").is_dir());
         assert!(got.notes[0].contains("`ingest`"), "{:?}", got.notes);
     }

@@ -161,11 +161,7 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
 
 /// Everything between Ack and TaskFinished; `Err` is a failure before the
 /// process ran (bad assignment, directories, inputs, spawn).
-async fn attempt(
-    job: &Job,
-    stop: &StopHandle,
-    batch: &mut Batcher,
-) -> Result<Done, String> {
+async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Done, String> {
     let a = &job.assign;
     let mut paths = AttemptPaths::new(
         &job.work_dir,
@@ -196,11 +192,7 @@ async fn attempt(
     for note in fetched.notes {
         batch.system(note);
     }
-    let inputs = fetched
-        .records
-        .into_iter()
-        .map(artifact_to_proto)
-        .collect();
+    let inputs = fetched.records.into_iter().map(artifact_to_proto).collect();
 
     let mut assign = a.clone();
     assign.output_dir = paths.out_dir.display().to_string();
@@ -383,8 +375,8 @@ mod tests {
     async fn outputs_are_uploaded_and_reported_and_secrets_never_leave_unmasked() {
         let tmp = tempfile::tempdir().unwrap();
         let store = tempfile::tempdir().unwrap();
-        let hook = crate::agent::StoreArtifacts::from_url(&store.path().display().to_string())
-            .unwrap();
+        let hook =
+            crate::agent::StoreArtifacts::from_url(&store.path().display().to_string()).unwrap();
         let script = r#"echo "token=$SECRET"; echo "$SECRET" > "$TRAINYARD_OUTPUT_DIR/model.bin"; echo "x $SECRET y" >&2"#;
         let mut j = job(tmp.path(), script);
         j.artifacts = Arc::new(hook);

@@ -46,9 +46,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use trainyard_core::ids::WorkerId;
 
+pub use artifacts::StoreArtifacts;
 pub use dial::DialError;
 pub use job::{LOG_BATCH_LINES, LOG_FLUSH_INTERVAL};
-pub use artifacts::StoreArtifacts;
 pub use workdir::{ArtifactHook, AttemptPaths, LocalInputs, Transfer, UpstreamOutput};
 
 use crate::gpu::{GpuInfo, UsageSampler};

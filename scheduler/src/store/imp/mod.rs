@@ -8,6 +8,7 @@
 //! generics because sqlx's generic executor bounds would drown the SQL.
 //! This module's `delegate!` then implements the trait by forwarding.
 
+mod artifacts;
 mod claim;
 mod common;
 mod dags;
@@ -265,6 +266,34 @@ macro_rules! delegate {
                 limit: u32,
             ) -> Result<Vec<SeriesPoint>> {
                 self.sql_metric_series(dag_id, task_id, name, limit).await
+            }
+            async fn record_artifacts(
+                &self,
+                producer: &AttemptOf,
+                artifacts: &[NewArtifact],
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                self.sql_record_artifacts(producer, artifacts, now).await
+            }
+            async fn record_artifact_inputs(
+                &self,
+                consumer: &AttemptOf,
+                keys: &[String],
+                now: DateTime<Utc>,
+            ) -> Result<u64> {
+                self.sql_record_artifact_inputs(consumer, keys, now).await
+            }
+            async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>> {
+                self.sql_run_artifacts(run_id).await
+            }
+            async fn set_attempt_log_location(
+                &self,
+                id: TaskInstanceId,
+                attempt: i32,
+                location: &str,
+            ) -> Result<()> {
+                self.sql_set_attempt_log_location(id, attempt, location)
+                    .await
             }
         }
     };

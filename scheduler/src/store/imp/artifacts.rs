@@ -1,0 +1,145 @@
+//! Artifact lineage: what each attempt produced (key, URI, size, sha256) and
+//! which attempts consumed it, plus where an attempt's archived log lives.
+//!
+//! Recording is idempotent: a TaskFinished re-sent after a reconnect inserts
+//! nothing twice (`ON CONFLICT DO NOTHING` on the natural keys).
+
+macro_rules! artifact_impl {
+    ($Store:ty, $Db:ty, $rows:ident) => {
+        impl $Store {
+            pub(crate) async fn sql_record_artifacts(
+                &self,
+                producer: &AttemptOf,
+                artifacts: &[NewArtifact],
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                if artifacts.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for chunk in artifacts.chunks(common::CHUNK) {
+                    let mut qb = QueryBuilder::<$Db>::new(
+                        "INSERT INTO artifacts (run_id, task_id, task_instance_id, attempt, key, uri, \
+                         size, sha256, created_at) ",
+                    );
+                    let mut bad = None;
+                    qb.push_values(chunk, |mut b, a| {
+                        let size = i64::try_from(a.size).unwrap_or_else(|_| {
+                            bad = Some(a.key.clone());
+                            0
+                        });
+                        b.push_bind(producer.run_id.as_uuid())
+                            .push_bind(producer.task_id.as_str().to_owned())
+                            .push_bind(producer.task_instance_id.get())
+                            .push_bind(producer.attempt)
+                            .push_bind(a.key.clone())
+                            .push_bind(a.uri.clone())
+                            .push_bind(size)
+                            .push_bind(a.sha256.clone())
+                            .push_bind(now);
+                    });
+                    if let Some(key) = bad {
+                        return Err(StoreError::InvalidArgument(format!(
+                            "artifact {key}: size does not fit in 63 bits"
+                        )));
+                    }
+                    qb.push(" ON CONFLICT (run_id, key) DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(crate) async fn sql_record_artifact_inputs(
+                &self,
+                consumer: &AttemptOf,
+                keys: &[String],
+                now: DateTime<Utc>,
+            ) -> Result<u64> {
+                if keys.is_empty() {
+                    return Ok(0);
+                }
+                let mut linked = 0;
+                let mut tx = self.begin_write().await?;
+                for chunk in keys.chunks(common::CHUNK) {
+                    let mut qb = QueryBuilder::<$Db>::new(
+                        "INSERT INTO artifact_inputs (artifact_id, run_id, task_id, task_instance_id, \
+                         attempt, consumed_at) SELECT id, ",
+                    );
+                    qb.push_bind(consumer.run_id.as_uuid())
+                        .push(", ")
+                        .push_bind(consumer.task_id.as_str().to_owned())
+                        .push(", ")
+                        .push_bind(consumer.task_instance_id.get())
+                        .push(", ")
+                        .push_bind(consumer.attempt)
+                        .push(", ")
+                        .push_bind(now)
+                        .push(" FROM artifacts WHERE run_id = ")
+                        .push_bind(consumer.run_id.as_uuid())
+                        .push(" AND key IN (");
+                    let mut list = qb.separated(", ");
+                    for key in chunk {
+                        list.push_bind(key.clone());
+                    }
+                    qb.push(") ON CONFLICT (artifact_id, task_instance_id, attempt) DO NOTHING");
+                    linked += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(linked)
+            }
+
+            pub(crate) async fn sql_run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>> {
+                let rows = sqlx::query(include_str!("../sql/run_artifacts.sql"))
+                    .bind(run_id.as_uuid())
+                    .fetch_all(self.read_pool())
+                    .await?;
+                let mut out: Vec<StoredArtifact> = Vec::new();
+                for r in &rows {
+                    let id: i64 = r.try_get("id")?;
+                    if out.last().is_none_or(|a| a.id != id) {
+                        out.push($rows::artifact(r)?);
+                    }
+                    if let (Some(consumer), Some(last)) = ($rows::artifact_consumer(r)?, out.last_mut()) {
+                        last.consumers.push(consumer);
+                    }
+                }
+                Ok(out)
+            }
+
+            pub(crate) async fn sql_set_attempt_log_location(
+                &self,
+                id: TaskInstanceId,
+                attempt: i32,
+                location: &str,
+            ) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query(
+                    "UPDATE attempts SET log_location = $1 WHERE task_instance_id = $2 AND attempt = $3",
+                )
+                .bind(location)
+                .bind(id.get())
+                .bind(attempt)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::not_found("attempt", format!("{id}/{attempt}")));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
+use trainyard_core::ids::{RunId, TaskInstanceId};
+
+use super::common;
+use crate::store::error::{Result, StoreError};
+use crate::store::rows::{pg, sqlite};
+use crate::store::types::*;
+
+artifact_impl!(crate::store::PgStore, sqlx::Postgres, pg);
+artifact_impl!(crate::store::SqliteStore, sqlx::Sqlite, sqlite);
