@@ -138,6 +138,7 @@ impl SchedulerApp {
         opts.catchup_limit = config.catchup_limit;
         let (engine, handle) = Engine::build(opts).await?;
         let mut tasks = JoinSet::new();
+        crate::metrics::spawn_collector(&handle, shutdown.clone());
         {
             let token = shutdown.clone();
             tasks.spawn(async move {

@@ -6,4 +6,5 @@ pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod logs;
+pub mod metrics;
 pub mod store;

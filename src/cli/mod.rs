@@ -1,5 +1,6 @@
 //! Command-line arguments (clap) and dispatch to the subcommand modules.
 
+mod bench;
 mod client;
 pub mod dag;
 mod db;
@@ -52,6 +53,8 @@ enum Command {
     /// Apply or inspect database migrations.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Measure the standard workloads (fanout, chain, retrain, wide, packing) and the spawn ceiling.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command; the returned code becomes the process exit status.
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs(cmd) => runs::runs(cmd),
         Command::Logs(args) => runs::logs(args),
         Command::Db(cmd) => db::run(cmd),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

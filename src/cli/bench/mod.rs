@@ -1,0 +1,260 @@
+//! `trainyard bench`: the standard workloads of the brief, measured.
+//!
+//! Each workload runs on a fresh embedded instance (a scheduler on a temp
+//! SQLite file, or a new database on `--db postgres://…`, plus in-process
+//! workers over loopback gRPC: the `standalone` code path) or against a
+//! running deployment (`--server URL`). One JSON line per measurement goes
+//! to stdout; logs go to stderr. The spawn ceiling of the machine is measured
+//! first so every line can say how close it came (`ceiling_ratio`).
+//! Nothing here asserts on timings.
+
+mod embedded;
+mod measure;
+mod postgres;
+mod remote;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{Map, Value, json};
+
+use self::embedded::{Fleet, Instance};
+use self::measure::{Ceiling, TaskTimes};
+use self::workloads::{
+    DagPlan, PACKING_GPU_SPEC, PACKING_GPUS_PER_WORKER, PACKING_WORKERS, Workload,
+};
+
+/// Arguments of `trainyard bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads to run (default: fanout chain retrain wide packing); the
+    /// spawn ceiling is always measured first.
+    #[arg(value_enum)]
+    pub workloads: Vec<Workload>,
+    /// Run on a new database on this PostgreSQL server (created and dropped
+    /// per workload) instead of a temp SQLite file.
+    #[arg(long, value_name = "postgres://…")]
+    pub db: Option<String>,
+    /// Run against a deployment's HTTP API instead of an embedded instance;
+    /// its DAG folder must hold the bench DAGs (see --write-dags).
+    #[arg(long, value_name = "URL", conflicts_with = "db")]
+    pub server: Option<String>,
+    /// API token for --server.
+    #[arg(long, env = "TRAINYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Task slots of the (single) embedded worker.
+    #[arg(long, default_value_t = 8)]
+    pub slots: u32,
+    /// Runs per workload on the same instance (the first one is cold).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// `true` processes spawned per thread (8 threads) for the ceiling.
+    #[arg(long, default_value_t = 500)]
+    pub ceiling_spawns: usize,
+    /// Write the workloads' DAG files here and exit (to load them on a server).
+    #[arg(long, value_name = "DIR")]
+    pub write_dags: Option<PathBuf>,
+}
+
+/// The outcome of one run, whatever the target.
+#[derive(Debug, Clone)]
+pub struct RunFigures {
+    pub run_id: String,
+    pub state: String,
+    /// Trigger call to the end observed by the bench.
+    pub wall_s: f64,
+    /// The run's stored `created_at → ended_at`.
+    pub server_wall_s: Option<f64>,
+    /// Latest attempt per task id.
+    pub times: BTreeMap<String, TaskTimes>,
+}
+
+const CEILING_THREADS: usize = 8;
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut workloads = if args.workloads.is_empty() {
+        Workload::STANDARD.to_vec()
+    } else {
+        args.workloads.clone()
+    };
+    workloads.dedup();
+    if let Some(dir) = &args.write_dags {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for w in workloads.iter().filter(|w| **w != Workload::Ceiling) {
+            DagPlan::for_workload(*w).write_into(dir)?;
+        }
+        eprintln!("trainyard bench: DAG files written to {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ceiling = measure::spawn_ceiling(CEILING_THREADS, args.ceiling_spawns.max(1))
+        .context("cannot spawn `true` for the ceiling")?;
+    emit(&ceiling_line(&ceiling));
+    let runtime = super::runtime_multi()?;
+    let mut all_ok = true;
+    for workload in workloads.into_iter().filter(|w| *w != Workload::Ceiling) {
+        let ok = runtime.block_on(bench_workload(&args, workload, &ceiling))?;
+        all_ok &= ok;
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn emit(line: &Value) {
+    println!("{line}");
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (x * p).round() / p
+}
+
+fn ceiling_line(c: &Ceiling) -> Value {
+    json!({
+        "workload": "ceiling_spawn",
+        "backend": "none",
+        "tasks": c.spawns,
+        "threads": c.threads,
+        "wall_s": round(c.wall.as_secs_f64(), 4),
+        "tasks_per_s": round(c.per_second(), 1),
+        "spawn_mean_ms": round(c.mean_spawn.as_secs_f64() * 1e3, 3),
+        "note": "std::process::Command::new(\"true\").status() in a loop on each thread; no scheduler",
+    })
+}
+
+/// Runs one workload `--repeat` times; false when a run did not succeed.
+async fn bench_workload(
+    args: &BenchArgs,
+    workload: Workload,
+    ceiling: &Ceiling,
+) -> anyhow::Result<bool> {
+    let plan = DagPlan::for_workload(workload);
+    let packing = workload == Workload::Packing;
+    let fleet = if packing {
+        Fleet {
+            workers: PACKING_WORKERS,
+            slots: args.slots.max(PACKING_GPUS_PER_WORKER),
+            gpus: Some(PACKING_GPU_SPEC.to_owned()),
+        }
+    } else {
+        Fleet {
+            workers: 1,
+            slots: args.slots,
+            gpus: None,
+        }
+    };
+    let mut ok = true;
+    if let Some(server) = &args.server {
+        let remote = remote::Remote::new(server, args.token.clone())?;
+        for i in 0..args.repeat.max(1) {
+            let figures = remote.run(&plan).await?;
+            let rss = remote.scheduler_rss_bytes().await;
+            let mut line = figures_line(&plan, &figures, ceiling, "server", i);
+            line.insert(
+                "scheduler_rss_mb".into(),
+                json!(rss.map(|b| round(b / 1048576.0, 1))),
+            );
+            line.insert(
+                "note".into(),
+                json!("remote: RSS from the server's /metrics; wall_s polled every 10 ms"),
+            );
+            ok &= figures.state == "success";
+            emit(&Value::Object(line));
+        }
+        return Ok(ok);
+    }
+    let backend = if args.db.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let instance = Instance::start(&plan, args.db.as_deref(), &fleet).await?;
+    for i in 0..args.repeat.max(1) {
+        let figures = match instance.run(&plan).await {
+            Ok(f) => f,
+            Err(err) => {
+                instance.stop().await;
+                return Err(err);
+            }
+        };
+        let mut line = figures_line(&plan, &figures, ceiling, backend, i);
+        let mem = trainyard_scheduler::metrics::memory_status();
+        line.insert(
+            "scheduler_rss_mb".into(),
+            json!(mem.map(|m| round(m.rss_bytes as f64 / 1048576.0, 1))),
+        );
+        line.insert(
+            "scheduler_peak_rss_mb".into(),
+            json!(mem.map(|m| round(m.hwm_bytes as f64 / 1048576.0, 1))),
+        );
+        line.insert("workers".into(), json!(fleet.workers));
+        line.insert("slots".into(), json!(fleet.slots));
+        line.insert(
+            "note".into(),
+            json!("embedded: RSS (VmRSS; peak = VmHWM) is this whole process: scheduler, workers and the bench"),
+        );
+        ok &= figures.state == "success";
+        emit(&Value::Object(line));
+    }
+    instance.stop().await;
+    Ok(ok)
+}
+
+/// The keys every workload line has, plus packing's.
+fn figures_line(
+    plan: &DagPlan,
+    f: &RunFigures,
+    ceiling: &Ceiling,
+    backend: &str,
+    repeat: u32,
+) -> Map<String, Value> {
+    let steps = measure::step_latencies_ms(plan, &f.times);
+    let tasks = plan.tasks.len();
+    let tasks_per_s = tasks as f64 / f.wall_s.max(1e-9);
+    let mut line = Map::new();
+    line.insert("workload".into(), json!(plan.workload.name()));
+    line.insert("backend".into(), json!(backend));
+    line.insert("tasks".into(), json!(tasks));
+    line.insert("repeat".into(), json!(repeat));
+    line.insert("run_id".into(), json!(f.run_id));
+    line.insert("run_state".into(), json!(f.state));
+    line.insert("wall_s".into(), json!(round(f.wall_s, 4)));
+    line.insert(
+        "server_wall_s".into(),
+        json!(f.server_wall_s.map(|s| round(s, 4))),
+    );
+    line.insert(
+        "step_p50_ms".into(),
+        json!(measure::percentile(&steps, 50.0).map(|v| round(v, 3))),
+    );
+    line.insert(
+        "step_p99_ms".into(),
+        json!(measure::percentile(&steps, 99.0).map(|v| round(v, 3))),
+    );
+    line.insert("steps".into(), json!(steps.len()));
+    line.insert("tasks_per_s".into(), json!(round(tasks_per_s, 1)));
+    if plan.workload == Workload::Packing {
+        let total_gpus = f64::from(PACKING_WORKERS * PACKING_GPUS_PER_WORKER);
+        let bound = plan.gpu_seconds() / total_gpus;
+        let makespan = measure::makespan_s(&f.times);
+        line.insert("makespan_s".into(), json!(makespan.map(|m| round(m, 3))));
+        line.insert("bound_s".into(), json!(round(bound, 3)));
+        line.insert(
+            "gpu_utilization".into(),
+            json!(makespan.map(|m| round(bound / m.max(1e-9), 3))),
+        );
+        line.insert("total_gpus".into(), json!(total_gpus));
+    } else {
+        line.insert(
+            "ceiling_ratio".into(),
+            json!(round(tasks_per_s / ceiling.per_second().max(1e-9), 4)),
+        );
+    }
+    line
+}
