@@ -108,6 +108,8 @@ pub struct Cluster {
     pub addrs: Addrs,
     pub workers: Vec<Proc>,
     pub http: reqwest::Client,
+    /// Extra environment for every process this cluster starts (e.g. `AWS_*`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// Copies the repository's example DAGs and their jobs into `dir/dags`.
@@ -136,6 +138,11 @@ fn copy_dir(src: &Path, dst: &Path) {
 impl Cluster {
     /// A scheduler on a fresh Postgres database, serving `dir/dags`.
     pub async fn start(dir: tempfile::TempDir, extra: &[&str]) -> Cluster {
+        Self::start_with_env(dir, extra, Vec::new()).await
+    }
+
+    /// Like [`Cluster::start`], with `env` set for the scheduler and every worker.
+    pub async fn start_with_env(dir: tempfile::TempDir, extra: &[&str], env: Vec<(&'static str, String)>) -> Cluster {
         let db = fresh_pg_database().await;
         let mut cluster = Cluster {
             dir,
@@ -144,6 +151,7 @@ impl Cluster {
             addrs: Addrs { http: String::new(), grpc: String::new() },
             workers: Vec::new(),
             http: reqwest::Client::new(),
+            env,
         };
         cluster.start_scheduler(extra);
         cluster
@@ -170,7 +178,7 @@ impl Cluster {
         let n = self.dir.path().read_dir().unwrap().filter(|e| {
             e.as_ref().unwrap().file_name().to_string_lossy().starts_with("scheduler")
         }).count();
-        let proc = spawn(&format!("scheduler{n}"), &args, self.dir.path(), &[]);
+        let proc = spawn(&format!("scheduler{n}"), &args, self.dir.path(), &self.env_refs());
         let text = wait_for_file(&ready, Duration::from_secs(60), &proc);
         let v: Value = serde_json::from_str(&text).unwrap();
         self.addrs = Addrs {
@@ -197,8 +205,13 @@ impl Cluster {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        self.workers.push(spawn(name, &args, self.dir.path(), &[]));
+        let env = self.env_refs();
+        self.workers.push(spawn(name, &args, self.dir.path(), &env));
         self.workers.len() - 1
+    }
+
+    fn env_refs(&self) -> Vec<(&str, String)> {
+        self.env.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
     pub fn url(&self, path: &str) -> String {
