@@ -37,7 +37,11 @@ pub struct Fleet {
 /// A running scheduler and its workers, torn down by [`Instance::stop`].
 pub struct Instance {
     app: SchedulerApp,
+    /// Stops the scheduler (after the workers).
     shutdown: CancellationToken,
+    /// Drains the workers first, so they do not spend the teardown
+    /// reconnecting to a scheduler that is already gone.
+    stop_agents: CancellationToken,
     agents: JoinSet<()>,
     /// A Postgres database made for this instance, dropped at stop.
     pg: Option<postgres::FreshDatabase>,
@@ -87,6 +91,7 @@ impl Instance {
                 .declared_gpus(),
             None => Vec::new(),
         };
+        let stop_agents = CancellationToken::new();
         let mut agents = JoinSet::new();
         for i in 0..fleet.workers {
             let mut opts = AgentOptions::new(&grpc_url, work.clone());
@@ -98,7 +103,7 @@ impl Instance {
             opts.memory_bytes = host.memory_bytes;
             opts.gpus = gpus.clone();
             let agent = Agent::build(opts).map_err(|e| anyhow!("cannot build worker {i}: {e}"))?;
-            let token = shutdown.clone();
+            let token = stop_agents.clone();
             agents.spawn(async move {
                 if let Err(err) = agent.run(token.cancelled_owned()).await {
                     tracing::error!(error = %err, "bench worker stopped");
@@ -108,6 +113,7 @@ impl Instance {
         let instance = Self {
             app,
             shutdown,
+            stop_agents,
             agents,
             pg,
             _dir: dir,
@@ -224,7 +230,7 @@ impl Instance {
 
     /// Stops workers and scheduler, then drops the Postgres database if one was made.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
+        self.stop_agents.cancel();
         let agents = async { while self.agents.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(15), agents)
             .await
@@ -232,6 +238,7 @@ impl Instance {
         {
             self.agents.abort_all();
         }
+        self.shutdown.cancel();
         if tokio::time::timeout(Duration::from_secs(15), self.app.wait())
             .await
             .is_err()
