@@ -95,6 +95,11 @@ async fn metrics_page_parses_and_counts_a_real_run() {
     let mut opts = AgentOptions::new(format!("http://{}", app.grpc_addr), work);
     opts.name = "metrics-worker".into();
     opts.cpus = 2;
+    // A declared GPU, so the per-GPU inventory series appear too.
+    opts.gpus = "1xA100-80GB"
+        .parse::<trainyard_worker::gpu::GpuSpec>()
+        .unwrap()
+        .declared_gpus();
     let agent = Agent::build(opts).unwrap();
     let stop_agent = CancellationToken::new();
     let agent_task = tokio::spawn(agent.run(stop_agent.clone().cancelled_owned()));
@@ -151,6 +156,17 @@ async fn metrics_page_parses_and_counts_a_real_run() {
         assert!(samples.contains(series), "missing {series} in:\n{text}");
     }
     assert!(text.contains("trainyard_db_up 1"), "{text}");
+    for family in [
+        "trainyard_gpu_memory_total_bytes{",
+        "trainyard_gpu_allocated{",
+    ] {
+        assert!(
+            samples
+                .iter()
+                .any(|s| s.starts_with(family) && s.contains("worker=\"metrics-worker\"")),
+            "missing {family}...}} in:\n{text}"
+        );
+    }
     // The collector may lag the run event by a moment; the counters are
     // cumulative and process-wide, so at least this run's tasks are counted.
     assert!(
