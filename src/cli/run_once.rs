@@ -52,10 +52,9 @@ pub async fn run_once(
             .filter(|a| a.task_instance_id == ti.id)
             .max_by_key(|a| a.attempt);
         let note = last.and_then(|a| a.error.clone()).unwrap_or_default();
-        println!(
-            "  {:<20} {:<16} attempts {:<3} {}",
-            ti.task_id, ti.state, ti.attempt, note
-        );
+        // Padding needs owned strings: the id and state types format without `pad`.
+        let (task, state) = (ti.task_id.to_string(), ti.state.to_string());
+        println!("  {task:<20} {state:<16} attempts {:<3} {note}", ti.attempt);
     }
     Ok(if run.state == RunState::Success {
         ExitCode::SUCCESS

@@ -361,8 +361,11 @@ pub struct StandaloneArgs {
 pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
     super::runtime_multi()?.block_on(async {
         let config = args.scheduler.config()?;
+        // Stop order: workers drain first (their last results reach the
+        // scheduler), then the scheduler stops.
+        let stop_workers = CancellationToken::new();
         let shutdown = CancellationToken::new();
-        cancel_on_signals(shutdown.clone());
+        cancel_on_signals(stop_workers.clone());
         let http = bind(&args.scheduler.http, "HTTP API").await?;
         args.scheduler.check_http_auth(&config, &http)?;
         let grpc = bind(&args.scheduler.grpc, "worker gRPC endpoint").await?;
@@ -382,7 +385,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             opts.memory_bytes /= u64::from(workers);
             let agent = Agent::build(opts)?;
             let handle = agent.handle();
-            let token = shutdown.clone();
+            let token = stop_workers.clone();
             tokio::spawn(async move {
                 token.cancelled().await;
                 handle.drain();
@@ -402,8 +405,9 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(dag) = &args.run {
             let outcome = super::run_once::run_once(&app, dag, &args.params).await;
-            shutdown.cancel();
+            stop_workers.cancel();
             while agents.join_next().await.is_some() {}
+            shutdown.cancel();
             app.wait().await;
             return outcome;
         }
