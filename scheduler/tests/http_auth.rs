@@ -31,17 +31,36 @@ async fn every_route_but_probes_login_and_assets_needs_credentials() {
         let path = concrete(pattern);
         let resp = send(&app.router, req(method.clone(), &path, None, None)).await;
         if is_open(pattern) {
-            assert_ne!(resp.status, StatusCode::UNAUTHORIZED, "{method} {pattern} must stay open");
+            assert_ne!(
+                resp.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {pattern} must stay open"
+            );
         } else {
-            assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{method} {pattern} answered without credentials");
+            assert_eq!(
+                resp.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {pattern} answered without credentials"
+            );
         }
         // A wrong token is refused the same way.
         if !is_open(pattern) {
-            let resp = send(&app.router, req(method.clone(), &path, Some("not-a-real-token-at-all"), None)).await;
-            assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{method} {pattern} took an invalid token");
+            let resp = send(
+                &app.router,
+                req(method.clone(), &path, Some("not-a-real-token-at-all"), None),
+            )
+            .await;
+            assert_eq!(
+                resp.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {pattern} took an invalid token"
+            );
         }
     }
-    assert!(app.recorder.calls.lock().unwrap().is_empty(), "a command ran without credentials");
+    assert!(
+        app.recorder.calls.lock().unwrap().is_empty(),
+        "a command ran without credentials"
+    );
 }
 
 #[tokio::test]
@@ -51,8 +70,16 @@ async fn viewer_token_cannot_change_state() {
         if method != Method::POST || is_open(pattern) {
             continue;
         }
-        let resp = send(&app.router, req(method.clone(), &concrete(pattern), Some(VIEWER), None)).await;
-        assert_eq!(resp.status, StatusCode::FORBIDDEN, "viewer may {method} {pattern}");
+        let resp = send(
+            &app.router,
+            req(method.clone(), &concrete(pattern), Some(VIEWER), None),
+        )
+        .await;
+        assert_eq!(
+            resp.status,
+            StatusCode::FORBIDDEN,
+            "viewer may {method} {pattern}"
+        );
         assert_eq!(resp.code(), "forbidden");
     }
     assert!(app.recorder.calls.lock().unwrap().is_empty());
@@ -61,7 +88,11 @@ async fn viewer_token_cannot_change_state() {
 #[tokio::test]
 async fn viewer_token_reads() {
     let app = app_with_recorder(tokens()).await;
-    let resp = send(&app.router, req(Method::GET, "/api/v1/dags", Some(VIEWER), None)).await;
+    let resp = send(
+        &app.router,
+        req(Method::GET, "/api/v1/dags", Some(VIEWER), None),
+    )
+    .await;
     assert_eq!(resp.status, StatusCode::OK);
     let resp = send(&app.router, req(Method::GET, "/", Some(VIEWER), None)).await;
     assert_eq!(resp.status, StatusCode::OK);
@@ -80,10 +111,23 @@ async fn unauthenticated_api_error_is_json_with_www_authenticate() {
 fn open_configuration_is_refused_beyond_loopback() {
     use trainyard_scheduler::http::AuthConfig;
     let open = AuthConfig::open();
-    assert!(open.check_bind("0.0.0.0:8080".parse().unwrap(), false).is_err());
-    assert!(open.check_bind("0.0.0.0:8080".parse().unwrap(), true).is_ok());
-    assert!(open.check_bind("127.0.0.1:8080".parse().unwrap(), false).is_ok());
-    assert!(tokens().check_bind("0.0.0.0:8080".parse().unwrap(), false).is_ok());
+    assert!(
+        open.check_bind("0.0.0.0:8080".parse().unwrap(), false)
+            .is_err()
+    );
+    assert!(
+        open.check_bind("0.0.0.0:8080".parse().unwrap(), true)
+            .is_ok()
+    );
+    assert!(
+        open.check_bind("127.0.0.1:8080".parse().unwrap(), false)
+            .is_ok()
+    );
+    assert!(
+        tokens()
+            .check_bind("0.0.0.0:8080".parse().unwrap(), false)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -93,6 +137,14 @@ fn token_flags_parse_and_reject_bad_input() {
     assert_eq!(t.role, trainyard_scheduler::http::Role::Operator);
     assert!("admin:abcdefghijklmnop".parse::<ApiToken>().is_err());
     assert!("viewer:short".parse::<ApiToken>().is_err());
-    assert!(!format!("{t:?}").contains("abcdefghijklmnop"), "Debug must not print the secret");
-    assert_eq!(parse_token_list("viewer:abcdefghijklmnop, operator:ponmlkjihgfedcba").unwrap().len(), 2);
+    assert!(
+        !format!("{t:?}").contains("abcdefghijklmnop"),
+        "Debug must not print the secret"
+    );
+    assert_eq!(
+        parse_token_list("viewer:abcdefghijklmnop, operator:ponmlkjihgfedcba")
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -27,7 +27,6 @@ use crate::store::{Attempt, RunFilter, TaskInstance};
 pub(super) fn routes(t: RouteTable) -> RouteTable {
     t.get("/healthz", healthz)
         .get("/readyz", readyz)
-        .get("/metrics", crate::metrics::handler)
         .get("/api/v1/dags", read::list_dags)
         .get("/api/v1/dags/{dag_id}", read::get_dag)
         .post("/api/v1/dags/{dag_id}/runs", trigger)
@@ -408,18 +407,16 @@ async fn task_log_stream(
     let id = run_id(&raw)?;
     let rx = state.logs.follow(id, &task);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(line) => {
-                    let data = serde_json::to_string(&line).unwrap_or_default();
-                    return Some((Ok(Event::default().event("line").data(data)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let ev = Event::default().event("lagged").data(n.to_string());
-                    return Some((Ok(ev), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(line) => {
+                let data = serde_json::to_string(&line).unwrap_or_default();
+                Some((Ok(Event::default().event("line").data(data)), rx))
             }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let ev = Event::default().event("lagged").data(n.to_string());
+                Some((Ok(ev), rx))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

@@ -335,7 +335,10 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
 
     let caller = if let Some(token) = bearer {
@@ -346,18 +349,23 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
                 open: false,
             }),
             None if auth.is_required() => {
-                return deny(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API token", &path);
+                return deny(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "invalid API token",
+                    &path,
+                );
             }
             None => None,
         }
-    } else if let Some(role) = cookie(headers, SESSION_COOKIE).and_then(|s| auth.session_role(s)) {
-        Some(Caller {
-            role,
-            bearer: false,
-            open: false,
-        })
     } else {
-        None
+        cookie(headers, SESSION_COOKIE)
+            .and_then(|s| auth.session_role(s))
+            .map(|role| Caller {
+                role,
+                bearer: false,
+                open: false,
+            })
     };
     let caller = match caller {
         Some(c) => Some(c),

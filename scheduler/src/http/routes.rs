@@ -61,7 +61,10 @@ impl RouteTable {
 /// Keeps `/api/` errors JSON: rejections produced by axum itself (a body over
 /// the size limit, malformed JSON, an unknown route) come as plain text, so
 /// they are rewrapped in the API's `{"error": {"code", "message"}}` shape.
-pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+pub async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
 

@@ -24,8 +24,14 @@ pub const OPERATOR: &str = "operator-token-0123456789";
 
 pub fn tokens() -> AuthConfig {
     AuthConfig::with_tokens(vec![
-        ApiToken { role: Role::Viewer, token: VIEWER.into() },
-        ApiToken { role: Role::Operator, token: OPERATOR.into() },
+        ApiToken {
+            role: Role::Viewer,
+            token: VIEWER.into(),
+        },
+        ApiToken {
+            role: Role::Operator,
+            token: OPERATOR.into(),
+        },
     ])
 }
 
@@ -41,7 +47,12 @@ impl RunControl for Recorder {
         self.calls.lock().unwrap().push(format!("trigger {dag}"));
         Ok(RunId::new())
     }
-    async fn backfill(&self, dag: &DagId, _f: DateTime<Utc>, _t: DateTime<Utc>) -> Result<Vec<RunId>, ControlError> {
+    async fn backfill(
+        &self,
+        dag: &DagId,
+        _f: DateTime<Utc>,
+        _t: DateTime<Utc>,
+    ) -> Result<Vec<RunId>, ControlError> {
         self.calls.lock().unwrap().push(format!("backfill {dag}"));
         Ok(Vec::new())
     }
@@ -50,15 +61,24 @@ impl RunControl for Recorder {
         Ok(())
     }
     async fn cancel_task(&self, run: RunId, task: &str) -> Result<(), ControlError> {
-        self.calls.lock().unwrap().push(format!("cancel {run} {task}"));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("cancel {run} {task}"));
         Ok(())
     }
     async fn clear_task(&self, run: RunId, task: &str, _d: bool) -> Result<(), ControlError> {
-        self.calls.lock().unwrap().push(format!("clear {run} {task}"));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("clear {run} {task}"));
         Ok(())
     }
     async fn set_paused(&self, dag: &DagId, paused: bool) -> Result<(), ControlError> {
-        self.calls.lock().unwrap().push(format!("paused {dag} {paused}"));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("paused {dag} {paused}"));
         Ok(())
     }
     async fn wait_reasons(&self, _run: RunId) -> Vec<(String, String)> {
@@ -75,9 +95,12 @@ pub struct App {
 
 pub async fn app_with_recorder(auth: AuthConfig) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store = store::connect(&format!("sqlite:{}", dir.path().join("db.sqlite").display()))
-        .await
-        .unwrap();
+    let store = store::connect(&format!(
+        "sqlite:{}",
+        dir.path().join("db.sqlite").display()
+    ))
+    .await
+    .unwrap();
     let recorder = Arc::new(Recorder::default());
     let state = AppState {
         store: store.clone(),
@@ -85,7 +108,12 @@ pub async fn app_with_recorder(auth: AuthConfig) -> App {
         logs: LogStore::new(dir.path().join("logs")),
         auth,
     };
-    App { _dir: dir, store, router: http::router(state), recorder }
+    App {
+        _dir: dir,
+        store,
+        router: http::router(state),
+        recorder,
+    }
 }
 
 pub struct Resp {
@@ -103,7 +131,10 @@ impl Resp {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -111,12 +142,25 @@ pub async fn send(router: &Router, req: Request<Body>) -> Resp {
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    Resp { status, headers, body }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn req(method: Method, path: &str, token: Option<&str>, json: Option<Value>) -> Request<Body> {
-    let mut b = Request::builder().method(method).uri(path).header(header::HOST, "scheduler:8080");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "scheduler:8080");
     if let Some(t) = token {
         b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }

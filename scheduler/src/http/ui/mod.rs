@@ -78,7 +78,11 @@ pub(in crate::http) async fn not_found(req: Request) -> Response {
     if req.uri().path().starts_with("/api/") {
         return ApiError::NotFound(format!("no route {}", req.uri().path())).into_response();
     }
-    (StatusCode::NOT_FOUND, UiError::NotFound("page not found".into())).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        UiError::NotFound("page not found".into()),
+    )
+        .into_response()
 }
 
 /// Errors of UI pages and forms: shown as a page, never as raw internals.
@@ -125,7 +129,10 @@ async fn login_form(headers: HeaderMap) -> Response {
     let next = headers
         .get(header::REFERER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|r| r.find("://").and_then(|i| r[i + 3..].find('/').map(|j| r[i + 3 + j..].to_owned())))
+        .and_then(|r| {
+            r.find("://")
+                .and_then(|i| r[i + 3..].find('/').map(|j| r[i + 3 + j..].to_owned()))
+        })
         .unwrap_or_else(|| "/".to_owned());
     login_page(None, &next).into_response()
 }
@@ -279,7 +286,9 @@ fn back(headers: &HeaderMap, fallback: &str) -> String {
         .get(header::REFERER)
         .and_then(|v| v.to_str().ok())
         .and_then(|r| {
-            let rest = r.strip_prefix("http://").or_else(|| r.strip_prefix("https://"))?;
+            let rest = r
+                .strip_prefix("http://")
+                .or_else(|| r.strip_prefix("https://"))?;
             let (h, path) = rest.split_at(rest.find('/')?);
             (Some(h) == host).then(|| path.to_owned())
         })

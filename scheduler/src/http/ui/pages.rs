@@ -98,7 +98,12 @@ pub(super) struct Grid {
     pub runs: Vec<(Run, BTreeMap<String, TaskInstance>)>,
 }
 
-pub(super) async fn load_grid(store: &dyn Store, spec: Option<&DagSpec>, dag: &str, limit: u32) -> UiResult<Grid> {
+pub(super) async fn load_grid(
+    store: &dyn Store,
+    spec: Option<&DagSpec>,
+    dag: &str,
+    limit: u32,
+) -> UiResult<Grid> {
     let page = store
         .list_runs(RunFilter {
             dag_id: Some(read::parse_dag_id(dag)?),
@@ -107,12 +112,20 @@ pub(super) async fn load_grid(store: &dyn Store, spec: Option<&DagSpec>, dag: &s
         })
         .await
         .map_err(crate::http::ApiError::from)?;
-    let mut tasks: Vec<String> = spec.map(DagSpec::task_ids_in_topological_order).unwrap_or_default();
+    let mut tasks: Vec<String> = spec
+        .map(DagSpec::task_ids_in_topological_order)
+        .unwrap_or_default();
     let mut known: BTreeSet<String> = tasks.iter().cloned().collect();
     let mut runs = Vec::with_capacity(page.runs.len());
     for run in page.runs.into_iter().rev() {
-        let tis = store.task_instances(run.id).await.map_err(crate::http::ApiError::from)?;
-        let by_task: BTreeMap<String, TaskInstance> = tis.into_iter().map(|t| (t.task_id.to_string(), t)).collect();
+        let tis = store
+            .task_instances(run.id)
+            .await
+            .map_err(crate::http::ApiError::from)?;
+        let by_task: BTreeMap<String, TaskInstance> = tis
+            .into_iter()
+            .map(|t| (t.task_id.to_string(), t))
+            .collect();
         for t in by_task.keys() {
             // Tasks of older versions that the current spec no longer has.
             if known.insert(t.clone()) {
@@ -170,7 +183,10 @@ pub(super) async fn dag_page(
 ) -> UiResult<Response> {
     let ctx = ctx(&headers, who);
     let detail = read::dag_detail(&state, &raw).await?;
-    let spec: Option<DagSpec> = detail.spec.clone().and_then(|s| serde_json::from_value(s).ok());
+    let spec: Option<DagSpec> = detail
+        .spec
+        .clone()
+        .and_then(|s| serde_json::from_value(s).ok());
     let grid = load_grid(state.store.as_ref(), spec.as_ref(), &raw, 25).await?;
     let selected = match &q.run {
         Some(r) => Some(parse_run(r)?),
@@ -210,7 +226,7 @@ pub(super) async fn dag_page(
         (render_grid(&grid))
         @if !charts.is_empty() { h2 { "Metrics across runs" } div class="charts" { @for c in &charts { (c) } } }
     };
-    Ok(ctx.page(&d.id.to_string(), body))
+    Ok(ctx.page(d.id.as_str(), body))
 }
 
 /// `/dags/{id}/grid?limit=N`: the runs grid alone (up to 1000 runs).
@@ -255,17 +271,31 @@ fn gates(spec: &DagSpec) -> Vec<(String, String, String, f64)> {
                 None => c[4].parse().ok(),
             };
             if let Some(v) = value {
-                out.push((c[1].to_owned(), c[2].to_owned(), format!("{} gate {}", t.id, &c[3]), v));
+                out.push((
+                    c[1].to_owned(),
+                    c[2].to_owned(),
+                    format!("{} gate {}", t.id, &c[3]),
+                    v,
+                ));
             }
         }
     }
     out
 }
 
-async fn metric_charts(store: &dyn Store, spec: Option<&DagSpec>, dag: &str, grid: &Grid) -> UiResult<Vec<Markup>> {
+async fn metric_charts(
+    store: &dyn Store,
+    spec: Option<&DagSpec>,
+    dag: &str,
+    grid: &Grid,
+) -> UiResult<Vec<Markup>> {
     let mut names = BTreeSet::new();
     for (run, _) in grid.runs.iter().rev().take(5) {
-        for m in store.run_metrics(run.id).await.map_err(crate::http::ApiError::from)? {
+        for m in store
+            .run_metrics(run.id)
+            .await
+            .map_err(crate::http::ApiError::from)?
+        {
             names.insert((m.task_id.to_string(), m.name));
         }
     }
@@ -273,8 +303,13 @@ async fn metric_charts(store: &dyn Store, spec: Option<&DagSpec>, dag: &str, gri
     let dag_id = read::parse_dag_id(dag)?;
     let mut out = Vec::new();
     for (task, name) in names.into_iter().take(8) {
-        let Ok(task_id) = TaskId::from_str(&task) else { continue };
-        let series = store.metric_series(&dag_id, &task_id, &name, 50).await.map_err(crate::http::ApiError::from)?;
+        let Ok(task_id) = TaskId::from_str(&task) else {
+            continue;
+        };
+        let series = store
+            .metric_series(&dag_id, &task_id, &name, 50)
+            .await
+            .map_err(crate::http::ApiError::from)?;
         let points: Vec<svg::Point> = series
             .iter()
             .map(|p| svg::Point {
@@ -309,7 +344,12 @@ pub(super) async fn trigger_page(
     Ok(trigger_form(&ctx, &spec, &[], None))
 }
 
-pub(super) fn trigger_form(ctx: &Ctx, spec: &DagSpec, given: &[(String, String)], error: Option<&str>) -> Response {
+pub(super) fn trigger_form(
+    ctx: &Ctx,
+    spec: &DagSpec,
+    given: &[(String, String)],
+    error: Option<&str>,
+) -> Response {
     let value_of = |name: &str, default: &ParamValue| {
         given
             .iter()
@@ -364,14 +404,21 @@ pub(super) async fn runs_page(
     who: Who,
 ) -> UiResult<Response> {
     let ctx = ctx(&headers, who);
-    let mut filter = RunFilter { limit: 50, ..RunFilter::default() };
+    let mut filter = RunFilter {
+        limit: 50,
+        ..RunFilter::default()
+    };
     if let Some(d) = q.dag_id.as_deref().filter(|d| !d.is_empty()) {
         filter.dag_id = Some(read::parse_dag_id(d)?);
     }
     if let Some(b) = q.before.as_deref().filter(|b| !b.is_empty()) {
         filter.before = Some(parse_run(b)?);
     }
-    let page = state.store.list_runs(filter).await.map_err(crate::http::ApiError::from)?;
+    let page = state
+        .store
+        .list_runs(filter)
+        .await
+        .map_err(crate::http::ApiError::from)?;
     let body = html! {
         h1 { "Runs" @if let Some(d) = &q.dag_id { " of " a href={"/dags/" (d)} { (d) } } }
         table class="runs" {
@@ -422,7 +469,10 @@ pub(super) async fn run_page(
     let attempts = store.run_attempts(id).await.map_err(api)?;
     let workers = worker_names(store).await?;
     let detail = read::dag_detail(&state, run.dag_id.as_str()).await.ok();
-    let states: BTreeMap<String, String> = tasks.iter().map(|t| (t.task_id.to_string(), t.state.to_string())).collect();
+    let states: BTreeMap<String, String> = tasks
+        .iter()
+        .map(|t| (t.task_id.to_string(), t.state.to_string()))
+        .collect();
     let params = serde_json::to_string_pretty(&run.params).unwrap_or_default();
     let body = html! {
         h1 { "Run of " a href={"/dags/" (run.dag_id) "?run=" (run.id)} { (run.dag_id) } " " span id="run-state" data-run=(run.id) class={"badge st-" (run.state)} { (run.state) } }
@@ -488,7 +538,11 @@ pub(super) async fn task_page(
     let attempts = store.attempts(ti.id).await.map_err(api)?;
     let workers = worker_names(store).await?;
     let attempt = ti.attempt.max(1);
-    let log = state.logs.read(id, &task, attempt).await.unwrap_or_default();
+    let log = state
+        .logs
+        .read(id, &task, attempt)
+        .await
+        .unwrap_or_default();
     let body = html! {
         h1 { a href={"/runs/" (run.id)} { (run.dag_id) } " / " (task) " " span id="task-state" data-run=(run.id) data-task=(task) class={"badge st-" (ti.state)} { (ti.state) } }
         h2 { "Attempts" }

@@ -87,7 +87,10 @@ pub fn line_chart(title: &str, points: &[Point], threshold: Option<(f64, &str)>)
     const H: f64 = 180.0;
     const PAD: f64 = 36.0;
     let mut lo = points.iter().map(|p| p.value).fold(f64::INFINITY, f64::min);
-    let mut hi = points.iter().map(|p| p.value).fold(f64::NEG_INFINITY, f64::max);
+    let mut hi = points
+        .iter()
+        .map(|p| p.value)
+        .fold(f64::NEG_INFINITY, f64::max);
     if let Some((t, _)) = threshold {
         lo = lo.min(t);
         hi = hi.max(t);

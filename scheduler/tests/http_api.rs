@@ -1,0 +1,516 @@
+//! The HTTP API through the router, without a socket, over a real SQLite
+//! store and a real engine (ManualClock): every endpoint and its error paths.
+#![allow(clippy::unwrap_used)]
+
+#[path = "engine_support/mod.rs"]
+mod engine_support;
+#[path = "http_support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use engine_support::{FakeWorker, Harness, registration, utc};
+use serde_json::{Value, json};
+use support::*;
+use trainyard_scheduler::http::{self, AppState};
+use trainyard_scheduler::logs::LogStore;
+
+const DAG: &str = r#"
+id = "retrain"
+description = "Nightly <script>alert('x')</script> retrain"
+schedule = "0 3 * * *"
+[params]
+epochs = 10
+lr = 0.5
+[tasks.train]
+command = ["true"]
+resources = { gpus = 1 }
+[tasks.evaluate]
+depends_on = ["train"]
+command = ["true"]
+[tasks.deploy]
+depends_on = ["evaluate"]
+when = "metrics.evaluate.auc >= 0.85"
+command = ["true"]
+"#;
+
+async fn setup() -> (Harness, Router, tempfile::TempDir) {
+    let h = Harness::sqlite(utc(2026, 1, 1, 0, 0)).await;
+    h.add_dag(DAG).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = AppState {
+        store: h.store.clone(),
+        control: Arc::new(h.handle.clone()),
+        logs: LogStore::new(dir.path().join("logs")),
+        auth: tokens(),
+    };
+    (h, http::router(state), dir)
+}
+
+async fn trigger(router: &Router, body: Value, key: Option<&str>) -> Resp {
+    let mut r = req(
+        Method::POST,
+        "/api/v1/dags/retrain/runs",
+        Some(OPERATOR),
+        Some(body),
+    );
+    if let Some(k) = key {
+        r.headers_mut()
+            .insert("idempotency-key", k.parse().unwrap());
+    }
+    send(router, r).await
+}
+
+#[tokio::test]
+async fn dag_list_and_detail_show_schedule_next_run_graph() {
+    let (_h, router, _d) = setup().await;
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/dags", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let dags = resp.json();
+    let d = &dags["dags"][0];
+    assert_eq!(d["id"], "retrain");
+    assert_eq!(d["schedule"], "0 3 * * *");
+    assert_eq!(d["paused"], false);
+    assert!(d["next_run"].is_string(), "{d}");
+    assert!(d["parse_error"].is_null());
+
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/dags/retrain", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let detail = resp.json();
+    assert_eq!(detail["spec"]["id"], "retrain");
+    assert_eq!(detail["graph"]["nodes"].as_array().unwrap().len(), 3);
+    let edges = detail["graph"]["edges"].as_array().unwrap();
+    assert!(edges.contains(&json!({"from": "train", "to": "evaluate"})));
+}
+
+#[tokio::test]
+async fn unknown_dag_is_404_and_bad_run_id_is_400() {
+    let (_h, router, _d) = setup().await;
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/dags/nope", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    assert_eq!(resp.code(), "not_found");
+    let resp = trigger_to(&router, "/api/v1/dags/nope/runs").await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/runs/not-a-run-id", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    assert_eq!(resp.code(), "bad_request");
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/no-such-route", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    assert_eq!(resp.code(), "not_found");
+}
+
+async fn trigger_to(router: &Router, path: &str) -> Resp {
+    send(
+        router,
+        req(Method::POST, path, Some(OPERATOR), Some(json!({}))),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn trigger_validates_params() {
+    let (_h, router, _d) = setup().await;
+    let resp = trigger(&router, json!({"params": {"epochs": 20}}), None).await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+    let resp = trigger(&router, json!({"params": {"epochs": "many"}}), None).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+    assert_eq!(resp.code(), "bad_request");
+    let resp = trigger(&router, json!({"params": {"nope": 1}}), None).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    // Malformed JSON is a JSON error too.
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/dags/retrain/runs")
+        .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let resp = send(&router, r).await;
+    assert!(resp.status.is_client_error());
+    assert_eq!(resp.code(), "bad_request");
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_json() {
+    let (_h, router, _d) = setup().await;
+    let big = "x".repeat(http::MAX_BODY_BYTES + 10);
+    let resp = trigger(&router, json!({"params": {"name": big}}), None).await;
+    assert_eq!(resp.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.code(), "payload_too_large");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_existing_run() {
+    let (h, router, _d) = setup().await;
+    let a = trigger(&router, json!({}), Some("nightly-2026-01-01")).await;
+    let b = trigger(&router, json!({}), Some("nightly-2026-01-01")).await;
+    assert!(
+        a.status.is_success() && b.status.is_success(),
+        "{} {}",
+        a.text(),
+        b.text()
+    );
+    assert_eq!(a.json()["run_id"], b.json()["run_id"]);
+    let c = trigger(&router, json!({}), Some("another")).await;
+    assert_ne!(a.json()["run_id"], c.json()["run_id"]);
+    assert_eq!(h.runs_of(&"retrain".parse().unwrap()).await.len(), 2);
+}
+
+#[tokio::test]
+async fn missing_invalid_and_viewer_tokens() {
+    let (_h, router, _d) = setup().await;
+    let r = req(
+        Method::POST,
+        "/api/v1/dags/retrain/runs",
+        None,
+        Some(json!({})),
+    );
+    assert_eq!(send(&router, r).await.status, StatusCode::UNAUTHORIZED);
+    let r = req(
+        Method::POST,
+        "/api/v1/dags/retrain/runs",
+        Some("wrong-token-xxxxxxxx"),
+        Some(json!({})),
+    );
+    assert_eq!(send(&router, r).await.status, StatusCode::UNAUTHORIZED);
+    let r = req(
+        Method::POST,
+        "/api/v1/dags/retrain/runs",
+        Some(VIEWER),
+        Some(json!({})),
+    );
+    let resp = send(&router, r).await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN);
+    assert_eq!(resp.code(), "forbidden");
+}
+
+#[tokio::test]
+async fn runs_list_filters_paginates_and_run_detail_has_attempts() {
+    let (h, router, _d) = setup().await;
+    let mut worker = FakeWorker::join(&h.handle, registration("gpu-box", 4, &[("A100", 80)])).await;
+    let first = trigger(&router, json!({}), None).await.json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = worker.next_assign().await;
+    worker.start(&a).await;
+    h.settle().await;
+
+    // The worker page shows which attempt holds the GPU.
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/workers", Some(VIEWER), None),
+    )
+    .await;
+    let workers = resp.json();
+    let gpu = &workers["workers"][0]["gpus"][0];
+    assert_eq!(gpu["model"], "A100");
+    assert_eq!(gpu["held_by"]["task_id"], "train");
+    assert_eq!(gpu["held_by"]["run_id"], first.as_str());
+
+    let resp = send(
+        &router,
+        req(
+            Method::GET,
+            &format!("/api/v1/runs/{first}"),
+            Some(VIEWER),
+            None,
+        ),
+    )
+    .await;
+    let detail = resp.json();
+    let train = detail["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "train")
+        .unwrap();
+    assert_eq!(train["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(train["worker"], "gpu-box");
+
+    // Logs of a task that printed nothing yet: empty, not an error.
+    let resp = send(
+        &router,
+        req(
+            Method::GET,
+            &format!("/api/v1/runs/{first}/tasks/train/logs"),
+            Some(VIEWER),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+
+    // Cancel the run; a second run then pages.
+    let resp = send(
+        &router,
+        req(
+            Method::POST,
+            &format!("/api/v1/runs/{first}/cancel"),
+            Some(OPERATOR),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let _ = trigger(&router, json!({}), None).await;
+    let page = send(
+        &router,
+        req(
+            Method::GET,
+            "/api/v1/runs?dag_id=retrain&limit=1",
+            Some(VIEWER),
+            None,
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(page["runs"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let next = send(
+        &router,
+        req(
+            Method::GET,
+            &format!("/api/v1/runs?dag_id=retrain&limit=1&before={cursor}"),
+            Some(VIEWER),
+            None,
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(next["runs"][0]["id"], first.as_str());
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/runs?state=bogus", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/runs/not-a-uuid", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn pause_resume_backfill_and_clear() {
+    let (_h, router, _d) = setup().await;
+    let resp = send(
+        &router,
+        req(
+            Method::POST,
+            "/api/v1/dags/retrain/pause",
+            Some(OPERATOR),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.json()["paused"], true);
+    let list = send(
+        &router,
+        req(Method::GET, "/api/v1/dags", Some(VIEWER), None),
+    )
+    .await
+    .json();
+    assert_eq!(list["dags"][0]["paused"], true);
+    assert!(list["dags"][0]["next_run"].is_null());
+    let resp = send(
+        &router,
+        req(
+            Method::POST,
+            "/api/v1/dags/retrain/resume",
+            Some(OPERATOR),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.json()["paused"], false);
+    let resp = send(
+        &router,
+        req(
+            Method::POST,
+            "/api/v1/dags/retrain/backfill",
+            Some(OPERATOR),
+            Some(json!({"from": "2026-01-05T00:00:00Z", "to": "2026-01-01T00:00:00Z"})),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST);
+    let resp = send(
+        &router,
+        req(
+            Method::POST,
+            "/api/v1/runs/0190f3a0-0000-7000-8000-000000000000/tasks/train/clear",
+            Some(OPERATOR),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_api_route() {
+    let (_h, router, _d) = setup().await;
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/openapi.json", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let doc = resp.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (method, path) in http::route_table() {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let m = method.as_str().to_lowercase();
+        assert!(
+            doc["paths"][path][&m].is_object(),
+            "OpenAPI lacks {method} {path}"
+        );
+    }
+    // CI validates the document with openapi-spec-validator.
+    if let Ok(out) = std::env::var("TRAINYARD_OPENAPI_OUT") {
+        std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ui_pages_render_and_escape_author_text() {
+    let (_h, router, _d) = setup().await;
+    for path in [
+        "/",
+        "/dags/retrain",
+        "/dags/retrain/grid",
+        "/dags/retrain/trigger",
+        "/runs",
+        "/workers",
+        "/login",
+    ] {
+        let resp = send(&router, req(Method::GET, path, Some(VIEWER), None)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{path}: {}", resp.text());
+        let html = resp.text();
+        assert!(
+            !html.contains("<script>alert"),
+            "{path} did not escape the description"
+        );
+    }
+    let html = send(&router, req(Method::GET, "/", Some(VIEWER), None))
+        .await
+        .text();
+    assert!(html.contains("&lt;script&gt;alert"));
+}
+
+#[tokio::test]
+async fn ui_form_posts_need_csrf_token_and_same_origin() {
+    let (_h, router, _d) = setup().await;
+    // Open configuration (loopback standalone): forms still need the token.
+    let state_router = router;
+    let form = |origin: Option<&str>, cookie: Option<&str>, body: &str| {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri("/dags/retrain/pause")
+            .header(header::HOST, "scheduler:8080")
+            .header(header::AUTHORIZATION, format!("Bearer {OPERATOR}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        if let Some(c) = cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        b.body(Body::from(body.to_owned())).unwrap()
+    };
+    let token = "a".repeat(64);
+    let resp = send(&state_router, form(None, None, "csrf=")).await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN);
+    let resp = send(
+        &state_router,
+        form(None, Some(&format!("ty_csrf={token}")), "csrf=wrong"),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN);
+    let resp = send(
+        &state_router,
+        form(
+            Some("http://scheduler:8080"),
+            Some(&format!("ty_csrf={token}")),
+            &format!("csrf={token}"),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn cross_site_post_without_bearer_is_refused_even_when_open() {
+    let app = app_with_recorder(trainyard_scheduler::http::AuthConfig::open()).await;
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/dags/retrain/pause")
+        .header(header::HOST, "127.0.0.1:8080")
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let resp = send(&app.router, r).await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN);
+    assert_eq!(resp.code(), "cross_site_request");
+    assert!(app.recorder.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn login_sets_strict_httponly_session_cookie() {
+    let app = app_with_recorder(tokens()).await;
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/login")
+        .header(header::HOST, "scheduler:8080")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={VIEWER}&next=/workers")))
+        .unwrap();
+    let resp = send(&app.router, r).await;
+    assert_eq!(resp.status, StatusCode::SEE_OTHER);
+    let cookie = resp
+        .headers
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap();
+    let r = Request::builder()
+        .uri("/workers")
+        .header(header::COOKIE, session)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app.router, r).await.status, StatusCode::OK);
+}
