@@ -27,6 +27,7 @@ use crate::store::{Attempt, RunFilter, TaskInstance};
 pub(super) fn routes(t: RouteTable) -> RouteTable {
     t.get("/healthz", healthz)
         .get("/readyz", readyz)
+        .get("/metrics", crate::metrics::handler)
         .get("/api/v1/dags", read::list_dags)
         .get("/api/v1/dags/{dag_id}", read::get_dag)
         .post("/api/v1/dags/{dag_id}/runs", trigger)
