@@ -13,7 +13,12 @@ use support::{Cluster, task};
 
 const LONG: Duration = Duration::from_secs(120);
 /// Fast liveness so the lost-worker paths take seconds, not minutes.
-const FAST_LIVENESS: &[&str] = &["--heartbeat-interval", "300ms", "--lost-worker-timeout", "3s"];
+const FAST_LIVENESS: &[&str] = &[
+    "--heartbeat-interval",
+    "300ms",
+    "--lost-worker-timeout",
+    "3s",
+];
 
 /// A task that records its attempt and PID, waits for `release`, then appends
 /// `<task> <attempt>` to `ran.log` (so tests can count executions).
@@ -46,18 +51,44 @@ retry_delay = "100ms"
     )
 }
 
+/// `first` waits for `release`; `second` runs after it.
+fn two_step_dag() -> String {
+    format!(
+        r#"
+id = "faults"
+[tasks.first]
+shell = '{}'
+[tasks.second]
+depends_on = ["first"]
+shell = 'echo "second $TRAINYARD_ATTEMPT" >> OUT/ran.log'
+"#,
+        waiting_task("OUT", "first", "release")
+    )
+}
+
 async fn wait_file(cluster: &Cluster, path: &Path) {
     cluster
-        .wait_until(LONG, &format!("{} to appear", path.display()), || async { path.exists().then_some(()) })
+        .wait_until(LONG, &format!("{} to appear", path.display()), || async {
+            path.exists().then_some(())
+        })
         .await;
 }
 
 fn pid_alive(pid: &str) -> bool {
-    std::process::Command::new("kill").args(["-0", pid.trim()]).status().unwrap().success()
+    std::process::Command::new("kill")
+        .args(["-0", pid.trim()])
+        .status()
+        .unwrap()
+        .success()
 }
 
 fn attempt_of<'a>(t: &'a Value, n: i64) -> &'a Value {
-    t["attempts"].as_array().unwrap().iter().find(|a| a["attempt"] == n).unwrap_or_else(|| panic!("no attempt {n}: {t}"))
+    t["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["attempt"] == n)
+        .unwrap_or_else(|| panic!("no attempt {n}: {t}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,17 +109,28 @@ async fn a_frozen_worker_is_declared_lost_its_task_retried_elsewhere_and_its_cop
     // The old copy is killed once the frozen worker talks again: never two copies.
     let old_pid = std::fs::read_to_string(out.join("long.pid.1")).unwrap();
     cluster
-        .wait_until(Duration::from_secs(60), "the stale attempt's process to be killed", || async {
-            (!pid_alive(&old_pid)).then_some(())
-        })
+        .wait_until(
+            Duration::from_secs(60),
+            "the stale attempt's process to be killed",
+            || async { (!pid_alive(&old_pid)).then_some(()) },
+        )
         .await;
     std::fs::write(out.join("release"), "").unwrap();
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     let long = task(&detail, "long");
     assert_eq!(attempt_of(long, 1)["outcome"], "lost", "{long}");
     assert_eq!(attempt_of(long, 2)["outcome"], "success", "{long}");
-    assert_eq!(std::fs::read_to_string(out.join("ran.log")).unwrap(), "long 2\n", "only the retry ran to the end");
+    assert_eq!(
+        std::fs::read_to_string(out.join("ran.log")).unwrap(),
+        "long 2\n",
+        "only the retry ran to the end"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,10 +149,17 @@ async fn a_killed_worker_loses_its_attempt_and_the_task_succeeds_on_another() {
     // The orphaned copy of attempt 1 cannot be reached once its worker is gone;
     // stop it here so only the retry sees the release.
     let orphan = std::fs::read_to_string(out.join("long.pid.1")).unwrap();
-    let _ = std::process::Command::new("kill").args(["-9", &format!("-{}", orphan.trim())]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &format!("-{}", orphan.trim())])
+        .status();
     std::fs::write(out.join("release"), "").unwrap();
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     let long = task(&detail, "long");
     assert_eq!(attempt_of(long, 1)["outcome"], "lost");
     assert_eq!(long["worker"], "survivor");
@@ -118,18 +167,7 @@ async fn a_killed_worker_loses_its_attempt_and_the_task_succeeds_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduler_restart_mid_run_loses_nothing_and_runs_nothing_twice() {
-    let dag = format!(
-        r#"
-id = "faults"
-[tasks.first]
-shell = '{}'
-[tasks.second]
-depends_on = ["first"]
-shell = 'echo "second $TRAINYARD_ATTEMPT" >> OUT/ran.log'
-"#,
-        waiting_task("OUT", "first", "release")
-    );
-    let (dir, out) = setup(&dag);
+    let (dir, out) = setup(&two_step_dag());
     let mut cluster = Cluster::start(dir, &[]).await;
     cluster.start_worker("w", "none", &[]);
     cluster.wait_workers(1).await;
@@ -141,26 +179,34 @@ shell = 'echo "second $TRAINYARD_ATTEMPT" >> OUT/ran.log'
     cluster.wait_workers(1).await;
     std::fs::write(out.join("release"), "").unwrap();
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
-    assert_eq!(task(&detail, "first")["attempts"].as_array().unwrap().len(), 1, "{detail}");
-    assert_eq!(task(&detail, "second")["attempts"].as_array().unwrap().len(), 1, "{detail}");
-    assert_eq!(std::fs::read_to_string(out.join("ran.log")).unwrap(), "first 1\nsecond 1\n");
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
+    assert_eq!(
+        task(&detail, "first")["attempts"].as_array().unwrap().len(),
+        1,
+        "{detail}"
+    );
+    assert_eq!(
+        task(&detail, "second")["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "{detail}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("ran.log")).unwrap(),
+        "first 1\nsecond 1\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_worker_it_finishes_running_work_and_takes_no_more() {
-    let dag = format!(
-        r#"
-id = "faults"
-[tasks.first]
-shell = '{}'
-[tasks.second]
-depends_on = ["first"]
-shell = 'echo "second $TRAINYARD_ATTEMPT" >> OUT/ran.log'
-"#,
-        waiting_task("OUT", "first", "release")
-    );
-    let (dir, out) = setup(&dag);
+    let (dir, out) = setup(&two_step_dag());
     let mut cluster = Cluster::start(dir, &[]).await;
     let draining = cluster.start_worker("draining", "none", &[]);
     cluster.wait_workers(1).await;
@@ -171,18 +217,34 @@ shell = 'echo "second $TRAINYARD_ATTEMPT" >> OUT/ran.log'
     cluster
         .wait_until(LONG, "the worker to be draining", || async {
             let v = cluster.get("/api/v1/workers").await;
-            v["workers"].as_array().unwrap().iter().any(|w| w["name"] == "draining" && w["state"] == "draining").then_some(())
+            v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["name"] == "draining" && w["state"] == "draining")
+                .then_some(())
         })
         .await;
     std::fs::write(out.join("release"), "").unwrap();
-    let status = cluster.workers[draining].wait_exit(LONG).expect("the draining worker exits once its task is done");
+    let status = cluster.workers[draining]
+        .wait_exit(LONG)
+        .expect("the draining worker exits once its task is done");
     assert!(status.success(), "drain exit status {status:?}");
     let detail = cluster.get(&format!("/api/v1/runs/{run}")).await;
     assert_eq!(task(&detail, "first")["state"], "success", "{detail}");
-    assert_ne!(task(&detail, "second")["state"], "success", "second must wait for a worker");
+    assert_ne!(
+        task(&detail, "second")["state"],
+        "success",
+        "second must wait for a worker"
+    );
 
     cluster.start_worker("fresh", "none", &[]);
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     assert_eq!(task(&detail, "second")["worker"], "fresh");
 }
