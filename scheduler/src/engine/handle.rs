@@ -217,6 +217,8 @@ pub(crate) enum Command {
     WorkerDraining(WorkerId, Reply<()>),
     WorkerDisconnected(WorkerId, Reply<()>),
     WaitReasons(RunId, Reply<WaitReasons>),
+    RunCreatedElsewhere(RunId, Reply<()>),
+    AdoptActiveRuns(Reply<usize>),
 }
 
 /// A cheap, cloneable handle on a running [`super::Engine`].
@@ -373,6 +375,42 @@ impl EngineHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
         self.events.subscribe()
     }
+
+    /// Another process created this run in the store (a standby replica's
+    /// API; Postgres `NOTIFY`): load it and start it under max_active_runs.
+    /// A run the engine already holds, or one already finished, is left alone.
+    pub async fn run_created_elsewhere(&self, run_id: RunId) -> Result<()> {
+        self.call(|r| Command::RunCreatedElsewhere(run_id, r)).await
+    }
+
+    /// Adopts every queued or running run of the store the engine does not
+    /// hold yet (after wake-ups may have been missed). Returns how many.
+    pub async fn adopt_active_runs(&self) -> Result<usize> {
+        self.call(Command::AdoptActiveRuns).await
+    }
+
+    /// A handle with no engine behind it yet, and the inbox an engine is
+    /// built on ([`super::Engine::build_on`]). The handle outlives engines:
+    /// a replica hands the inbox from one leadership term's engine to the
+    /// next, so callers keep one handle (and one event stream) throughout;
+    /// commands sent while no engine runs wait in the channel.
+    pub fn detached(command_buffer: usize) -> (EngineHandle, EngineInbox) {
+        let (tx, rx) = mpsc::channel(command_buffer.max(1));
+        let (events, _) = broadcast::channel(1 << 16);
+        let inbox = EngineInbox {
+            rx,
+            events: events.clone(),
+        };
+        (EngineHandle { tx, events }, inbox)
+    }
+}
+
+/// The receiving end of an [`EngineHandle`]: what an engine reads commands
+/// from and publishes events to. Owned by one engine at a time.
+#[derive(Debug)]
+pub struct EngineInbox {
+    pub(crate) rx: mpsc::Receiver<Command>,
+    pub(crate) events: broadcast::Sender<EngineEvent>,
 }
 
 impl From<oneshot::error::RecvError> for EngineError {

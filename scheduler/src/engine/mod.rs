@@ -43,8 +43,8 @@ use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, Wo
 use trainyard_core::state::TaskState;
 
 pub use handle::{
-    Assignment, EngineEvent, EngineHandle, GpuInventory, GpuUsage, TaskOutcome, TaskResult,
-    WaitReasons, WorkerCommand, WorkerRegistration,
+    Assignment, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage, TaskOutcome,
+    TaskResult, WaitReasons, WorkerCommand, WorkerRegistration,
 };
 
 use crate::clock::Clock;
@@ -179,8 +179,20 @@ impl Engine {
     /// runs, their task instances, workers, DAGs and cron cursors).
     #[instrument(skip_all, err)]
     pub async fn build(opts: EngineOptions) -> Result<(Engine, EngineHandle)> {
-        let (tx, rx) = mpsc::channel(opts.command_buffer.max(1));
-        let (events, _) = broadcast::channel(1 << 16);
+        let (handle, inbox) = EngineHandle::detached(opts.command_buffer);
+        let engine = Self::build_on(opts, inbox).await.map_err(|(e, _)| e)?;
+        Ok((engine, handle))
+    }
+
+    /// Like [`Engine::build`], on the inbox of an existing handle (HA: each
+    /// leadership term builds a fresh engine from the store on the same
+    /// handle). On failure the inbox comes back for the next attempt.
+    #[instrument(skip_all, err(Debug))]
+    pub async fn build_on(
+        opts: EngineOptions,
+        inbox: EngineInbox,
+    ) -> std::result::Result<Engine, (EngineError, EngineInbox)> {
+        let EngineInbox { rx, events } = inbox;
         let mut core = Core {
             store: opts.store.clone(),
             clock: opts.clock.clone(),
@@ -199,15 +211,25 @@ impl Engine {
             dirty: true,
             start_pending: true,
         };
-        core.rebuild().await?;
-        let handle = EngineHandle { tx, events };
-        Ok((Engine { core, rx }, handle))
+        if let Err(e) = core.rebuild().await {
+            return Err((e, EngineInbox { rx, events }));
+        }
+        Ok(Engine { core, rx })
     }
 
     /// Runs until `shutdown` completes. Due cron slots, queued runs and ready
     /// tasks found at start-up are handled first.
     #[instrument(skip_all, err)]
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.run_keeping_inbox(shutdown).await.0
+    }
+
+    /// Like [`Engine::run`], and hands back the inbox so a later engine can
+    /// serve the same handle. Commands not yet taken stay in it.
+    pub async fn run_keeping_inbox(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> (Result<()>, EngineInbox) {
         tokio::pin!(shutdown);
         self.core.startup().await;
         let mut open = true;
@@ -237,7 +259,11 @@ impl Engine {
             self.core.settle().await;
         }
         info!("engine stopped");
-        Ok(())
+        let inbox = EngineInbox {
+            rx: self.rx,
+            events: self.core.events,
+        };
+        (Ok(()), inbox)
     }
 }
 
@@ -359,6 +385,14 @@ impl Core {
             }
             Command::WaitReasons(run, reply) => {
                 let _ = reply.send(self.wait_reasons(run));
+            }
+            Command::RunCreatedElsewhere(run, reply) => {
+                let r = self.adopt_run(run).await;
+                let _ = reply.send(r);
+            }
+            Command::AdoptActiveRuns(reply) => {
+                let r = self.adopt_active_runs().await;
+                let _ = reply.send(r);
             }
         }
     }

@@ -202,32 +202,15 @@ impl Core {
         params: Value,
         idempotency_key: Option<String>,
     ) -> Result<RunId> {
-        let tasks = spec
-            .task_ids_in_topological_order()
-            .into_iter()
-            .filter_map(|t| spec.tasks.get(&t))
-            .map(|t| NewTaskInstance {
-                task_id: t.id.as_str().into(),
-                state: TaskState::Pending,
-                max_attempts: i32::try_from(t.retries)
-                    .unwrap_or(i32::MAX - 1)
-                    .saturating_add(1),
-                priority: t.priority,
-                pool: t.pool.clone(),
-                resources: serde_json::to_value(&t.resources).unwrap_or_default(),
-            })
-            .collect();
-        let new = NewRun {
-            id: RunId::new(),
-            dag_id: dag.clone(),
-            version_id: version,
-            logical_date,
+        let new = new_run(
+            dag,
+            spec,
+            version,
             trigger,
+            logical_date,
             params,
             idempotency_key,
-            state: RunState::Queued,
-            tasks,
-        };
+        );
         match self
             .store
             .create_run(new, self.actor(), self.clock.now())
@@ -277,12 +260,7 @@ impl Core {
         logical_date: Option<DateTime<Utc>>,
     ) -> Result<RunId> {
         let (spec, version) = self.runnable_dag(id).await?;
-        let merged = spec
-            .validate_params(&params)
-            .map_err(|e| EngineError::InvalidParams {
-                dag: id.clone(),
-                message: e.to_string(),
-            })?;
+        let params = manual_params(id, &spec, &params)?;
         let date = logical_date.unwrap_or_else(|| self.clock.now());
         self.create_run(
             id,
@@ -290,7 +268,7 @@ impl Core {
             version,
             TriggerKind::Manual,
             Some(date),
-            params_json(&merged),
+            params,
             idempotency_key,
         )
         .await
@@ -591,5 +569,107 @@ impl Core {
             }
         }
         self.start_pending = true;
+    }
+}
+
+/// A run of `spec` with every task pending, as both the engine and a standby
+/// replica (which writes runs through the store directly) create it.
+pub(crate) fn new_run(
+    dag: &DagId,
+    spec: &DagSpec,
+    version: DagVersionId,
+    trigger: TriggerKind,
+    logical_date: Option<DateTime<Utc>>,
+    params: Value,
+    idempotency_key: Option<String>,
+) -> NewRun {
+    let tasks = spec
+        .task_ids_in_topological_order()
+        .into_iter()
+        .filter_map(|t| spec.tasks.get(&t))
+        .map(|t| NewTaskInstance {
+            task_id: t.id.as_str().into(),
+            state: TaskState::Pending,
+            max_attempts: i32::try_from(t.retries)
+                .unwrap_or(i32::MAX - 1)
+                .saturating_add(1),
+            priority: t.priority,
+            pool: t.pool.clone(),
+            resources: serde_json::to_value(&t.resources).unwrap_or_default(),
+        })
+        .collect();
+    NewRun {
+        id: RunId::new(),
+        dag_id: dag.clone(),
+        version_id: version,
+        logical_date,
+        trigger,
+        params,
+        idempotency_key,
+        state: RunState::Queued,
+        tasks,
+    }
+}
+
+/// A manual trigger's params checked against the DAG's declared params and
+/// merged with their defaults (the run's `params` column).
+pub(crate) fn manual_params(
+    dag: &DagId,
+    spec: &DagSpec,
+    params: &serde_json::Map<String, Value>,
+) -> Result<Value> {
+    let merged = spec
+        .validate_params(params)
+        .map_err(|e| EngineError::InvalidParams {
+            dag: dag.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(params_json(&merged))
+}
+
+impl Core {
+    /// Another process (a standby replica's API) created this run in the
+    /// store: load it and let it start under max_active_runs. Idempotent: a
+    /// run already in memory, or already finished, is left alone.
+    #[instrument(skip(self), err)]
+    pub(super) async fn adopt_run(&mut self, run_id: RunId) -> Result<()> {
+        if self.runs.contains_key(&run_id) {
+            return Ok(());
+        }
+        let run = match self.store.get_run(run_id).await {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Err(EngineError::RunNotFound(run_id)),
+            Err(e) => return Err(e.into()),
+        };
+        if run.state.is_terminal() {
+            return Ok(());
+        }
+        let (dag_id, state) = (run.dag_id.clone(), run.state);
+        self.load_run(run).await?;
+        info!(dag = %dag_id, run = %run_id, "run created elsewhere adopted");
+        self.emit(EngineEvent::RunState {
+            run_id,
+            dag_id,
+            state,
+        });
+        self.start_pending = true;
+        Ok(())
+    }
+
+    /// Adopts every active run of the store this engine does not hold (after
+    /// a gap in which wake-ups may have been missed). Returns how many.
+    pub(super) async fn adopt_active_runs(&mut self) -> Result<usize> {
+        let unknown: Vec<RunId> = self
+            .store
+            .active_runs()
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .filter(|id| !self.runs.contains_key(id))
+            .collect();
+        for id in &unknown {
+            self.adopt_run(*id).await?;
+        }
+        Ok(unknown.len())
     }
 }
