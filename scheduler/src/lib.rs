@@ -4,6 +4,7 @@ pub mod clock;
 pub mod dags;
 pub mod engine;
 pub mod grpc;
+pub mod ha;
 pub mod http;
 pub mod logs;
 pub mod metrics;

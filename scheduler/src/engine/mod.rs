@@ -47,6 +47,8 @@ pub use handle::{
     TaskResult, WaitReasons, WorkerCommand, WorkerRegistration,
 };
 
+pub(crate) use runs::{manual_params, new_run};
+
 use crate::clock::Clock;
 use crate::store::{Store, StoreError};
 use handle::Command;

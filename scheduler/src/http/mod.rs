@@ -47,6 +47,9 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Internal(String),
+    /// This replica cannot do it now (a standby; send it to the leader).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<ControlError> for ApiError {
@@ -56,6 +59,7 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(m) => Self::BadRequest(m),
             ControlError::Conflict(m) => Self::Conflict(m),
             ControlError::Internal(m) => Self::Internal(m),
+            ControlError::Unavailable(m) => Self::Unavailable(m),
         }
     }
 }
@@ -89,6 +93,10 @@ pub trait RunControl: Send + Sync + 'static {
     async fn set_paused(&self, dag: &DagId, paused: bool) -> Result<(), ControlError>;
     /// Why ready tasks of a run are still waiting (task id → reason).
     async fn wait_reasons(&self, run: RunId) -> Vec<(String, String)>;
+    /// A standby replica (HA): `/readyz` answers 503 so traffic goes to the leader.
+    fn is_standby(&self) -> bool {
+        false
+    }
 }
 
 /// What every handler can reach.

@@ -16,6 +16,7 @@
 //! - multi-row changes (a run with its tasks, a batch of transitions, a claim)
 //!   are one transaction: all or nothing.
 
+mod coordination;
 mod error;
 mod imp;
 mod migrations;
@@ -34,6 +35,7 @@ use chrono::{DateTime, Utc};
 use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{TaskState, WorkerState};
 
+pub use coordination::{LeaderLock, ListenEvent, WAKEUP_CHANNEL, Wakeup, WakeupListener};
 pub use error::{Result, StoreError};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -152,6 +154,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// run that holds it (nothing written).
     async fn create_run(&self, run: NewRun, actor: &str, now: DateTime<Utc>)
     -> Result<RunCreation>;
+    /// [`Store::create_run`] for a process that is not the engine's leader
+    /// (a standby replica's API): on Postgres the same transaction sends
+    /// `NOTIFY trainyard_wakeup, 'run:<id>'` when the run is created, so the
+    /// leader adopts it at once. SQLite has one process: same as `create_run`.
+    async fn create_run_and_wake(
+        &self,
+        run: NewRun,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RunCreation>;
+    /// [`Store::set_dag_paused`] plus, on Postgres in the same transaction,
+    /// `NOTIFY trainyard_wakeup, 'dag:<id>'` so the leader re-reads the DAG.
+    async fn set_dag_paused_and_wake(
+        &self,
+        dag_id: &DagId,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
     async fn get_run(&self, id: RunId) -> Result<Run>;
     /// Newest first, cursor-paginated by id.
     async fn list_runs(&self, filter: RunFilter) -> Result<RunPage>;

@@ -17,6 +17,20 @@ use super::{Backend, ConnectOptions, MigrationStatus};
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// How to open one connection: the URL plus the schema and application name
+/// of `options` (the store's pool, the leader lock and the wake-up listener
+/// all connect the same way).
+pub(crate) fn connect_options(url: &str, options: &ConnectOptions) -> Result<PgConnectOptions> {
+    let mut connect = PgConnectOptions::from_str(url)?;
+    if let Some(schema) = &options.pg_schema {
+        connect = connect.options([("search_path", schema.as_str())]);
+    }
+    if let Some(name) = &options.application_name {
+        connect = connect.application_name(name);
+    }
+    Ok(connect)
+}
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -24,13 +38,7 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self> {
-        let mut connect = PgConnectOptions::from_str(url)?;
-        if let Some(schema) = &options.pg_schema {
-            connect = connect.options([("search_path", schema.as_str())]);
-        }
-        if let Some(name) = &options.application_name {
-            connect = connect.application_name(name);
-        }
+        let connect = connect_options(url, options)?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)

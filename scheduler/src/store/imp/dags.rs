@@ -78,6 +78,19 @@ macro_rules! dag_impl {
             }
 
             async fn update_dag_flag(&self, sql: &'static str, dag_id: &DagId, value: bool, now: DateTime<Utc>) -> Result<()> {
+                self.update_dag_flag_waking(sql, dag_id, value, now, false).await
+            }
+
+            /// With `wake`, the leader's engine is told in the same transaction
+            /// (Postgres `NOTIFY`, delivered at commit).
+            async fn update_dag_flag_waking(
+                &self,
+                sql: &'static str,
+                dag_id: &DagId,
+                value: bool,
+                now: DateTime<Utc>,
+                wake: bool,
+            ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query(sql)
                     .bind(value)
@@ -88,8 +101,16 @@ macro_rules! dag_impl {
                 if done.rows_affected() == 0 {
                     return Err(StoreError::not_found("dag", dag_id));
                 }
+                if wake {
+                    Self::wake_in(&mut tx, &Wakeup::DagChanged(dag_id.clone())).await?;
+                }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            pub(crate) async fn sql_set_dag_paused_and_wake(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()> {
+                self.update_dag_flag_waking("UPDATE dags SET paused = $1, updated_at = $2 WHERE id = $3", dag_id, paused, now, true)
+                    .await
             }
 
             pub(crate) async fn sql_set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()> {
@@ -138,6 +159,7 @@ use trainyard_core::ids::{DagId, DagVersionId};
 
 use crate::store::error::{Result, StoreError};
 use crate::store::rows::{DAG_COLS, pg, sqlite};
+use crate::store::Wakeup;
 use crate::store::types::*;
 
 dag_impl!(crate::store::PgStore, sqlx::Postgres, pg);

@@ -86,6 +86,22 @@ macro_rules! delegate {
             ) -> Result<RunCreation> {
                 self.sql_create_run(run, actor, now).await
             }
+            async fn create_run_and_wake(
+                &self,
+                run: NewRun,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<RunCreation> {
+                self.sql_create_run_waking(run, actor, now, true).await
+            }
+            async fn set_dag_paused_and_wake(
+                &self,
+                dag_id: &DagId,
+                paused: bool,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                self.sql_set_dag_paused_and_wake(dag_id, paused, now).await
+            }
             async fn get_run(&self, id: RunId) -> Result<Run> {
                 self.sql_get_run(id).await
             }

@@ -10,6 +10,18 @@ macro_rules! run_impl {
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<RunCreation> {
+                self.sql_create_run_waking(run, actor, now, false).await
+            }
+
+            /// With `wake`, a created run is announced to the leader's engine
+            /// in the same transaction (Postgres `NOTIFY`, delivered at commit).
+            pub(crate) async fn sql_create_run_waking(
+                &self,
+                run: NewRun,
+                actor: &str,
+                now: DateTime<Utc>,
+                wake: bool,
+            ) -> Result<RunCreation> {
                 validate_new_run(&run)?;
                 let mut tx = self.begin_write().await?;
                 let sql = format!(
@@ -82,6 +94,9 @@ macro_rules! run_impl {
                     reason: Some(format!("created by {} trigger", run.trigger)),
                 };
                 Self::insert_events(&mut tx, std::slice::from_ref(&event), actor, now).await?;
+                if wake {
+                    Self::wake_in(&mut tx, &Wakeup::RunCreated(run.id)).await?;
+                }
                 tx.commit().await?;
                 Ok(RunCreation::Created { run: created, tasks })
             }
@@ -227,6 +242,7 @@ use trainyard_core::state::{RunState, TaskState, TriggerKind};
 use super::common::{self, NewEvent};
 use crate::store::error::{Result, StoreError};
 use crate::store::rows::{EVENT_COLS, RUN_COLS, TI_COLS, parse, pg, sqlite};
+use crate::store::Wakeup;
 use crate::store::types::*;
 
 /// Refuses a run the schema would refuse, with a message that says why.
