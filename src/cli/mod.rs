@@ -7,6 +7,7 @@ mod db;
 mod run_once;
 mod runs;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -103,6 +104,9 @@ pub fn runtime_multi() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `TRAINYARD_LOG_FORMAT=json` for JSON lines.
 fn init_tracing() {
+    if telemetry::try_init() {
+        return;
+    }
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
