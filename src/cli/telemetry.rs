@@ -20,7 +20,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set; returns false (nothing installed)
 /// when it is not, so the caller installs the plain logger.
 pub fn try_init() -> bool {
-    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |v| v.trim().is_empty()) {
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .is_none_or(|v| v.trim().is_empty())
+    {
         return false;
     }
     // The exporter reads the endpoint (and headers, timeout) from the env itself.
