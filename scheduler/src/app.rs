@@ -5,6 +5,11 @@
 //! end-to-end tests all start a scheduler through [`SchedulerApp::start`], so
 //! they share one code path. Listeners are bound by the caller (port 0 in
 //! tests) and everything stops when the shutdown token is cancelled.
+//!
+//! HA: the store, the HTTP API and the metrics run for the life of the
+//! process; the engine, the DAG loader, the gRPC service for workers and (on
+//! Postgres) the wake-up listener run only while this replica leads — one
+//! "term" per leadership, see `term.rs` and [`crate::ha`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,15 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use trainyard_artifacts::ArtifactStore;
 
 use crate::clock::{Clock, SystemClock};
-use crate::dags::DagLoaderOptions;
-use crate::engine::{Engine, EngineHandle, EngineOptions};
-use crate::grpc::{self, ArtifactContext, GrpcOptions, WorkerServiceImpl};
+use crate::engine::{EngineHandle, EngineOptions};
+use crate::ha::{ElectionOptions, HaControl, LeaderElection, Role};
 use crate::http::{self, AppState};
 use crate::logs::LogStore;
 use crate::store::{self, Store};
@@ -79,6 +84,8 @@ pub enum AppError {
     Artifacts(#[from] trainyard_artifacts::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Ha(#[from] crate::ha::HaError),
 }
 
 /// A started scheduler: its parts, for callers that drive or observe it.
@@ -90,6 +97,8 @@ pub struct SchedulerApp {
     pub artifacts: ArtifactStore,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Leader or standby (see [`crate::ha`]).
+    role: watch::Receiver<Role>,
     tasks: JoinSet<()>,
 }
 
@@ -131,66 +140,25 @@ impl SchedulerApp {
         let store = store::connect(&config.db_url).await?;
         let artifacts = open_artifacts(&config)?;
         info!(store = %artifacts.base_uri(), "artifact store");
-        let mut opts = EngineOptions::new(store.clone(), clock.clone());
-        opts.heartbeat_interval = config.heartbeat_interval;
-        opts.lost_worker_timeout = config.lost_worker_timeout;
-        opts.pools = config.pools.clone();
-        opts.catchup_limit = config.catchup_limit;
-        let (engine, handle) = Engine::build(opts).await?;
+        // One handle for the life of the process: each leadership term builds
+        // an engine on its inbox, so callers and subscribers never re-wire.
+        let (handle, inbox) =
+            EngineHandle::detached(EngineOptions::new(store.clone(), clock.clone()).command_buffer);
         let mut tasks = JoinSet::new();
         crate::metrics::spawn_collector(&handle, shutdown.clone());
-        {
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(err) = engine.run(token.clone().cancelled_owned()).await {
-                    tracing::error!(error = %err, "engine stopped with an error");
-                    token.cancel();
-                }
-            });
-        }
-
-        if let Some(dir) = &config.dags_dir {
-            let notify = handle.clone();
-            let loader_clock = clock.clone();
-            let mut loader = DagLoaderOptions::new(dir.clone(), store.clone())
-                .on_change(move |dag_id| {
-                    let engine = notify.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = engine.dag_changed(dag_id.clone()).await {
-                            warn!(%dag_id, error = %err, "engine did not take the DAG change");
-                        }
-                    });
-                })
-                .clock(move || loader_clock.now())
-                .build()
-                .map_err(|e| AppError::Dags {
-                    dir: dir.clone(),
-                    message: e.to_string(),
-                })?;
-            let report = loader
-                .load_all(clock.now())
-                .await
-                .map_err(|e| AppError::Dags {
-                    dir: dir.clone(),
-                    message: e.to_string(),
-                })?;
-            info!(loaded = report.loaded.len(), errors = report.errors.len(), dir = %dir.display(), "dags loaded");
-            for (path, error) in &report.errors {
-                warn!(path = %path.display(), "{error}");
-            }
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(err) = loader.run(token.cancelled_owned()).await {
-                    tracing::error!(error = %err, "dag watcher stopped");
-                }
-            });
-        }
-
         let logs = LogStore::new(config.data_dir.join("logs")).with_archive(artifacts.clone());
+        let mut election = LeaderElection::new(ElectionOptions::new(config.db_url.clone()))?;
+        let role = election.role();
+
         let http_addr = http_listener.local_addr()?;
         let state = AppState {
             store: store.clone(),
-            control: Arc::new(handle.clone()),
+            control: Arc::new(HaControl::new(
+                role.clone(),
+                handle.clone(),
+                store.clone(),
+                clock.clone(),
+            )),
             logs: logs.clone(),
             auth: config.auth.clone(),
         };
@@ -203,28 +171,33 @@ impl SchedulerApp {
             });
         }
         let grpc_addr = grpc_listener.local_addr()?;
-        let service = WorkerServiceImpl::new(
-            handle.clone(),
-            logs.clone(),
-            GrpcOptions {
-                heartbeat_interval: config.heartbeat_interval,
-                ..GrpcOptions::default()
-            },
-        )
-        .with_artifacts(ArtifactContext {
+        let term = Term {
+            config,
             store: store.clone(),
-            url: artifacts.base_uri().to_owned(),
-        });
-        {
-            let token = shutdown.clone();
-            tasks.spawn(async move {
-                if let Err(err) = grpc::serve(grpc_listener, service, token.cancelled_owned()).await
-                {
-                    tracing::error!(error = %err, "worker gRPC service stopped");
+            clock,
+            handle: handle.clone(),
+            logs: logs.clone(),
+            artifacts: artifacts.clone(),
+            grpc_listener: grpc_listener.into_std()?,
+            shutdown: shutdown.clone(),
+        };
+        // Lead from the start when the lock is free (always on SQLite), so a
+        // lone scheduler is running its engine when `start` returns and a
+        // broken first start is reported to the caller.
+        let first = if election.try_acquire().await {
+            match term.start(inbox).await {
+                Ok(running) => Phase::Leading(running),
+                Err((err, _)) => {
+                    election.step_down().await;
+                    return Err(err);
                 }
-            });
-        }
-        info!(%http_addr, %grpc_addr, "scheduler started");
+            }
+        } else {
+            info!("another replica leads; this one is on standby");
+            Phase::Standby(inbox)
+        };
+        tasks.spawn(supervise(election, term, first));
+        info!(%http_addr, %grpc_addr, leader = *role.borrow() == Role::Leader, "scheduler started");
         Ok(Self {
             store,
             engine: handle,
@@ -232,8 +205,19 @@ impl SchedulerApp {
             artifacts,
             http_addr,
             grpc_addr,
+            role,
             tasks,
         })
+    }
+
+    /// Whether this replica runs the engine now (always true on SQLite).
+    pub fn is_leader(&self) -> bool {
+        *self.role.borrow() == Role::Leader
+    }
+
+    /// The replica's role as it changes (HA on Postgres).
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
     }
 
     /// Waits until every component has stopped (after the shutdown token fired).
@@ -256,3 +240,6 @@ fn open_artifacts(config: &SchedulerConfig) -> Result<ArtifactStore, AppError> {
         }
     }
 }
+
+mod term;
+use term::{Phase, Term, supervise};

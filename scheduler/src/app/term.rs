@@ -1,0 +1,292 @@
+//! One leadership term of a scheduler replica, and the loop that moves the
+//! replica between standby and leading.
+//!
+//! A term starts the wake-up listener (Postgres) before the engine rebuilds
+//! from the store, so a run committed by a standby during the rebuild is
+//! either read by it or announced after it; then the engine, the DAG loader
+//! and the gRPC service for workers. Losing the lock cancels the term's
+//! token at once; the engine hands its inbox back for the next term. While
+//! standing by, the gRPC port accepts and closes connections, so workers
+//! notice quickly and redial (through the load balancer, to the leader).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use trainyard_artifacts::ArtifactStore;
+
+use super::{AppError, SchedulerConfig};
+use crate::clock::Clock;
+use crate::dags::DagLoaderOptions;
+use crate::engine::{Engine, EngineHandle, EngineInbox, EngineOptions};
+use crate::grpc::{self, ArtifactContext, GrpcOptions, WorkerServiceImpl};
+use crate::ha::{ElectionOptions, LeaderElection, spawn_wakeup_relay};
+use crate::logs::LogStore;
+use crate::store::{Backend, Store};
+
+/// Pause after a term failed to start before trying for the lock again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Everything a term needs, kept across terms.
+pub(super) struct Term {
+    pub config: SchedulerConfig,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    /// The app's handle; every term's engine serves it.
+    pub handle: EngineHandle,
+    pub logs: LogStore,
+    pub artifacts: ArtifactStore,
+    /// The bound gRPC socket; each term (and each standby spell) serves a
+    /// duplicate of it, so the port stays bound across terms.
+    pub grpc_listener: std::net::TcpListener,
+    /// The app's shutdown; a term's token is its child.
+    pub shutdown: CancellationToken,
+}
+
+/// A term in progress.
+pub(super) struct Running {
+    stop: CancellationToken,
+    engine: JoinHandle<EngineInbox>,
+    others: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops the term's components and takes the engine's inbox back.
+    async fn stop(mut self) -> Result<EngineInbox, AppError> {
+        self.stop.cancel();
+        while self.others.join_next().await.is_some() {}
+        self.engine
+            .await
+            .map_err(|e| AppError::Io(std::io::Error::other(e)))
+    }
+}
+
+/// Where the replica is between the supervisor's steps.
+pub(super) enum Phase {
+    Leading(Running),
+    Standby(EngineInbox),
+}
+
+impl Term {
+    fn grpc_clone(&self) -> std::io::Result<TcpListener> {
+        let std = self.grpc_listener.try_clone()?;
+        std.set_nonblocking(true)?;
+        TcpListener::from_std(std)
+    }
+
+    /// Starts a term on the engine's inbox; on failure the inbox comes back
+    /// (`None` only if the engine's task panicked).
+    pub async fn start(
+        &self,
+        inbox: EngineInbox,
+    ) -> Result<Running, (AppError, Option<EngineInbox>)> {
+        let stop = self.shutdown.child_token();
+        let mut others = JoinSet::new();
+        if self.store.backend() == Backend::Postgres {
+            let options = ElectionOptions::new(self.config.db_url.clone()).connect;
+            match spawn_wakeup_relay(
+                &self.config.db_url,
+                &options,
+                self.store.clone(),
+                self.handle.clone(),
+                stop.clone(),
+            )
+            .await
+            {
+                Ok(relay) => {
+                    others.spawn(async move {
+                        let _ = relay.await;
+                    });
+                }
+                Err(e) => return Err((e.into(), Some(inbox))),
+            }
+        }
+        let mut opts = EngineOptions::new(self.store.clone(), self.clock.clone());
+        opts.heartbeat_interval = self.config.heartbeat_interval;
+        opts.lost_worker_timeout = self.config.lost_worker_timeout;
+        opts.pools = self.config.pools.clone();
+        opts.catchup_limit = self.config.catchup_limit;
+        let engine = match Engine::build_on(opts, inbox).await {
+            Ok(engine) => engine,
+            Err((e, inbox)) => {
+                stop.cancel();
+                while others.join_next().await.is_some() {}
+                return Err((e.into(), Some(inbox)));
+            }
+        };
+        let engine = {
+            let (token, app) = (stop.clone(), self.shutdown.clone());
+            tokio::spawn(async move {
+                let (result, inbox) = engine.run_keeping_inbox(token.cancelled_owned()).await;
+                if let Err(err) = result {
+                    error!(error = %err, "engine stopped with an error");
+                    app.cancel();
+                }
+                inbox
+            })
+        };
+        let mut running = Running {
+            stop,
+            engine,
+            others,
+        };
+        let stop = running.stop.clone();
+        match self.start_serving(&stop, &mut running.others).await {
+            Ok(()) => {
+                info!("leader term started: engine, dag loader and worker service running");
+                Ok(running)
+            }
+            Err(e) => match running.stop().await {
+                Ok(inbox) => Err((e, Some(inbox))),
+                // The engine task panicked: nothing can serve the handle again.
+                Err(join) => {
+                    error!(error = %join, "engine task lost");
+                    Err((e, None))
+                }
+            },
+        }
+    }
+
+    /// The DAG loader and the gRPC service of a term.
+    async fn start_serving(
+        &self,
+        stop: &CancellationToken,
+        set: &mut JoinSet<()>,
+    ) -> Result<(), AppError> {
+        let config = &self.config;
+        if let Some(dir) = &config.dags_dir {
+            let notify = self.handle.clone();
+            let loader_clock = self.clock.clone();
+            let dags_error = |e: &dyn std::fmt::Display| AppError::Dags {
+                dir: dir.clone(),
+                message: e.to_string(),
+            };
+            let mut loader = DagLoaderOptions::new(dir.clone(), self.store.clone())
+                .on_change(move |dag_id| {
+                    let engine = notify.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = engine.dag_changed(dag_id.clone()).await {
+                            warn!(%dag_id, error = %err, "engine did not take the DAG change");
+                        }
+                    });
+                })
+                .clock(move || loader_clock.now())
+                .build()
+                .map_err(|e| dags_error(&e))?;
+            let report = loader
+                .load_all(self.clock.now())
+                .await
+                .map_err(|e| dags_error(&e))?;
+            info!(loaded = report.loaded.len(), errors = report.errors.len(), dir = %dir.display(), "dags loaded");
+            for (path, error) in &report.errors {
+                warn!(path = %path.display(), "{error}");
+            }
+            let token = stop.clone();
+            set.spawn(async move {
+                if let Err(err) = loader.run(token.cancelled_owned()).await {
+                    error!(error = %err, "dag watcher stopped");
+                }
+            });
+        }
+        let service = WorkerServiceImpl::new(
+            self.handle.clone(),
+            self.logs.clone(),
+            GrpcOptions {
+                heartbeat_interval: config.heartbeat_interval,
+                ..GrpcOptions::default()
+            },
+        )
+        .with_artifacts(ArtifactContext {
+            store: self.store.clone(),
+            url: self.artifacts.base_uri().to_owned(),
+        });
+        let listener = self.grpc_clone()?;
+        let token = stop.clone();
+        set.spawn(async move {
+            if let Err(err) = grpc::serve(listener, service, token.cancelled_owned()).await {
+                error!(error = %err, "worker gRPC service stopped");
+            }
+        });
+        Ok(())
+    }
+
+    /// While standing by: accept worker connections and close them at once.
+    fn refuse_workers(&self, until: CancellationToken) -> Option<JoinHandle<()>> {
+        let listener = match self.grpc_clone() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the gRPC port while on standby");
+                return None;
+            }
+        };
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = until.cancelled() => return,
+                    accepted = listener.accept() => drop(accepted),
+                }
+            }
+        }))
+    }
+}
+
+/// Moves the replica between standby and leading until shutdown.
+pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phase: Phase) {
+    let shutdown = term.shutdown.clone();
+    loop {
+        phase = match phase {
+            Phase::Leading(running) => {
+                let held = election.hold(&shutdown).await;
+                let inbox = match running.stop().await {
+                    Ok(inbox) => inbox,
+                    Err(e) => {
+                        error!(error = %e, "engine task lost; shutting down");
+                        shutdown.cancel();
+                        election.step_down().await;
+                        return;
+                    }
+                };
+                if shutdown.is_cancelled() {
+                    election.step_down().await;
+                    return;
+                }
+                warn!(?held, "leader term ended; standing by");
+                Phase::Standby(inbox)
+            }
+            Phase::Standby(inbox) => {
+                let refusing = CancellationToken::new();
+                let refuser = term.refuse_workers(refusing.clone());
+                let won = election.acquire(&shutdown).await;
+                refusing.cancel();
+                if let Some(r) = refuser {
+                    let _ = r.await;
+                }
+                if !won {
+                    election.step_down().await;
+                    return;
+                }
+                match term.start(inbox).await {
+                    Ok(running) => Phase::Leading(running),
+                    Err((e, None)) => {
+                        error!(error = %e, "engine task lost; shutting down");
+                        shutdown.cancel();
+                        election.step_down().await;
+                        return;
+                    }
+                    Err((e, Some(inbox))) => {
+                        error!(error = %e, "cannot start leading; standing by");
+                        election.step_down().await;
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(RESTART_PAUSE) => {}
+                        }
+                        Phase::Standby(inbox)
+                    }
+                }
+            }
+        };
+    }
+}
