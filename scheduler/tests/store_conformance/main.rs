@@ -3,6 +3,7 @@
 //! in parallel). See `harness.rs` for how the databases are made.
 #![allow(clippy::unwrap_used)]
 
+mod cases_artifacts;
 mod cases_basic;
 mod cases_race;
 mod harness;
@@ -47,6 +48,8 @@ conformance_suite!(
     cases_basic::retry_flow_and_stale_report_is_fenced_off,
     cases_basic::lost_worker_attempts_become_lost,
     cases_basic::metrics_are_stored_per_attempt_and_charted_across_runs,
+    cases_artifacts::artifacts_record_producer_and_consumers_once,
+    cases_artifacts::an_archived_log_location_is_recorded_on_its_attempt,
     cases_race::concurrent_claimers_claim_each_task_exactly_once,
     cases_race::concurrent_reporters_exactly_one_wins,
     cases_race::failed_insert_mid_run_leaves_no_run,
