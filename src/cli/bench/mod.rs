@@ -84,7 +84,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     workloads.dedup();
     if let Some(dir) = &args.write_dags {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        for w in workloads.iter().filter(|w| **w != Workload::Ceiling) {
+        for w in workloads
+            .iter()
+            .filter(|w| !matches!(w, Workload::Ceiling | Workload::Store))
+        {
             DagPlan::for_workload(*w).write_into(dir)?;
         }
         eprintln!("trainyard bench: DAG files written to {}", dir.display());
@@ -96,6 +99,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime_multi()?;
     let mut all_ok = true;
     for workload in workloads.into_iter().filter(|w| *w != Workload::Ceiling) {
+        if workload == Workload::Store {
+            runtime.block_on(bench_store(&args))?;
+            continue;
+        }
         let ok = runtime.block_on(bench_workload(&args, workload, &ceiling))?;
         all_ok &= ok;
     }
@@ -104,6 +111,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Tasks in the store micro-benchmark.
+const STORE_BENCH_TASKS: usize = 2_000;
+
+/// `bench store`: the store's claim and transition throughput on a temp
+/// SQLite file or (with --db) a throwaway schema on PostgreSQL.
+async fn bench_store(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = match &args.db {
+        Some(url) => url.clone(),
+        None => format!("sqlite:{}", dir.path().join("store-bench.db").display()),
+    };
+    let report = trainyard_scheduler::store::bench::bench_store(&url, STORE_BENCH_TASKS)
+        .await
+        .context("store benchmark failed")?;
+    let mut line = serde_json::to_value(&report)?;
+    if let Some(obj) = line.as_object_mut() {
+        obj.insert("workload".into(), Value::from("store"));
+    }
+    emit(&line);
+    Ok(())
 }
 
 fn emit(line: &Value) {

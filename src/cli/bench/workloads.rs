@@ -25,6 +25,9 @@ pub enum Workload {
     Packing,
     /// Only the machine's ceiling: spawning and reaping `true` on 8 threads.
     Ceiling,
+    /// The store alone: claim and compare-and-set transition throughput
+    /// (2,000 tasks), no engine, no workers.
+    Store,
 }
 
 impl Workload {
@@ -44,6 +47,7 @@ impl Workload {
             Workload::Wide => "wide",
             Workload::Packing => "packing",
             Workload::Ceiling => "ceiling_spawn",
+            Workload::Store => "store",
         }
     }
 
@@ -106,7 +110,7 @@ impl DagPlan {
                 .map(|i| TaskSpec::truth(format!("t_{i:05}"), vec![]))
                 .collect(),
             Workload::Packing => packing(),
-            Workload::Ceiling => Vec::new(),
+            Workload::Ceiling | Workload::Store => Vec::new(),
         };
         Self {
             workload,
