@@ -319,6 +319,17 @@ async fn user_triggers_churn_retrain_watches_it_succeed_reads_logs_and_sees_gpus
         json!("yes"),
         "the run page reloaded instead of updating in place"
     );
+    let ended = ui.text("#run-ended").await;
+    assert!(
+        ended.starts_with("20"),
+        "end time filled in live: {ended:?}"
+    );
+    let cancel = ui
+        .client
+        .find_all(Locator::Css("#cancel-run"))
+        .await
+        .unwrap();
+    assert!(cancel.is_empty(), "an ended run still offers Cancel");
     let deploy = ui.text("#tasks tr[data-task=\"deploy\"] .state").await;
     assert!(
         matches!(deploy.as_str(), "success" | "skipped"),

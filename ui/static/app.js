@@ -18,6 +18,15 @@ function fmtDuration(start, end) {
   return Math.floor(ms / 60000) + " min";
 }
 
+// A timestamp as the server renders it (`when` in layout.rs): UTC, to the second.
+function setTime(el, iso) {
+  if (!el || !iso) return;
+  const t = document.createElement("time");
+  t.setAttribute("datetime", iso);
+  t.textContent = new Date(iso).toISOString().slice(0, 19).replace("T", " ");
+  el.replaceChildren(t);
+}
+
 // Run page: poll the run every second until it ends.
 function followRun(badge) {
   const run = badge.dataset.run;
@@ -31,6 +40,8 @@ function followRun(badge) {
       return setTimeout(tick, 2000);
     }
     setBadge(badge, data.run.state);
+    setTime(document.getElementById("run-started"), data.run.started_at);
+    setTime(document.getElementById("run-ended"), data.run.ended_at);
     for (const t of data.tasks) {
       const row = document.querySelector('#tasks tr[data-task="' + CSS.escape(t.task_id) + '"]');
       if (row) {
@@ -44,7 +55,10 @@ function followRun(badge) {
       const node = document.querySelector('svg.graph g.node[data-task="' + CSS.escape(t.task_id) + '"]');
       if (node) node.setAttribute("class", "node st-" + t.state);
     }
-    if (!["success", "failed", "cancelled"].includes(data.run.state)) setTimeout(tick, 1000);
+    if (!["success", "failed", "cancelled"].includes(data.run.state)) return setTimeout(tick, 1000);
+    // An ended run cannot be cancelled: drop the button rather than offer it.
+    const cancel = document.getElementById("cancel-run");
+    if (cancel) cancel.remove();
   };
   setTimeout(tick, 1000);
 }

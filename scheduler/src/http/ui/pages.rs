@@ -480,12 +480,12 @@ pub(super) async fn run_page(
             dt { "Run id" } dd { code { (run.id) } }
             dt { "Trigger" } dd { (run.trigger) }
             dt { "Logical date" } dd { (when(run.logical_date)) }
-            dt { "Started" } dd { (when(run.started_at)) }
+            dt { "Started" } dd id="run-started" { (when(run.started_at)) }
             dt { "Ended" } dd id="run-ended" { (when(run.ended_at)) }
             dt { "Params" } dd { pre class="params" { (params) } }
         }
         @if ctx.can_operate() && !run.state.is_terminal() {
-            form class="inline" method="post" action={"/runs/" (run.id) "/cancel"} { (ctx.csrf_field()) button class="danger" type="submit" { "Cancel run" } }
+            form id="cancel-run" class="inline" method="post" action={"/runs/" (run.id) "/cancel"} { (ctx.csrf_field()) button class="danger" type="submit" { "Cancel run" } }
         }
         @if let Some(d) = &detail { (svg::graph(&d.graph, &states, Some(&run.id.to_string()))) }
         table class="tasks" id="tasks" {
