@@ -64,13 +64,16 @@ pub type Result<T, E = LogError> = std::result::Result<T, E>;
 /// re-read the file.
 const FOLLOW_BUFFER: usize = 1024;
 
+/// Live senders per (run, task).
+type Followers = HashMap<(RunId, String), broadcast::Sender<LogLine>>;
+
 /// Appends and serves attempt logs. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
     root: PathBuf,
     /// Followers per (run, task); entries are created on demand and removed
     /// when the last follower leaves and a write finds no receivers.
-    followers: Arc<Mutex<HashMap<(RunId, String), broadcast::Sender<LogLine>>>>,
+    followers: Arc<Mutex<Followers>>,
     /// Where finished attempts' logs are archived; `None`: local files only.
     archive: Option<ArtifactStore>,
 }

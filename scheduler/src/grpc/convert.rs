@@ -492,7 +492,8 @@ mod tests {
 
     #[test]
     fn absurd_or_malformed_registrations_are_refused_with_the_field_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut v1::RegisterRequest)>)> = vec![
+        type Mutate = Box<dyn Fn(&mut v1::RegisterRequest)>;
+        let cases: Vec<(&str, Mutate)> = vec![
             ("worker_id", Box::new(|r| r.worker_id = "not-a-uuid".into())),
             ("name", Box::new(|r| r.name = "  ".into())),
             ("name", Box::new(|r| r.name = "x".repeat(10_000))),
