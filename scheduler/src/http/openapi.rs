@@ -13,7 +13,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{api, read};
+use super::{api, lineage, read};
 
 /// Every error: a stable machine-readable code and a message for people.
 #[derive(Debug, Serialize, ToSchema)]
@@ -160,6 +160,7 @@ impl Modify for BearerAuth {
         api::list_runs, api::get_run, api::cancel_run, api::cancel_task, api::clear_task,
         api::task_log, api::task_log_stream,
         read::list_workers,
+        lineage::run_artifacts, lineage::metric_series,
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
