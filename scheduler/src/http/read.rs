@@ -166,7 +166,7 @@ pub async fn dag_summary(
     };
     let raw = version.map(|v| {
         (
-            v.spec,
+            masked_spec(v.spec),
             VersionInfo {
                 id: v.id.get(),
                 content_hash: v.content_hash,
@@ -175,6 +175,26 @@ pub async fn dag_summary(
         )
     });
     Ok((summary, spec, raw))
+}
+
+/// The stored spec with every secret env value (`secret = true` with a literal
+/// value) replaced by `***`: the API shows DAGs to viewers, never their secrets.
+pub fn masked_spec(mut spec: Value) -> Value {
+    if let Some(tasks) = spec.get_mut("tasks").and_then(Value::as_object_mut) {
+        for task in tasks.values_mut() {
+            let Some(env) = task.get_mut("env").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for var in env.values_mut() {
+                if var.get("secret").and_then(Value::as_bool) == Some(true) {
+                    if let Some(value) = var.pointer_mut("/source/value") {
+                        *value = Value::from("***");
+                    }
+                }
+            }
+        }
+    }
+    spec
 }
 
 /// Every DAG with its schedule state and recent runs.
@@ -366,4 +386,25 @@ pub async fn list_workers(State(state): State<AppState>) -> ApiResult<Json<Worke
     Ok(Json(WorkerList {
         workers: workers(state.store.as_ref()).await?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_spec;
+    use serde_json::json;
+
+    #[test]
+    fn secret_env_values_are_masked_and_others_kept() {
+        let spec = json!({"tasks": {"t": {"env": {
+            "TOKEN": {"source": {"value": "hunter2"}, "secret": true},
+            "FROM": {"source": {"from_env": "AWS_SECRET"}, "secret": true},
+            "LEVEL": {"source": {"value": "debug"}, "secret": false}
+        }}}});
+        let masked = masked_spec(spec);
+        let env = &masked["tasks"]["t"]["env"];
+        assert_eq!(env["TOKEN"]["source"]["value"], "***");
+        assert_eq!(env["FROM"]["source"]["from_env"], "AWS_SECRET");
+        assert_eq!(env["LEVEL"]["source"]["value"], "debug");
+        assert!(!masked.to_string().contains("hunter2"));
+    }
 }
