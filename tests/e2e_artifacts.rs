@@ -50,7 +50,12 @@ fn artifact<'a>(list: &'a Value, task: &str, suffix: &str) -> &'a Value {
 }
 
 fn consumers(a: &Value) -> Vec<String> {
-    a["consumers"].as_array().unwrap().iter().map(|c| c["task_id"].as_str().unwrap().to_owned()).collect()
+    a["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["task_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,32 +69,64 @@ async fn the_gate_deploys_a_good_model_and_skips_a_bad_one_with_inputs_through_t
     cluster.start_worker("cpu-b", "none", &[]);
     cluster.wait_workers(2).await;
 
-    let good = cluster.trigger("churn_retrain", json!({ "epochs": 40 })).await;
+    let good = cluster
+        .trigger("churn_retrain", json!({ "epochs": 40 }))
+        .await;
     let detail = cluster.wait_run(&good, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     for t in ["ingest", "train", "evaluate", "deploy"] {
         assert_eq!(task(&detail, t)["state"], "success", "{t}: {detail}");
     }
     let models = cluster.dir.path().join("dags/models");
     assert!(models.join("CURRENT").exists(), "deploy wrote CURRENT");
-    assert!(models.join(format!("churn-{good}.json")).exists(), "deploy copied the model");
+    assert!(
+        models.join(format!("churn-{good}.json")).exists(),
+        "deploy copied the model"
+    );
 
     // Evaluate's input is a downloaded copy, not a link into another work dir.
     let input = ["work-cpu-a", "work-cpu-b"]
         .iter()
-        .map(|w| cluster.dir.path().join(w).join(&good).join("evaluate/1/in/train/model.json"))
+        .map(|w| {
+            cluster
+                .dir
+                .path()
+                .join(w)
+                .join(&good)
+                .join("evaluate/1/in/train/model.json")
+        })
         .find(|p| p.exists())
         .expect("evaluate's input model in one of the work dirs");
-    assert!(!std::fs::symlink_metadata(&input).unwrap().file_type().is_symlink());
-    let stored = cluster.dir.path().join("data/artifacts/runs").join(&good).join("train/1/out/model.json");
-    assert_eq!(std::fs::read(&input).unwrap(), std::fs::read(&stored).unwrap());
+    assert!(
+        !std::fs::symlink_metadata(&input)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let stored = cluster
+        .dir
+        .path()
+        .join("data/artifacts/runs")
+        .join(&good)
+        .join("train/1/out/model.json");
+    assert_eq!(
+        std::fs::read(&input).unwrap(),
+        std::fs::read(&stored).unwrap()
+    );
 
     // Lineage: train attempt 1 produced the model; evaluate and deploy consumed it.
     let lineage = cluster
         .wait_until(LONG, "lineage of the model", || async {
             let v = cluster.get(&format!("/api/v1/runs/{good}/artifacts")).await;
             let ok = v["artifacts"].as_array().unwrap().iter().any(|a| {
-                a["task_id"] == "train" && a["key"].as_str().unwrap().ends_with("/out/model.json") && consumers(a).len() >= 2
+                a["task_id"] == "train"
+                    && a["key"].as_str().unwrap().ends_with("/out/model.json")
+                    && consumers(a).len() >= 2
             });
             ok.then_some(v)
         })
@@ -97,8 +134,14 @@ async fn the_gate_deploys_a_good_model_and_skips_a_bad_one_with_inputs_through_t
     let model = artifact(&lineage, "train", "/out/model.json");
     assert_eq!(model["attempt"], 1);
     assert_eq!(model["key"], format!("runs/{good}/train/1/out/model.json"));
-    assert!(model["uri"].as_str().unwrap().starts_with("file://"), "{model}");
-    assert_eq!(model["size"].as_u64().unwrap(), std::fs::metadata(&stored).unwrap().len());
+    assert!(
+        model["uri"].as_str().unwrap().starts_with("file://"),
+        "{model}"
+    );
+    assert_eq!(
+        model["size"].as_u64().unwrap(),
+        std::fs::metadata(&stored).unwrap().len()
+    );
     assert_eq!(model["sha256"].as_str().unwrap().len(), 64);
     let mut by = consumers(model);
     by.sort();
@@ -107,15 +150,30 @@ async fn the_gate_deploys_a_good_model_and_skips_a_bad_one_with_inputs_through_t
     assert_eq!(consumers(dataset), ["train"]);
 
     // The bad model fails the gate: deploy skipped, the run still succeeds.
-    let bad = cluster.trigger("churn_retrain", json!({ "epochs": 40, "force_bad_model": true })).await;
+    let bad = cluster
+        .trigger(
+            "churn_retrain",
+            json!({ "epochs": 40, "force_bad_model": true }),
+        )
+        .await;
     let detail = cluster.wait_run(&bad, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     assert_eq!(task(&detail, "evaluate")["state"], "success", "{detail}");
     assert_eq!(task(&detail, "deploy")["state"], "skipped", "{detail}");
-    assert!(!models.join(format!("churn-{bad}.json")).exists(), "the bad model was deployed");
+    assert!(
+        !models.join(format!("churn-{bad}.json")).exists(),
+        "the bad model was deployed"
+    );
 
     // Metrics across runs: the good auc clears the bar, the bad one does not.
-    let series = cluster.get("/api/v1/dags/churn_retrain/metrics?task=evaluate&name=auc").await;
+    let series = cluster
+        .get("/api/v1/dags/churn_retrain/metrics?task=evaluate&name=auc")
+        .await;
     let points = series["points"].as_array().unwrap();
     assert_eq!(points.len(), 2, "{series}");
     assert_eq!(points[0]["run_id"], good.as_str());
@@ -148,14 +206,22 @@ impl S3Server {
         let addr = listener.local_addr().unwrap();
         let accept_loop = tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
                 let service = service.clone();
                 tokio::spawn(async move {
-                    let _ = ConnBuilder::new(TokioExecutor::new()).serve_connection(TokioIo::new(socket), service).await;
+                    let _ = ConnBuilder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
                 });
             }
         });
-        Self { endpoint: format!("http://{addr}"), root, accept_loop }
+        Self {
+            endpoint: format!("http://{addr}"),
+            root,
+            accept_loop,
+        }
     }
 
     /// The usual AWS env, as an operator would set it for both processes.
@@ -177,18 +243,27 @@ impl Drop for S3Server {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_runs_on_a_real_s3_server_and_logs_outlive_the_worker_and_the_scheduler_disk() {
+async fn the_pipeline_runs_on_a_real_s3_server_and_logs_outlive_the_worker_and_the_scheduler_disk()
+{
     let s3 = S3Server::start("artifacts").await;
     let dir = tempfile::tempdir().unwrap();
     copy_example_dags(dir.path());
-    let mut cluster = Cluster::start_with_env(dir, &["--artifacts", "s3://artifacts/trainyard"], s3.env()).await;
+    let mut cluster =
+        Cluster::start_with_env(dir, &["--artifacts", "s3://artifacts/trainyard"], s3.env()).await;
     cluster.start_worker("s3-a", "none", &[]);
     cluster.start_worker("s3-b", "none", &[]);
     cluster.wait_workers(2).await;
 
-    let run = cluster.trigger("churn_retrain", json!({ "epochs": 40 })).await;
+    let run = cluster
+        .trigger("churn_retrain", json!({ "epochs": 40 }))
+        .await;
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     assert_eq!(task(&detail, "deploy")["state"], "success", "{detail}");
 
     // The bytes are on the S3 server, under the URL's prefix.
@@ -197,20 +272,28 @@ async fn the_pipeline_runs_on_a_real_s3_server_and_logs_outlive_the_worker_and_t
     assert!(on_server(&format!("runs/{run}/ingest/1/out/dataset.csv")).is_file());
     let lineage = cluster.get(&format!("/api/v1/runs/{run}/artifacts")).await;
     let model = artifact(&lineage, "train", "/out/model.json");
-    assert_eq!(model["uri"], format!("s3://artifacts/trainyard/runs/{run}/train/1/out/model.json"));
+    assert_eq!(
+        model["uri"],
+        format!("s3://artifacts/trainyard/runs/{run}/train/1/out/model.json")
+    );
 
     // Every attempt's log is archived on S3 and recorded on the attempt.
     let detail = wait_logs_archived(&cluster, &run).await;
     let train = task(&detail, "train");
-    assert_eq!(train["attempts"][0]["log_location"], format!("s3://artifacts/trainyard/runs/{run}/train/1/log.txt"));
-    let archived = std::fs::read_to_string(on_server(&format!("runs/{run}/train/1/log.txt"))).unwrap();
+    assert_eq!(
+        train["attempts"][0]["log_location"],
+        format!("s3://artifacts/trainyard/runs/{run}/train/1/log.txt")
+    );
+    let archived =
+        std::fs::read_to_string(on_server(&format!("runs/{run}/train/1/log.txt"))).unwrap();
     assert!(archived.contains("model written to"), "{archived}");
 
     // The workers die and the scheduler's local logs are wiped: the API
     // still serves the log, from the object store.
     for w in &mut cluster.workers {
         w.signal("KILL");
-        w.wait_exit(Duration::from_secs(30)).expect("worker exits after SIGKILL");
+        w.wait_exit(Duration::from_secs(30))
+            .expect("worker exits after SIGKILL");
     }
     std::fs::remove_dir_all(cluster.dir.path().join("data/logs")).unwrap();
     let served = text(&cluster, &format!("/api/v1/runs/{run}/tasks/train/logs")).await;
@@ -239,19 +322,35 @@ FROM_ENV = {{ from_env = "TY_E2E_SECRET", secret = true }}
         ),
     )
     .unwrap();
-    let mut cluster = Cluster::start_with_env(dir, &[], vec![("TY_E2E_SECRET", FROM_ENV.to_owned())]).await;
+    let mut cluster =
+        Cluster::start_with_env(dir, &[], vec![("TY_E2E_SECRET", FROM_ENV.to_owned())]).await;
     cluster.start_worker("w", "none", &[]);
     cluster.wait_workers(1).await;
     let run = cluster.trigger("secrets", json!({})).await;
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     wait_logs_archived(&cluster, &run).await;
 
     let root = cluster.dir.path();
-    let local = std::fs::read_to_string(root.join("data/logs").join(&run).join("leak/1.log")).unwrap();
-    let archived = std::fs::read_to_string(root.join("data/artifacts/runs").join(&run).join("leak/1/log.txt")).unwrap();
+    let local =
+        std::fs::read_to_string(root.join("data/logs").join(&run).join("leak/1.log")).unwrap();
+    let archived = std::fs::read_to_string(
+        root.join("data/artifacts/runs")
+            .join(&run)
+            .join("leak/1/log.txt"),
+    )
+    .unwrap();
     let served = text(&cluster, &format!("/api/v1/runs/{run}/tasks/leak/logs")).await;
-    for (what, log) in [("local file", &local), ("object store", &archived), ("API", &served)] {
+    for (what, log) in [
+        ("local file", &local),
+        ("object store", &archived),
+        ("API", &served),
+    ] {
         assert!(log.contains("literal=*** from_env=***"), "{what}: {log}");
         assert!(log.contains("again ***"), "{what}: {log}");
         assert!(log.contains("plain line"), "{what}: {log}");

@@ -82,7 +82,7 @@ fn pid_alive(pid: &str) -> bool {
         .success()
 }
 
-fn attempt_of<'a>(t: &'a Value, n: i64) -> &'a Value {
+fn attempt_of(t: &Value, n: i64) -> &Value {
     t["attempts"]
         .as_array()
         .unwrap()

@@ -19,7 +19,12 @@ fn write_dag(dir: &Path, name: &str, body: &str) {
 
 /// The attempt of a task's detail with this number.
 fn attempt(task: &Value, n: i64) -> &Value {
-    task["attempts"].as_array().unwrap().iter().find(|a| a["attempt"] == n).unwrap_or_else(|| panic!("no attempt {n} in {task}"))
+    task["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["attempt"] == n)
+        .unwrap_or_else(|| panic!("no attempt {n} in {task}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,13 +36,23 @@ async fn example_retraining_pipeline_succeeds_across_processes() {
     cluster.start_worker("cpu-b", "none", &[]);
     cluster.wait_workers(2).await;
 
-    let run = cluster.trigger("churn_retrain", json!({ "epochs": 40 })).await;
+    let run = cluster
+        .trigger("churn_retrain", json!({ "epochs": 40 }))
+        .await;
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
     for t in ["ingest", "train", "evaluate", "deploy"] {
         assert_eq!(task(&detail, t)["state"], "success", "{t}: {detail}");
     }
-    assert!(cluster.dir.path().join("dags/models/CURRENT").exists(), "deploy wrote the model");
+    assert!(
+        cluster.dir.path().join("dags/models/CURRENT").exists(),
+        "deploy wrote the model"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,14 +103,28 @@ resources = {{ gpus = 1, gpu_model = "H100" }}
 
     let run = cluster.trigger("gpu_pack", json!({})).await;
     let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(detail["run"]["state"], "success", "{detail}\n{}", cluster.logs());
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
 
-    let read = |name: &str| std::fs::read_to_string(Path::new(&out).join(format!("{name}.gpus"))).unwrap().trim().to_owned();
-    let gpus = |name: &str| -> Vec<u32> { read(name).split(',').map(|g| g.parse().unwrap()).collect() };
+    let read = |name: &str| {
+        std::fs::read_to_string(Path::new(&out).join(format!("{name}.gpus")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let gpus =
+        |name: &str| -> Vec<u32> { read(name).split(',').map(|g| g.parse().unwrap()).collect() };
     let (a, b) = (gpus("a"), gpus("b"));
     assert_eq!(a.len(), 2);
     assert_eq!(b.len(), 2);
-    assert!(a.iter().all(|g| !b.contains(g)), "a {a:?} and b {b:?} share a GPU");
+    assert!(
+        a.iter().all(|g| !b.contains(g)),
+        "a {a:?} and b {b:?} share a GPU"
+    );
     let mut c = gpus("c");
     c.sort();
     assert_eq!(c, vec![0, 1, 2, 3]);
@@ -106,15 +135,26 @@ resources = {{ gpus = 1, gpu_model = "H100" }}
     let recorded: Vec<u32> = serde_json::from_value(task(&detail, "a")["gpus"].clone()).unwrap();
     assert_eq!(recorded, a);
     // c started only after a and b ended.
-    let c_start = attempt(task(&detail, "c"), 1)["started_at"].as_str().unwrap().to_owned();
+    let c_start = attempt(task(&detail, "c"), 1)["started_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for t in ["a", "b"] {
-        let end = attempt(task(&detail, t), 1)["ended_at"].as_str().unwrap().to_owned();
-        assert!(parse(&c_start) >= parse(&end), "c started {c_start} before {t} ended {end}");
+        let end = attempt(task(&detail, t), 1)["ended_at"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            parse(&c_start) >= parse(&end),
+            "c started {c_start} before {t} ended {end}"
+        );
     }
 }
 
 fn parse(t: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&chrono::Utc)
+    chrono::DateTime::parse_from_rfc3339(t)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,13 +184,21 @@ command = ["python3", "-c", "import sys; open(sys.argv[2], 'w').write(sys.argv[1
         format!("; touch {root}/pwned4; echo"),
     ];
     for attack in &attacks {
-        let run = cluster.trigger("echo_param", json!({ "msg": attack })).await;
+        let run = cluster
+            .trigger("echo_param", json!({ "msg": attack }))
+            .await;
         let detail = cluster.wait_run(&run, LONG).await;
         assert_eq!(detail["run"]["state"], "success", "{detail}");
         let got = std::fs::read_to_string(cluster.dir.path().join("got.txt")).unwrap();
-        assert_eq!(&got, attack, "the param arrived as exactly one argv element");
+        assert_eq!(
+            &got, attack,
+            "the param arrived as exactly one argv element"
+        );
     }
     for n in 1..=4 {
-        assert!(!cluster.dir.path().join(format!("pwned{n}")).exists(), "pwned{n} was created");
+        assert!(
+            !cluster.dir.path().join(format!("pwned{n}")).exists(),
+            "pwned{n} was created"
+        );
     }
 }

@@ -54,10 +54,10 @@ fn parse_exposition(text: &str) -> BTreeSet<String> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad name in {line:?}"
         );
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
-            }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
         }
         let family = ["_bucket", "_sum", "_count"]
             .iter()
@@ -113,14 +113,13 @@ async fn metrics_page_parses_and_counts_a_real_run() {
         .unwrap();
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            if let Ok(trainyard_scheduler::engine::EngineEvent::RunState {
-                run_id, state, ..
-            }) = events.recv().await
+            if let Ok(trainyard_scheduler::engine::EngineEvent::RunState { run_id, state, .. }) =
+                events.recv().await
+                && run_id == run
+                && state.is_terminal()
             {
-                if run_id == run && state.is_terminal() {
-                    assert_eq!(state, RunState::Success);
-                    return;
-                }
+                assert_eq!(state, RunState::Success);
+                return;
             }
         }
     })

@@ -58,11 +58,14 @@ async fn a_worker_speaking_another_protocol_version_is_rejected_with_the_reason(
     s.shutdown().await;
 }
 
+/// A change that makes a valid registration invalid.
+type Mutation = Box<dyn Fn(&mut v1::RegisterRequest)>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_registrations_and_streams_get_invalid_argument_and_the_server_keeps_serving() {
     let s = Scheduler::start().await;
     let mut client = s.client().await;
-    let bad: Vec<(&str, Box<dyn Fn(&mut v1::RegisterRequest)>)> = vec![
+    let bad: Vec<(&str, Mutation)> = vec![
         ("bad uuid", Box::new(|r| r.worker_id = "not-a-uuid".into())),
         ("no slots", Box::new(|r| r.slots = 0)),
         ("absurd cpus", Box::new(|r| r.cpus = u32::MAX)),

@@ -203,8 +203,8 @@ pub fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 println!(
-                    "{:<36}  {:<20}  {:<9}  {:<9}  {:<20}  {}",
-                    "RUN", "DAG", "STATE", "TRIGGER", "LOGICAL DATE", "CREATED"
+                    "{:<36}  {:<20}  {:<9}  {:<9}  {:<20}  CREATED",
+                    "RUN", "DAG", "STATE", "TRIGGER", "LOGICAL DATE"
                 );
                 for run in page["runs"].as_array().into_iter().flatten() {
                     println!(
@@ -254,8 +254,8 @@ pub fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
 fn print_tasks(detail: &Value, out: &mut dyn std::io::Write) {
     let _ = writeln!(
         out,
-        "{:<24}  {:<16}  {:>7}  {:<20}  {:<8}  {}",
-        "TASK", "STATE", "ATTEMPT", "WORKER", "GPUS", "NOTE"
+        "{:<24}  {:<16}  {:>7}  {:<20}  {:<8}  NOTE",
+        "TASK", "STATE", "ATTEMPT", "WORKER", "GPUS"
     );
     for task in detail["tasks"].as_array().into_iter().flatten() {
         let gpus: Vec<String> = task["gpus"]

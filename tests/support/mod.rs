@@ -48,7 +48,10 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{sig} {} failed", self.name);
     }
 
@@ -91,7 +94,11 @@ fn spawn(name: &str, args: &[String], dir: &Path, envs: &[(&str, String)]) -> Pr
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap();
-    Proc { child, name: name.to_owned(), log }
+    Proc {
+        child,
+        name: name.to_owned(),
+        log,
+    }
 }
 
 /// Addresses the scheduler wrote to its ready file.
@@ -142,13 +149,20 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], with `env` set for the scheduler and every worker.
-    pub async fn start_with_env(dir: tempfile::TempDir, extra: &[&str], env: Vec<(&'static str, String)>) -> Cluster {
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        extra: &[&str],
+        env: Vec<(&'static str, String)>,
+    ) -> Cluster {
         let db = fresh_pg_database().await;
         let mut cluster = Cluster {
             dir,
             db,
             scheduler: None,
-            addrs: Addrs { http: String::new(), grpc: String::new() },
+            addrs: Addrs {
+                http: String::new(),
+                grpc: String::new(),
+            },
             workers: Vec::new(),
             http: reqwest::Client::new(),
             env,
@@ -167,18 +181,43 @@ impl Cluster {
             (self.addrs.http.clone(), self.addrs.grpc.clone())
         };
         let mut args: Vec<String> = [
-            "scheduler", "--db", &self.db, "--dags", "dags", "--data-dir", "data",
-            "--http", &http, "--grpc", &grpc, "--ready-file",
+            "scheduler",
+            "--db",
+            &self.db,
+            "--dags",
+            "dags",
+            "--data-dir",
+            "data",
+            "--http",
+            &http,
+            "--grpc",
+            &grpc,
+            "--ready-file",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         args.push(ready.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let n = self.dir.path().read_dir().unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().starts_with("scheduler")
-        }).count();
-        let proc = spawn(&format!("scheduler{n}"), &args, self.dir.path(), &self.env_refs());
+        let n = self
+            .dir
+            .path()
+            .read_dir()
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("scheduler")
+            })
+            .count();
+        let proc = spawn(
+            &format!("scheduler{n}"),
+            &args,
+            self.dir.path(),
+            &self.env_refs(),
+        );
         let text = wait_for_file(&ready, Duration::from_secs(60), &proc);
         let v: Value = serde_json::from_str(&text).unwrap();
         self.addrs = Addrs {
@@ -198,8 +237,15 @@ impl Cluster {
     /// Starts `trainyard worker` connected to this scheduler.
     pub fn start_worker(&mut self, name: &str, gpus: &str, extra: &[&str]) -> usize {
         let mut args: Vec<String> = [
-            "worker", "--scheduler", &format!("http://{}", self.addrs.grpc), "--name", name,
-            "--gpus", gpus, "--work-dir", &format!("work-{name}"),
+            "worker",
+            "--scheduler",
+            &format!("http://{}", self.addrs.grpc),
+            "--name",
+            name,
+            "--gpus",
+            gpus,
+            "--work-dir",
+            &format!("work-{name}"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -242,7 +288,12 @@ impl Cluster {
     pub async fn wait_workers(&self, count: usize) {
         self.wait_until(Duration::from_secs(60), "workers to register", || async {
             let v = self.get("/api/v1/workers").await;
-            let online = v["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "active").count();
+            let online = v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["state"] == "active")
+                .count();
             (online >= count).then_some(())
         })
         .await;
@@ -252,7 +303,11 @@ impl Cluster {
     pub async fn wait_run(&self, run: &str, within: Duration) -> Value {
         self.wait_until(within, &format!("run {run} to finish"), || async {
             let v = self.get(&format!("/api/v1/runs/{run}")).await;
-            matches!(v["run"]["state"].as_str(), Some("success" | "failed" | "cancelled")).then_some(v)
+            matches!(
+                v["run"]["state"].as_str(),
+                Some("success" | "failed" | "cancelled")
+            )
+            .then_some(v)
         })
         .await
     }
@@ -293,10 +348,10 @@ impl Cluster {
 fn wait_for_file(path: &Path, within: Duration, proc: &Proc) -> String {
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text;
-            }
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text;
         }
         if Instant::now() > deadline {
             panic!("{} did not become ready:\n{}", proc.name, proc.log_text());
@@ -307,5 +362,10 @@ fn wait_for_file(path: &Path, within: Duration, proc: &Proc) -> String {
 
 /// The task entry of a run detail.
 pub fn task<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap_or_else(|| panic!("no task {id} in {run}"))
+    run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == id)
+        .unwrap_or_else(|| panic!("no task {id} in {run}"))
 }

@@ -186,10 +186,10 @@ pub fn masked_spec(mut spec: Value) -> Value {
                 continue;
             };
             for var in env.values_mut() {
-                if var.get("secret").and_then(Value::as_bool) == Some(true) {
-                    if let Some(value) = var.pointer_mut("/source/value") {
-                        *value = Value::from("***");
-                    }
+                if var.get("secret").and_then(Value::as_bool) == Some(true)
+                    && let Some(value) = var.pointer_mut("/source/value")
+                {
+                    *value = Value::from("***");
                 }
             }
         }

@@ -157,9 +157,9 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use trainyard_core::ids::{DagId, DagVersionId};
 
+use crate::store::Wakeup;
 use crate::store::error::{Result, StoreError};
 use crate::store::rows::{DAG_COLS, pg, sqlite};
-use crate::store::Wakeup;
 use crate::store::types::*;
 
 dag_impl!(crate::store::PgStore, sqlx::Postgres, pg);

@@ -240,9 +240,9 @@ use trainyard_core::ids::{DagId, RunId};
 use trainyard_core::state::{RunState, TaskState, TriggerKind};
 
 use super::common::{self, NewEvent};
+use crate::store::Wakeup;
 use crate::store::error::{Result, StoreError};
 use crate::store::rows::{EVENT_COLS, RUN_COLS, TI_COLS, parse, pg, sqlite};
-use crate::store::Wakeup;
 use crate::store::types::*;
 
 /// Refuses a run the schema would refuse, with a message that says why.
