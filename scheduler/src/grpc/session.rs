@@ -218,6 +218,8 @@ impl Session {
             }
             Kind::Heartbeat(hb) => {
                 let usage = convert::usage_from_proto(&hb.gpus).map_err(bad)?;
+                // Per-GPU utilisation and memory for /metrics, labelled by worker id.
+                crate::metrics::global().observe_gpu_usage(&self.worker.to_string(), &usage);
                 self.engine
                     .heartbeat(self.worker, usage)
                     .await
