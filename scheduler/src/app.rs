@@ -186,7 +186,10 @@ impl SchedulerApp {
         // broken first start is reported to the caller.
         let first = if election.try_acquire().await {
             match term.start(inbox).await {
-                Ok(running) => Phase::Leading(running),
+                Ok(running) => {
+                    election.mark_leading();
+                    Phase::Leading(running)
+                }
                 Err((err, _)) => {
                     election.step_down().await;
                     return Err(err);

@@ -269,7 +269,10 @@ pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phas
                     return;
                 }
                 match term.start(inbox).await {
-                    Ok(running) => Phase::Leading(running),
+                    Ok(running) => {
+                        election.mark_leading();
+                        Phase::Leading(running)
+                    }
                     Err((e, None)) => {
                         error!(error = %e, "engine task lost; shutting down");
                         shutdown.cancel();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{RunState, TaskState};
 
@@ -226,16 +226,28 @@ pub(crate) enum Command {
 pub struct EngineHandle {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) events: broadcast::Sender<EngineEvent>,
+    /// Whether an engine serves the channel now: a call made while none does
+    /// (a standby replica) or whose engine stops before replying fails with
+    /// [`EngineError::Stopped`] instead of waiting for a later engine.
+    pub(crate) serving: watch::Receiver<bool>,
 }
 
 impl EngineHandle {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let mut serving = self.serving.clone();
+        if !*serving.borrow_and_update() {
+            return Err(EngineError::Stopped);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(make(reply))
             .await
             .map_err(|_| EngineError::Stopped)?;
-        rx.await.map_err(|_| EngineError::Stopped)?
+        tokio::select! {
+            r = rx => r.map_err(|_| EngineError::Stopped)?,
+            // Left in the channel; the next engine drops it unread.
+            _ = serving.wait_for(|s| !*s) => Err(EngineError::Stopped),
+        }
     }
 
     /// The DAG's registration changed (new version, paused, deactivated): re-read it.
@@ -392,16 +404,25 @@ impl EngineHandle {
     /// A handle with no engine behind it yet, and the inbox an engine is
     /// built on ([`super::Engine::build_on`]). The handle outlives engines:
     /// a replica hands the inbox from one leadership term's engine to the
-    /// next, so callers keep one handle (and one event stream) throughout;
-    /// commands sent while no engine runs wait in the channel.
+    /// next, so callers keep one handle (and one event stream) throughout.
+    /// Calls made while no engine is built on it fail with `Stopped`.
     pub fn detached(command_buffer: usize) -> (EngineHandle, EngineInbox) {
         let (tx, rx) = mpsc::channel(command_buffer.max(1));
         let (events, _) = broadcast::channel(1 << 16);
+        let (serving_tx, serving) = watch::channel(false);
         let inbox = EngineInbox {
             rx,
             events: events.clone(),
+            serving: serving_tx,
         };
-        (EngineHandle { tx, events }, inbox)
+        (
+            EngineHandle {
+                tx,
+                events,
+                serving,
+            },
+            inbox,
+        )
     }
 }
 
@@ -411,6 +432,22 @@ impl EngineHandle {
 pub struct EngineInbox {
     pub(crate) rx: mpsc::Receiver<Command>,
     pub(crate) events: broadcast::Sender<EngineEvent>,
+    /// Tells the handles whether an engine serves this inbox.
+    pub(crate) serving: watch::Sender<bool>,
+}
+
+impl EngineInbox {
+    /// An engine takes the inbox: commands left from callers already told
+    /// `Stopped` are dropped unread, then calls are accepted again.
+    pub(crate) fn open(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+        self.serving.send_replace(true);
+    }
+
+    /// The engine stopped: waiting and new calls fail with `Stopped`.
+    pub(crate) fn close(&self) {
+        self.serving.send_replace(false);
+    }
 }
 
 impl From<oneshot::error::RecvError> for EngineError {

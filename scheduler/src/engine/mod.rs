@@ -145,6 +145,8 @@ pub struct Engine {
     core: Core,
     /// Commands from every handle.
     rx: mpsc::Receiver<Command>,
+    /// Cleared when the engine stops, so waiting callers get `Stopped`.
+    serving: tokio::sync::watch::Sender<bool>,
 }
 
 /// The state the engine's task owns; all handlers are methods on it.
@@ -194,7 +196,13 @@ impl Engine {
         opts: EngineOptions,
         inbox: EngineInbox,
     ) -> std::result::Result<Engine, (EngineError, EngineInbox)> {
-        let EngineInbox { rx, events } = inbox;
+        let mut inbox = inbox;
+        inbox.open();
+        let EngineInbox {
+            rx,
+            events,
+            serving,
+        } = inbox;
         let mut core = Core {
             store: opts.store.clone(),
             clock: opts.clock.clone(),
@@ -214,9 +222,15 @@ impl Engine {
             start_pending: true,
         };
         if let Err(e) = core.rebuild().await {
-            return Err((e, EngineInbox { rx, events }));
+            let inbox = EngineInbox {
+                rx,
+                events,
+                serving,
+            };
+            inbox.close();
+            return Err((e, inbox));
         }
-        Ok(Engine { core, rx })
+        Ok(Engine { core, rx, serving })
     }
 
     /// Runs until `shutdown` completes. Due cron slots, queued runs and ready
@@ -264,7 +278,9 @@ impl Engine {
         let inbox = EngineInbox {
             rx: self.rx,
             events: self.core.events,
+            serving: self.serving,
         };
+        inbox.close();
         (Ok(()), inbox)
     }
 }

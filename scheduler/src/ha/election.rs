@@ -45,7 +45,8 @@ impl LeaderElection {
         self.role.subscribe()
     }
 
-    /// One try for the lock. Trouble reaching the database counts as "not
+    /// One try for the lock (the role stays Standby until
+    /// [`LeaderElection::mark_leading`]). Trouble reaching the database counts as "not
     /// leader" (logged); the next try reconnects.
     pub async fn try_acquire(&mut self) -> bool {
         let won = match self.backend {
@@ -60,10 +61,17 @@ impl LeaderElection {
             },
         };
         if won {
-            info!("leader lock acquired; this replica leads");
-            self.role.send_replace(Role::Leader);
+            info!("leader lock acquired");
         }
         won
+    }
+
+    /// The engine runs under the lock now: publish [`Role::Leader`]. Kept
+    /// apart from acquiring so the role never says "leader" while the engine
+    /// is still rebuilding (callers would find no engine to talk to).
+    pub fn mark_leading(&self) {
+        info!("this replica leads");
+        self.role.send_replace(Role::Leader);
     }
 
     async fn try_lock(&mut self) -> Result<bool> {
