@@ -219,7 +219,19 @@ async fn runs_list_filters_paginates_and_run_detail_has_attempts() {
     worker.start(&a).await;
     h.settle().await;
 
-    // The worker page shows which attempt holds the GPU.
+    // The worker page shows which attempt holds the GPU and its heartbeat figures.
+    h.handle
+        .heartbeat(
+            worker.id,
+            vec![trainyard_scheduler::engine::GpuUsage {
+                index: 0,
+                utilization_percent: 87.0,
+                memory_used_bytes: 40_000_000_000,
+                healthy: true,
+            }],
+        )
+        .await
+        .unwrap();
     let resp = send(
         &router,
         req(Method::GET, "/api/v1/workers", Some(VIEWER), None),
@@ -230,6 +242,7 @@ async fn runs_list_filters_paginates_and_run_detail_has_attempts() {
     assert_eq!(gpu["model"], "A100");
     assert_eq!(gpu["held_by"]["task_id"], "train");
     assert_eq!(gpu["held_by"]["run_id"], first.as_str());
+    assert_eq!(gpu["utilization_percent"], 87.0);
 
     let resp = send(
         &router,

@@ -217,6 +217,7 @@ pub(crate) enum Command {
     WorkerDraining(WorkerId, Reply<()>),
     WorkerDisconnected(WorkerId, Reply<()>),
     WaitReasons(RunId, Reply<WaitReasons>),
+    GpuUsage(Reply<BTreeMap<WorkerId, Vec<GpuUsage>>>),
     RunCreatedElsewhere(RunId, Reply<()>),
     AdoptActiveRuns(Reply<usize>),
 }
@@ -376,6 +377,11 @@ impl EngineHandle {
     /// The stream dropped; its tasks keep running until the lost timeout.
     pub async fn worker_disconnected(&self, worker: WorkerId) -> Result<()> {
         self.call(|r| Command::WorkerDisconnected(worker, r)).await
+    }
+
+    /// The GPU utilisation and memory each worker reported in its latest heartbeat.
+    pub async fn gpu_usage(&self) -> Result<BTreeMap<WorkerId, Vec<GpuUsage>>> {
+        self.call(Command::GpuUsage).await
     }
 
     /// Why each waiting task of an active run is not running yet.

@@ -404,6 +404,14 @@ impl Core {
             Command::WaitReasons(run, reply) => {
                 let _ = reply.send(self.wait_reasons(run));
             }
+            Command::GpuUsage(reply) => {
+                let usage = self
+                    .workers
+                    .iter()
+                    .map(|(id, w)| (*id, w.usage.clone()))
+                    .collect();
+                let _ = reply.send(Ok(usage));
+            }
             Command::RunCreatedElsewhere(run, reply) => {
                 let r = self.adopt_run(run).await;
                 let _ = reply.send(r);

@@ -194,4 +194,13 @@ impl RunControl for HaControl {
     fn is_standby(&self) -> bool {
         !self.leading()
     }
+
+    async fn gpu_usage(
+        &self,
+    ) -> std::collections::BTreeMap<trainyard_core::ids::WorkerId, Vec<(u32, f64, u64)>> {
+        if !self.leading() {
+            return Default::default();
+        }
+        RunControl::gpu_usage(&self.engine).await
+    }
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use trainyard_core::ids::{DagId, RunId, TaskId};
+use trainyard_core::ids::{DagId, RunId, TaskId, WorkerId};
 
 use super::{ControlError, RunControl, TriggerRequest};
 use crate::engine::{EngineError, EngineHandle};
@@ -76,6 +76,25 @@ impl RunControl for EngineHandle {
             Ok(EngineHandle::pause(self, dag.clone()).await?)
         } else {
             Ok(EngineHandle::resume(self, dag.clone()).await?)
+        }
+    }
+
+    async fn gpu_usage(&self) -> std::collections::BTreeMap<WorkerId, Vec<(u32, f64, u64)>> {
+        match EngineHandle::gpu_usage(self).await {
+            Ok(usage) => usage
+                .into_iter()
+                .map(|(worker, gpus)| {
+                    let gpus = gpus
+                        .into_iter()
+                        .map(|g| (g.index, g.utilization_percent, g.memory_used_bytes))
+                        .collect();
+                    (worker, gpus)
+                })
+                .collect(),
+            Err(err) => {
+                tracing::debug!(error = %err, "no gpu usage");
+                Default::default()
+            }
         }
     }
 

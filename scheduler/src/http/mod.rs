@@ -15,6 +15,7 @@ mod read;
 mod routes;
 mod ui;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
-use trainyard_core::ids::{DagId, RunId};
+use trainyard_core::ids::{DagId, RunId, WorkerId};
 
 pub use auth::{ApiToken, AuthConfig, AuthError, Role, parse_token_list};
 pub use error::{ApiError, ApiResult};
@@ -96,6 +97,10 @@ pub trait RunControl: Send + Sync + 'static {
     /// A standby replica (HA): `/readyz` answers 503 so traffic goes to the leader.
     fn is_standby(&self) -> bool {
         false
+    }
+    /// Latest heartbeat GPU usage per worker: (index, utilisation %, memory used).
+    async fn gpu_usage(&self) -> BTreeMap<WorkerId, Vec<(u32, f64, u64)>> {
+        BTreeMap::new()
     }
 }
 

@@ -332,9 +332,16 @@ struct GpuRecord {
     memory_bytes: Option<u64>,
 }
 
-pub async fn workers(store: &dyn Store) -> ApiResult<Vec<WorkerView>> {
+pub async fn workers(
+    store: &dyn Store,
+    usage: &BTreeMap<WorkerId, Vec<(u32, f64, u64)>>,
+) -> ApiResult<Vec<WorkerView>> {
     let mut out = Vec::new();
     for w in store.list_workers().await? {
+        let utilization: BTreeMap<u32, f64> = usage
+            .get(&w.id)
+            .map(|gpus| gpus.iter().map(|(i, u, _)| (*i, *u)).collect())
+            .unwrap_or_default();
         let held = store.attempts_held_by_worker(w.id).await?;
         let running: Vec<GpuHolder> = held
             .iter()
@@ -361,7 +368,7 @@ pub async fn workers(store: &dyn Store) -> ApiResult<Vec<WorkerView>> {
                 uuid: g.uuid,
                 model: g.model,
                 memory_bytes: g.memory_bytes,
-                utilization_percent: None,
+                utilization_percent: utilization.get(&g.index).copied(),
             })
             .collect();
         out.push(WorkerView {
@@ -384,7 +391,7 @@ pub async fn workers(store: &dyn Store) -> ApiResult<Vec<WorkerView>> {
     responses((status = 200, body = WorkerList), (status = 401, body = super::openapi::ErrorBody)))]
 pub async fn list_workers(State(state): State<AppState>) -> ApiResult<Json<WorkerList>> {
     Ok(Json(WorkerList {
-        workers: workers(state.store.as_ref()).await?,
+        workers: workers(state.store.as_ref(), &state.control.gpu_usage().await).await?,
     }))
 }
 

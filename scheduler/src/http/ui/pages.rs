@@ -577,7 +577,7 @@ pub(super) async fn workers_page(
     who: Who,
 ) -> UiResult<Response> {
     let ctx = ctx(&headers, who);
-    let workers = read::workers(state.store.as_ref()).await?;
+    let workers = read::workers(state.store.as_ref(), &state.control.gpu_usage().await).await?;
     let body = html! {
         h1 { "Workers" }
         @if workers.is_empty() { p class="muted" { "No worker has registered." } }
