@@ -150,6 +150,8 @@ async fn metrics_page_parses_and_counts_a_real_run() {
         "trainyard_scheduling_latency_seconds_count",
         "trainyard_run_duration_seconds_count{state=\"success\"}",
         "trainyard_db_up",
+        "trainyard_db_pool_connections{state=\"in_use\"}",
+        "trainyard_db_pool_connections{state=\"max\"}",
         "trainyard_process_resident_memory_bytes",
     ] {
         assert!(samples.contains(series), "missing {series} in:\n{text}");

@@ -34,6 +34,17 @@ pub async fn handler(State(state): State<AppState>) -> Response {
     let metrics = global();
     let started = Instant::now();
     let ok = refresh_from_store(metrics, state.store.as_ref()).await;
+    let pool = state.store.pool_usage();
+    for (label, value) in [
+        ("in_use", pool.open.saturating_sub(pool.idle)),
+        ("idle", pool.idle),
+        ("max", pool.max),
+    ] {
+        metrics
+            .db_pool_connections
+            .with_label_values(&[label])
+            .set(i64::from(value));
+    }
     metrics
         .db_query_seconds
         .set(started.elapsed().as_secs_f64());

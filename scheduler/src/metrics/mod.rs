@@ -84,6 +84,8 @@ pub struct Metrics {
     pub events_lagged: IntCounter,
     /// 1 when the exporter's store queries succeeded at the last scrape.
     pub db_up: IntGauge,
+    /// Store pool connections: `in_use`, `idle`, `max`.
+    pub db_pool_connections: IntGaugeVec,
     /// How long the exporter's store queries took at the last scrape.
     pub db_query_seconds: prometheus::Gauge,
     /// Resident memory of this process (VmRSS).
@@ -198,6 +200,13 @@ impl Metrics {
             "trainyard_db_up",
             "1 when the exporter's store queries succeeded at the last scrape.",
         )?;
+        let db_pool_connections = IntGaugeVec::new(
+            Opts::new(
+                "trainyard_db_pool_connections",
+                "Database pool connections by state (in_use, idle) and the pool maximum (max).",
+            ),
+            &["state"],
+        )?;
         let db_query_seconds = prometheus::Gauge::new(
             "trainyard_db_scrape_query_seconds",
             "Duration of the exporter's store queries at the last scrape.",
@@ -220,6 +229,7 @@ impl Metrics {
             gpu_memory_used,
             events_lagged,
             db_up,
+            db_pool_connections,
             db_query_seconds,
             resident_memory,
         };
@@ -241,6 +251,7 @@ impl Metrics {
         r.register(Box::new(self.gpu_memory_used.clone()))?;
         r.register(Box::new(self.events_lagged.clone()))?;
         r.register(Box::new(self.db_up.clone()))?;
+        r.register(Box::new(self.db_pool_connections.clone()))?;
         r.register(Box::new(self.db_query_seconds.clone()))?;
         r.register(Box::new(self.resident_memory.clone()))?;
         Ok(())

@@ -115,6 +115,8 @@ fn redact(url: &str) -> String {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     fn backend(&self) -> Backend;
+    /// Connections of the pool(s) right now, for `/metrics`.
+    fn pool_usage(&self) -> PoolUsage;
 
     // ------------------------------------------------------------ schema
     /// Applies pending migrations; refuses a database newer than this binary.

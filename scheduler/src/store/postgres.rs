@@ -62,6 +62,14 @@ impl PgStore {
         Backend::Postgres
     }
 
+    pub(crate) fn pool_usage_now(&self) -> super::PoolUsage {
+        super::PoolUsage {
+            open: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
     pub(crate) fn read_pool(&self) -> &PgPool {
         &self.pool
     }

@@ -73,6 +73,21 @@ impl SqliteStore {
         Backend::Sqlite
     }
 
+    pub(crate) fn pool_usage_now(&self) -> super::PoolUsage {
+        let pools = [&self.writer, &self.reader];
+        super::PoolUsage {
+            open: pools.iter().map(|p| p.size()).sum(),
+            idle: pools
+                .iter()
+                .map(|p| u32::try_from(p.num_idle()).unwrap_or(u32::MAX))
+                .sum(),
+            max: pools
+                .iter()
+                .map(|p| p.options().get_max_connections())
+                .sum(),
+        }
+    }
+
     pub(crate) fn read_pool(&self) -> &SqlitePool {
         &self.reader
     }

@@ -20,6 +20,16 @@ pub enum Backend {
     Sqlite,
 }
 
+/// Database connections held by a store (all its pools together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PoolUsage {
+    /// Open connections (idle + in use).
+    pub open: u32,
+    pub idle: u32,
+    /// The most connections the pools may open.
+    pub max: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationStatus {
     pub version: i64,

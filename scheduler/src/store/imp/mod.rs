@@ -32,6 +32,9 @@ macro_rules! delegate {
             fn backend(&self) -> Backend {
                 self.backend_kind()
             }
+            fn pool_usage(&self) -> PoolUsage {
+                self.pool_usage_now()
+            }
             async fn migrate(&self) -> Result<()> {
                 self.migrate_now().await
             }
