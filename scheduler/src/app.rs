@@ -146,6 +146,7 @@ impl SchedulerApp {
             EngineHandle::detached(EngineOptions::new(store.clone(), clock.clone()).command_buffer);
         let mut tasks = JoinSet::new();
         crate::metrics::spawn_collector(&handle, shutdown.clone());
+        crate::metrics::traces::spawn_if_enabled(&handle, store.clone(), shutdown.clone());
         let logs = LogStore::new(config.data_dir.join("logs")).with_archive(artifacts.clone());
         let mut election = LeaderElection::new(ElectionOptions::new(config.db_url.clone()))?;
         let role = election.role();

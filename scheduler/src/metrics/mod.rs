@@ -27,6 +27,7 @@
 mod collector;
 mod exporter;
 mod process;
+pub mod traces;
 
 use std::sync::OnceLock;
 
