@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Cluster, copy_example_dags, task};
+use support::{Cluster, churn_run_succeeds, copy_example_dags, example_cluster, task};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -60,28 +60,10 @@ fn consumers(a: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gate_deploys_a_good_model_and_skips_a_bad_one_with_inputs_through_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_example_dags(dir.path());
-    let mut cluster = Cluster::start(dir, &[]).await;
     // Two workers with their own work dirs: a task finds its upstream's
     // output only through the artifact store.
-    cluster.start_worker("cpu-a", "none", &[]);
-    cluster.start_worker("cpu-b", "none", &[]);
-    cluster.wait_workers(2).await;
-
-    let good = cluster
-        .trigger("churn_retrain", json!({ "epochs": 40 }))
-        .await;
-    let detail = cluster.wait_run(&good, LONG).await;
-    assert_eq!(
-        detail["run"]["state"],
-        "success",
-        "{detail}\n{}",
-        cluster.logs()
-    );
-    for t in ["ingest", "train", "evaluate", "deploy"] {
-        assert_eq!(task(&detail, t)["state"], "success", "{t}: {detail}");
-    }
+    let cluster = example_cluster().await;
+    let (good, _) = churn_run_succeeds(&cluster, json!({ "epochs": 40 })).await;
     let models = cluster.dir.path().join("dags/models");
     assert!(models.join("CURRENT").exists(), "deploy wrote CURRENT");
     assert!(

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Cluster, copy_example_dags, task};
+use support::{Cluster, churn_run_succeeds, example_cluster, task};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -29,26 +29,8 @@ fn attempt(task: &Value, n: i64) -> &Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_retraining_pipeline_succeeds_across_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_example_dags(dir.path());
-    let mut cluster = Cluster::start(dir, &[]).await;
-    cluster.start_worker("cpu-a", "none", &[]);
-    cluster.start_worker("cpu-b", "none", &[]);
-    cluster.wait_workers(2).await;
-
-    let run = cluster
-        .trigger("churn_retrain", json!({ "epochs": 40 }))
-        .await;
-    let detail = cluster.wait_run(&run, LONG).await;
-    assert_eq!(
-        detail["run"]["state"],
-        "success",
-        "{detail}\n{}",
-        cluster.logs()
-    );
-    for t in ["ingest", "train", "evaluate", "deploy"] {
-        assert_eq!(task(&detail, t)["state"], "success", "{t}: {detail}");
-    }
+    let cluster = example_cluster().await;
+    churn_run_succeeds(&cluster, json!({ "epochs": 40 })).await;
     assert!(
         cluster.dir.path().join("dags/models/CURRENT").exists(),
         "deploy wrote the model"

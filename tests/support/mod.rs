@@ -369,3 +369,32 @@ pub fn task<'a>(run: &'a Value, id: &str) -> &'a Value {
         .find(|t| t["task_id"] == id)
         .unwrap_or_else(|| panic!("no task {id} in {run}"))
 }
+
+/// A scheduler with the example DAGs and two CPU workers (each with its own
+/// work dir, so inputs travel through the artifact store), all registered.
+pub async fn example_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example_dags(dir.path());
+    let mut cluster = Cluster::start(dir, &[]).await;
+    cluster.start_worker("cpu-a", "none", &[]);
+    cluster.start_worker("cpu-b", "none", &[]);
+    cluster.wait_workers(2).await;
+    cluster
+}
+
+/// Triggers `churn_retrain` with `params`, waits, and checks the run and every
+/// task succeeded; returns the run id and its detail.
+pub async fn churn_run_succeeds(cluster: &Cluster, params: Value) -> (String, Value) {
+    let run = cluster.trigger("churn_retrain", params).await;
+    let detail = cluster.wait_run(&run, Duration::from_secs(120)).await;
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\n{}",
+        cluster.logs()
+    );
+    for t in ["ingest", "train", "evaluate", "deploy"] {
+        assert_eq!(task(&detail, t)["state"], "success", "{t}: {detail}");
+    }
+    (run, detail)
+}
