@@ -55,36 +55,18 @@ pub fn run(cmd: DagCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every `*.toml` file named or found (recursively, sorted) under the paths.
+/// Every `*.toml` file named or found (recursively, sorted, hidden ones
+/// skipped) under the paths — the same walk the scheduler's loader does.
 pub fn dag_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
         if path.is_dir() {
-            collect_toml(path, &mut files)
-                .with_context(|| format!("cannot read folder {}", path.display()))?;
+            files.extend(trainyard_scheduler::dags::try_dag_files(path)?);
         } else {
             files.push(path.clone());
         }
     }
     Ok(files)
-}
-
-fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            collect_toml(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "toml") {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {

@@ -42,7 +42,12 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<ExitCode> {
         };
         let store = store::connect_with(&args.db, options)
             .await
-            .with_context(|| format!("cannot open the database {}", redact(&args.db)))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the database {}",
+                    trainyard_scheduler::store::redact(&args.db)
+                )
+            })?;
         if migrate {
             store.migrate().await?;
         }
@@ -69,12 +74,4 @@ pub fn run(cmd: DbCommand) -> anyhow::Result<ExitCode> {
         store.close().await;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Hides a password in a URL shown to people.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
-        _ => url.to_owned(),
-    }
 }

@@ -55,7 +55,7 @@ use crate::store::Store;
 
 pub use error::{DagLoadError, FileError, Result};
 pub use loader::DagLoader;
-pub use scan::dag_files;
+pub use scan::{dag_files, try_dag_files};
 
 /// Called with a DAG's id whenever the loader changed it in the store.
 pub type OnDagChange = Arc<dyn Fn(DagId) + Send + Sync>;

@@ -20,6 +20,19 @@ pub fn dag_files(dir: &Path) -> Vec<PathBuf> {
     scan_dir(dir).files
 }
 
+/// Like [`dag_files`], but a folder that cannot be listed is an error
+/// (for one-shot callers such as `trainyard dag validate`).
+pub fn try_dag_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let scan = scan_dir(dir);
+    match scan.unreadable.into_iter().next() {
+        Some((path, err)) => Err(io::Error::new(
+            err.kind(),
+            format!("cannot read {}: {err}", path.display()),
+        )),
+        None => Ok(scan.files),
+    }
+}
+
 /// What one walk of the folder found.
 pub(crate) struct DirScan {
     /// DAG files, sorted.

@@ -98,8 +98,8 @@ pub fn backend_of(url: &str) -> Result<Backend> {
     }
 }
 
-/// Drops a password from a URL before it goes into an error message.
-fn redact(url: &str) -> String {
+/// Drops a password from a URL before it goes into an error message or a log.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://…{}", &url[..scheme_end], &url[at..])

@@ -20,9 +20,12 @@ impl FreshDatabase {
     /// Creates `trainyard_bench_<uuid>` on the server of `base` (a URL of
     /// any database there the user may connect to).
     pub async fn create(base: &str) -> anyhow::Result<Self> {
-        let mut conn = sqlx::PgConnection::connect(base)
-            .await
-            .with_context(|| format!("cannot connect to {}", redact(base)))?;
+        let mut conn = sqlx::PgConnection::connect(base).await.with_context(|| {
+            format!(
+                "cannot connect to {}",
+                trainyard_scheduler::store::redact(base)
+            )
+        })?;
         let name = format!("trainyard_bench_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
@@ -61,10 +64,12 @@ fn with_database(base: &str, name: &str) -> anyhow::Result<String> {
         Some((h, q)) => (h, Some(q)),
         None => (base, None),
     };
-    let scheme_end = head
-        .find("://")
-        .ok_or_else(|| anyhow!("{} is not a postgres:// URL", redact(base)))?
-        + 3;
+    let scheme_end = head.find("://").ok_or_else(|| {
+        anyhow!(
+            "{} is not a postgres:// URL",
+            trainyard_scheduler::store::redact(base)
+        )
+    })? + 3;
     let authority_end = head[scheme_end..]
         .find('/')
         .map_or(head.len(), |i| scheme_end + i);
@@ -74,14 +79,6 @@ fn with_database(base: &str, name: &str) -> anyhow::Result<String> {
         url.push_str(q);
     }
     Ok(url)
-}
-
-/// Drops a password before a URL goes into a message.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
