@@ -97,7 +97,7 @@ fn validate(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 seen.insert(dag.id.to_string(), path.clone());
             }
             Err(errors) => {
-                eprint!("{errors}");
+                eprintln!("{errors}");
                 failed = true;
             }
         }
@@ -115,7 +115,7 @@ fn load(path: &Path) -> anyhow::Result<DagSpec> {
     match parse_dag(&shown, &source) {
         Ok(dag) => Ok(dag),
         Err(errors) => {
-            eprint!("{errors}");
+            eprintln!("{errors}");
             bail!(
                 "{shown} is not a valid DAG ({} errors)",
                 errors.errors.len()
