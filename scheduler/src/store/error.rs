@@ -39,6 +39,10 @@ pub enum StoreError {
         found_attempt: i32,
     },
 
+    /// An assignment found its task no longer `ready` at the expected attempt.
+    #[error("task instance {id} is no longer ready at attempt {attempt}; nothing was assigned")]
+    NotReady { id: TaskInstanceId, attempt: i32 },
+
     #[error("run {id}: expected state {expected}, found {found}")]
     RunConflict {
         id: RunId,
@@ -77,7 +81,27 @@ pub enum StoreError {
 impl StoreError {
     /// A compare-and-set lost a race or a report was fenced off: re-read, do not retry blindly.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::TaskConflict { .. } | Self::RunConflict { .. })
+        matches!(
+            self,
+            Self::TaskConflict { .. } | Self::RunConflict { .. } | Self::NotReady { .. }
+        )
+    }
+
+    /// The task instance a conflict is about, if it names one.
+    pub fn conflict_task(&self) -> Option<TaskInstanceId> {
+        match self {
+            Self::TaskConflict { id, .. } | Self::NotReady { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The run a conflict is about, if it names one.
+    pub fn conflict_run(&self) -> Option<RunId> {
+        match self {
+            Self::TaskConflict { run, .. } => Some(*run),
+            Self::RunConflict { id, .. } => Some(*id),
+            _ => None,
+        }
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -65,7 +65,7 @@ impl Default for ConnectOptions {
             migrate: true,
             max_connections: 16,
             pg_schema: None,
-            application_name: Some("trainyard".to_owned()),
+            application_name: Some("trainyard-pool".to_owned()),
             acquire_timeout: Duration::from_secs(30),
         }
     }
@@ -117,6 +117,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn backend(&self) -> Backend;
     /// Connections of the pool(s) right now, for `/metrics`.
     fn pool_usage(&self) -> PoolUsage;
+    /// Write transactions committed since the store was opened
+    /// (`trainyard_store_transactions_total`, `store_tx_per_task` in `bench`).
+    fn transactions_committed(&self) -> u64;
+
+    // ------------------------------------------------------------ engine turns
+    /// Commits every write of one engine turn, in order, in one transaction:
+    /// all or nothing. A compare-and-set that misses fails the whole batch
+    /// with a conflict ([`StoreError::is_conflict`]) and nothing is written.
+    async fn commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()>;
 
     // ------------------------------------------------------------ schema
     /// Applies pending migrations; refuses a database newer than this binary.

@@ -34,6 +34,8 @@ pub(crate) fn connect_options(url: &str, options: &ConnectOptions) -> Result<PgC
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Committed write transactions (shared by clones).
+    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PgStore {
@@ -44,7 +46,10 @@ impl PgStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            committed: Default::default(),
+        };
         if options.migrate {
             store.migrate_now().await?;
         } else {
@@ -72,6 +77,19 @@ impl PgStore {
 
     pub(crate) fn read_pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Commits a write transaction and counts it (`trainyard_store_transactions_total`).
+    pub(crate) async fn commit(&self, tx: Transaction<'static, Postgres>) -> Result<()> {
+        tx.commit().await?;
+        self.committed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write transactions committed since the store was opened.
+    pub(crate) fn transactions_committed_now(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {

@@ -30,6 +30,8 @@ pub struct SqliteStore {
     /// Read-only connections (the writer itself for in-memory databases, which
     /// cannot be shared between connections).
     reader: SqlitePool,
+    /// Committed write transactions (shared by clones).
+    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -55,7 +57,11 @@ impl SqliteStore {
                 .connect_with(base.read_only(true))
                 .await?
         };
-        let store = Self { writer, reader };
+        let store = Self {
+            writer,
+            reader,
+            committed: Default::default(),
+        };
         if options.migrate {
             store.migrate_now().await?;
         } else {
@@ -90,6 +96,19 @@ impl SqliteStore {
 
     pub(crate) fn read_pool(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    /// Commits a write transaction and counts it (`trainyard_store_transactions_total`).
+    pub(crate) async fn commit(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
+        tx.commit().await?;
+        self.committed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write transactions committed since the store was opened.
+    pub(crate) fn transactions_committed_now(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {

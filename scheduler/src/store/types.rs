@@ -437,3 +437,79 @@ pub struct StoredArtifact {
     /// Oldest first.
     pub consumers: Vec<ArtifactConsumer>,
 }
+
+/// One write of an engine turn. A [`WriteBatch`] commits its writes in order,
+/// all in one transaction ([`crate::store::Store::commit_batch`]).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// `assigned → running` for this attempt.
+    StartAttempt { id: TaskInstanceId, attempt: i32 },
+    /// The attempt ended (see [`FinishAttempt`]).
+    FinishAttempt(FinishAttempt),
+    /// Metrics an attempt reported.
+    Metrics {
+        id: TaskInstanceId,
+        attempt: i32,
+        metrics: Vec<(String, f64)>,
+    },
+    /// Compare-and-set task transitions, all or nothing.
+    Transitions(Vec<TaskTransition>),
+    /// A compare-and-set on a run's state.
+    Run(RunTransition),
+    /// `ready → assigned` for exactly these tasks at their expected attempts.
+    Assign(Vec<Assignment>),
+    RegisterWorker(NewWorker),
+    /// The worker's `last_heartbeat_at` (persisted now and then, not per beat).
+    Heartbeat { id: WorkerId },
+    WorkerState { id: WorkerId, state: WorkerState },
+    /// The worker is lost; every attempt it held becomes `lost`.
+    WorkerLost { id: WorkerId, reason: String },
+    /// Lineage: what an attempt produced.
+    Artifacts {
+        producer: AttemptOf,
+        artifacts: Vec<NewArtifact>,
+    },
+    /// Lineage: which of the run's artifacts an attempt consumed.
+    ArtifactInputs { consumer: AttemptOf, keys: Vec<String> },
+    /// Where the attempt's full log was archived.
+    LogLocation {
+        id: TaskInstanceId,
+        attempt: i32,
+        location: String,
+    },
+}
+
+/// The writes one engine turn decided, with the time each was decided.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub writes: Vec<(Write, DateTime<Utc>)>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Appends a write. Task transitions right after other task transitions
+    /// of the same moment join them (one statement per group instead of one
+    /// per wave) unless a task would appear twice.
+    pub fn push(&mut self, write: Write, at: DateTime<Utc>) {
+        if let (Write::Transitions(new), Some((Write::Transitions(last), last_at))) =
+            (&write, self.writes.last_mut())
+            && *last_at == at
+            && new.iter().all(|n| last.iter().all(|l| l.id != n.id))
+        {
+            last.extend(new.iter().cloned());
+            return;
+        }
+        self.writes.push((write, at));
+    }
+
+    pub fn clear(&mut self) {
+        self.writes.clear();
+    }
+}

@@ -17,6 +17,20 @@ macro_rules! artifact_impl {
                     return Ok(());
                 }
                 let mut tx = self.begin_write().await?;
+                Self::tx_record_artifacts(&mut tx, producer, artifacts, now).await?;
+                self.commit(tx).await
+            }
+
+            /// Records what an attempt produced, inside `tx`.
+            pub(crate) async fn tx_record_artifacts(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                producer: &AttemptOf,
+                artifacts: &[NewArtifact],
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                if artifacts.is_empty() {
+                    return Ok(());
+                }
                 for chunk in artifacts.chunks(common::CHUNK) {
                     let mut qb = QueryBuilder::<$Db>::new(
                         "INSERT INTO artifacts (run_id, task_id, task_instance_id, attempt, key, uri, \
@@ -44,9 +58,8 @@ macro_rules! artifact_impl {
                         )));
                     }
                     qb.push(" ON CONFLICT (run_id, key) DO NOTHING");
-                    qb.build().execute(&mut *tx).await?;
+                    qb.build().execute(&mut **tx).await?;
                 }
-                tx.commit().await?;
                 Ok(())
             }
 
@@ -59,8 +72,23 @@ macro_rules! artifact_impl {
                 if keys.is_empty() {
                     return Ok(0);
                 }
-                let mut linked = 0;
                 let mut tx = self.begin_write().await?;
+                let linked = Self::tx_record_artifact_inputs(&mut tx, consumer, keys, now).await?;
+                self.commit(tx).await?;
+                Ok(linked)
+            }
+
+            /// Links an attempt to the run's artifacts it consumed, inside `tx`.
+            pub(crate) async fn tx_record_artifact_inputs(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                consumer: &AttemptOf,
+                keys: &[String],
+                now: DateTime<Utc>,
+            ) -> Result<u64> {
+                if keys.is_empty() {
+                    return Ok(0);
+                }
+                let mut linked = 0;
                 for chunk in keys.chunks(common::CHUNK) {
                     let mut qb = QueryBuilder::<$Db>::new(
                         "INSERT INTO artifact_inputs (artifact_id, run_id, task_id, task_instance_id, \
@@ -83,9 +111,8 @@ macro_rules! artifact_impl {
                         list.push_bind(key.clone());
                     }
                     qb.push(") ON CONFLICT (artifact_id, task_instance_id, attempt) DO NOTHING");
-                    linked += qb.build().execute(&mut *tx).await?.rows_affected();
+                    linked += qb.build().execute(&mut **tx).await?.rows_affected();
                 }
-                tx.commit().await?;
                 Ok(linked)
             }
 
@@ -114,18 +141,28 @@ macro_rules! artifact_impl {
                 location: &str,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                Self::tx_set_attempt_log_location(&mut tx, id, attempt, location).await?;
+                self.commit(tx).await
+            }
+
+            /// Where an attempt's archived log lives, inside `tx`.
+            pub(crate) async fn tx_set_attempt_log_location(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                id: TaskInstanceId,
+                attempt: i32,
+                location: &str,
+            ) -> Result<()> {
                 let done = sqlx::query(
                     "UPDATE attempts SET log_location = $1 WHERE task_instance_id = $2 AND attempt = $3",
                 )
                 .bind(location)
                 .bind(id.get())
                 .bind(attempt)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::not_found("attempt", format!("{id}/{attempt}")));
                 }
-                tx.commit().await?;
                 Ok(())
             }
         }

@@ -119,6 +119,23 @@ macro_rules! claim_impl {
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<Vec<ClaimedTask>> {
+                let mut tx = self.begin_write().await?;
+                let claimed = Self::tx_claim(&mut tx, self.backend_kind(), pick, worker_id, actor, now).await?;
+                if !claimed.is_empty() {
+                    self.commit(tx).await?;
+                }
+                Ok(claimed)
+            }
+
+            /// The claim inside `tx` (nothing is written when nothing matched).
+            async fn tx_claim(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                backend: Backend,
+                pick: Pick<'_>,
+                worker_id: Option<WorkerId>,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedTask>> {
                 let placements: HashMap<i64, (Option<WorkerId>, Vec<u32>)> = match &pick {
                     Pick::Exactly(list) => list
                         .iter()
@@ -126,10 +143,9 @@ macro_rules! claim_impl {
                         .collect(),
                     Pick::Best { .. } => HashMap::new(),
                 };
-                let mut tx = self.begin_write().await?;
                 let mut qb = QueryBuilder::<$Db>::new("");
-                push_claim(&mut qb, self.backend_kind(), &pick, now);
-                let rows = qb.build().fetch_all(&mut *tx).await?;
+                push_claim(&mut qb, backend, &pick, now);
+                let rows = qb.build().fetch_all(&mut **tx).await?;
                 let mut tasks = rows.iter().map($rows::task).collect::<Result<Vec<_>>>()?;
                 if tasks.is_empty() {
                     return Ok(Vec::new());
@@ -153,7 +169,7 @@ macro_rules! claim_impl {
                             .push_bind(now);
                     });
                     qb.push(" RETURNING id, task_instance_id");
-                    for r in qb.build().fetch_all(&mut *tx).await? {
+                    for r in qb.build().fetch_all(&mut **tx).await? {
                         attempt_ids.insert(r.try_get::<i64, _>("task_instance_id")?, r.try_get::<i64, _>("id")?);
                     }
                 }
@@ -170,8 +186,7 @@ macro_rules! claim_impl {
                         reason: None,
                     })
                     .collect();
-                Self::insert_events(&mut tx, &events, actor, now).await?;
-                tx.commit().await?;
+                Self::insert_events(tx, &events, actor, now).await?;
                 Ok(tasks
                     .into_iter()
                     .map(|t| {
@@ -203,6 +218,31 @@ macro_rules! claim_impl {
             ) -> Result<Vec<ClaimedTask>> {
                 let pick = Pick::Best { filter, limit: common::clamp_limit(limit) };
                 self.claim(pick, worker_id, actor, now).await
+            }
+
+            /// Claims exactly these assignments inside `tx`; fewer rows than asked
+            /// is a conflict (the engine's memory and the store disagree).
+            pub(crate) async fn tx_assign_exactly(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                backend: Backend,
+                assignments: &[Assignment],
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                for chunk in assignments.chunks(common::CHUNK) {
+                    let claimed = Self::tx_claim(tx, backend, Pick::Exactly(chunk), None, actor, now).await?;
+                    if claimed.len() < chunk.len() {
+                        let missed = chunk
+                            .iter()
+                            .find(|a| !claimed.iter().any(|c| c.id == a.id))
+                            .unwrap_or(&chunk[0]);
+                        return Err(crate::store::StoreError::NotReady {
+                            id: missed.id,
+                            attempt: missed.attempt,
+                        });
+                    }
+                }
+                Ok(())
             }
 
             pub(crate) async fn sql_assign_tasks(

@@ -49,7 +49,7 @@ macro_rules! dag_impl {
                 .bind(v.dag_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(UpsertedVersion { version_id: DagVersionId::new(version_id), created })
             }
 
@@ -73,7 +73,7 @@ macro_rules! dag_impl {
                     .bind(dag_id.as_str())
                     .execute(&mut *tx)
                     .await?;
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(())
             }
 
@@ -104,7 +104,7 @@ macro_rules! dag_impl {
                 if wake {
                     Self::wake_in(&mut tx, &Wakeup::DagChanged(dag_id.clone())).await?;
                 }
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(())
             }
 

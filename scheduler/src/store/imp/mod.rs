@@ -9,6 +9,7 @@
 //! This module's `delegate!` then implements the trait by forwarding.
 
 mod artifacts;
+mod batch;
 mod claim;
 mod common;
 mod dags;
@@ -34,6 +35,12 @@ macro_rules! delegate {
             }
             fn pool_usage(&self) -> PoolUsage {
                 self.pool_usage_now()
+            }
+            fn transactions_committed(&self) -> u64 {
+                self.transactions_committed_now()
+            }
+            async fn commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()> {
+                self.sql_commit_batch(batch, actor).await
             }
             async fn migrate(&self) -> Result<()> {
                 self.migrate_now().await

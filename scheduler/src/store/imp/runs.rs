@@ -97,7 +97,7 @@ macro_rules! run_impl {
                 if wake {
                     Self::wake_in(&mut tx, &Wakeup::RunCreated(run.id)).await?;
                 }
-                tx.commit().await?;
+                self.commit(tx).await?;
                 Ok(RunCreation::Created { run: created, tasks })
             }
 
@@ -148,6 +148,19 @@ macro_rules! run_impl {
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<Run> {
+                let mut tx = self.begin_write().await?;
+                let run = Self::tx_transition_run(&mut tx, &t, actor, now).await?;
+                self.commit(tx).await?;
+                Ok(run)
+            }
+
+            /// CAS on one run's state inside `tx`, with its event row.
+            pub(crate) async fn tx_transition_run(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                t: &RunTransition,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Run> {
                 if !RunState::can_transition(t.from, t.to) {
                     return Err(StoreError::ForbiddenRunTransition { id: t.id, from: t.from, to: t.to });
                 }
@@ -159,18 +172,17 @@ macro_rules! run_impl {
                 let sql = format!(
                     "UPDATE runs SET state = $2, updated_at = $1{times} WHERE id = $3 AND state = $4 RETURNING {RUN_COLS}"
                 );
-                let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&sql)
                     .bind(now)
                     .bind(t.to.as_str())
                     .bind(t.id.as_uuid())
                     .bind(t.from.as_str())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?;
                 let Some(row) = row else {
                     let found: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
                         .bind(t.id.as_uuid())
-                        .fetch_optional(&mut *tx)
+                        .fetch_optional(&mut **tx)
                         .await?;
                     return match found {
                         Some(s) => Err(StoreError::RunConflict {
@@ -190,10 +202,9 @@ macro_rules! run_impl {
                     from_state: Some(t.from.as_str()),
                     to_state: t.to.as_str(),
                     attempt: None,
-                    reason: t.reason,
+                    reason: t.reason.clone(),
                 };
-                Self::insert_events(&mut tx, std::slice::from_ref(&event), actor, now).await?;
-                tx.commit().await?;
+                Self::insert_events(tx, std::slice::from_ref(&event), actor, now).await?;
                 Ok(run)
             }
 

@@ -168,8 +168,7 @@ macro_rules! task_impl {
                 }
                 let mut tx = self.begin_write().await?;
                 Self::apply_transitions(&mut tx, transitions, OnConflict::Fail, actor, now).await?;
-                tx.commit().await?;
-                Ok(())
+                self.commit(tx).await
             }
 
             pub(crate) async fn sql_start_attempt(
@@ -179,24 +178,47 @@ macro_rules! task_impl {
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                Self::tx_start_attempt(&mut tx, id, attempt, actor, now).await?;
+                self.commit(tx).await
+            }
+
+            /// `assigned → running` for one attempt, inside `tx`.
+            pub(crate) async fn tx_start_attempt(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                id: TaskInstanceId,
+                attempt: i32,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
                 let t = TaskTransition::new(id, TaskState::Assigned, TaskState::Running, attempt);
                 common::validate(std::slice::from_ref(&t), true)?;
-                let mut tx = self.begin_write().await?;
-                Self::apply_transitions(&mut tx, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
+                Self::apply_transitions(tx, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
                     .await?;
                 sqlx::query("UPDATE attempts SET started_at = $1 WHERE task_instance_id = $2 AND attempt = $3")
                     .bind(now)
                     .bind(id.get())
                     .bind(attempt)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
-                tx.commit().await?;
                 Ok(())
             }
 
             pub(crate) async fn sql_finish_attempt(
                 &self,
                 report: FinishAttempt,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                Self::tx_finish_attempt(&mut tx, &report, actor, now).await?;
+                self.commit(tx).await
+            }
+
+            /// Ends one attempt and moves its task, fenced on (from, attempt), inside `tx`.
+            pub(crate) async fn tx_finish_attempt(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                report: &FinishAttempt,
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<()> {
@@ -211,21 +233,19 @@ macro_rules! task_impl {
                     )));
                 }
                 common::validate(std::slice::from_ref(&t), false)?;
-                let mut tx = self.begin_write().await?;
-                Self::apply_transitions(&mut tx, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
+                Self::apply_transitions(tx, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
                     .await?;
                 sqlx::query(
                     "UPDATE attempts SET exit_code = $1, error = $2, log_location = COALESCE($3, log_location) \
                      WHERE task_instance_id = $4 AND attempt = $5",
                 )
                 .bind(report.exit_code)
-                .bind(report.error)
-                .bind(report.log_location)
+                .bind(report.error.as_deref())
+                .bind(report.log_location.as_deref())
                 .bind(report.id.get())
                 .bind(report.attempt)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-                tx.commit().await?;
                 Ok(())
             }
 

@@ -5,6 +5,18 @@ macro_rules! worker_impl {
     ($Store:ty, $Db:ty, $rows:ident) => {
         impl $Store {
             pub(crate) async fn sql_register_worker(&self, w: NewWorker, now: DateTime<Utc>) -> Result<Worker> {
+                let mut tx = self.begin_write().await?;
+                let worker = Self::tx_register_worker(&mut tx, &w, now).await?;
+                self.commit(tx).await?;
+                Ok(worker)
+            }
+
+            /// Inserts or re-registers a worker inside `tx`.
+            pub(crate) async fn tx_register_worker(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                w: &NewWorker,
+                now: DateTime<Utc>,
+            ) -> Result<Worker> {
                 let sql = format!(
                     "INSERT INTO workers (id, name, state, resources, gpus, labels, registered_at, \
                      last_heartbeat_at, updated_at) VALUES ($1, $2, 'active', $3, $4, $5, $6, $6, $6) \
@@ -13,7 +25,6 @@ macro_rules! worker_impl {
                      last_heartbeat_at = excluded.last_heartbeat_at, updated_at = excluded.updated_at \
                      RETURNING {WORKER_COLS}"
                 );
-                let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&sql)
                     .bind(w.id.as_uuid())
                     .bind(&w.name)
@@ -21,23 +32,32 @@ macro_rules! worker_impl {
                     .bind(Json(&w.gpus))
                     .bind(Json(&w.labels))
                     .bind(now)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await?;
                 let worker = $rows::worker(&row)?;
-                tx.commit().await?;
                 Ok(worker)
             }
 
             pub(crate) async fn sql_heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState> {
                 let mut tx = self.begin_write().await?;
+                let state = Self::tx_heartbeat_worker(&mut tx, id, now).await?;
+                self.commit(tx).await?;
+                Ok(state)
+            }
+
+            /// Records a heartbeat time inside `tx`.
+            pub(crate) async fn tx_heartbeat_worker(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                id: WorkerId,
+                now: DateTime<Utc>,
+            ) -> Result<WorkerState> {
                 let state: Option<String> = sqlx::query_scalar(
                     "UPDATE workers SET last_heartbeat_at = $1 WHERE id = $2 RETURNING state",
                 )
                 .bind(now)
                 .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
-                tx.commit().await?;
                 match state {
                     Some(s) => parse("workers", &s),
                     None => Err(StoreError::not_found("worker", id)),
@@ -46,16 +66,25 @@ macro_rules! worker_impl {
 
             pub(crate) async fn sql_set_worker_state(&self, id: WorkerId, state: WorkerState, now: DateTime<Utc>) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                Self::tx_set_worker_state(&mut tx, id, state, now).await?;
+                self.commit(tx).await
+            }
+
+            pub(crate) async fn tx_set_worker_state(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                id: WorkerId,
+                state: WorkerState,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
                 let done = sqlx::query("UPDATE workers SET state = $1, updated_at = $2 WHERE id = $3")
                     .bind(state.as_str())
                     .bind(now)
                     .bind(id.as_uuid())
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::not_found("worker", id));
                 }
-                tx.commit().await?;
                 Ok(())
             }
 
@@ -66,17 +95,29 @@ macro_rules! worker_impl {
                 now: DateTime<Utc>,
             ) -> Result<Vec<HeldAttempt>> {
                 let mut tx = self.begin_write().await?;
+                let lost = Self::tx_mark_worker_lost(&mut tx, id, reason, now).await?;
+                self.commit(tx).await?;
+                Ok(lost)
+            }
+
+            /// Marks a worker lost and its held attempts `lost`, inside `tx`.
+            pub(crate) async fn tx_mark_worker_lost(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                id: WorkerId,
+                reason: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<HeldAttempt>> {
                 let done = sqlx::query("UPDATE workers SET state = 'lost', updated_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(id.as_uuid())
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::not_found("worker", id));
                 }
                 let rows = sqlx::query(include_str!("../sql/held_attempts.sql"))
                     .bind(id.as_uuid())
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&mut **tx)
                     .await?;
                 let held = rows.iter().map($rows::held).collect::<Result<Vec<_>>>()?;
                 let transitions: Vec<TaskTransition> = held
@@ -88,9 +129,8 @@ macro_rules! worker_impl {
                     .collect();
                 // An attempt may finish while we look; skip it rather than fail the rest.
                 let applied =
-                    Self::apply_transitions(&mut tx, &transitions, OnConflict::Skip, &format!("worker-monitor:{id}"), now)
+                    Self::apply_transitions(tx, &transitions, OnConflict::Skip, &format!("worker-monitor:{id}"), now)
                         .await?;
-                tx.commit().await?;
                 Ok(held
                     .into_iter()
                     .filter(|h| applied.iter().any(|a| a.0 == h.task_instance_id))
@@ -123,9 +163,24 @@ macro_rules! worker_impl {
                     return Ok(());
                 }
                 let mut tx = self.begin_write().await?;
+                Self::tx_record_metrics(&mut tx, id, attempt, metrics, now).await?;
+                self.commit(tx).await
+            }
+
+            /// Stores one attempt's metrics inside `tx`.
+            pub(crate) async fn tx_record_metrics(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                id: TaskInstanceId,
+                attempt: i32,
+                metrics: &[(String, f64)],
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                if metrics.is_empty() {
+                    return Ok(());
+                }
                 let row = sqlx::query("SELECT run_id, dag_id, task_id, attempt FROM task_instances WHERE id = $1")
                     .bind(id.get())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?
                     .ok_or_else(|| StoreError::not_found("task instance", id))?;
                 let current: i32 = row.try_get("attempt")?;
@@ -152,10 +207,9 @@ macro_rules! worker_impl {
                         .bind(name)
                         .bind(*value)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await?;
                 }
-                tx.commit().await?;
                 Ok(())
             }
 
