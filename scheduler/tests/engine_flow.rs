@@ -337,6 +337,7 @@ async fn cancel_run_cancels_everything_and_clear_reruns_a_finished_task() {
             exit_code: None,
             error: None,
             metrics: Default::default(),
+            lineage: Default::default(),
         },
     )
     .await;

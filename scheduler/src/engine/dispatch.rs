@@ -5,8 +5,8 @@
 //! chosen capacity is reserved in this pass's snapshot so nothing is
 //! overcommitted. A task that cannot go anywhere now does not block lower
 //! priorities that can (no head-of-line blocking of idle GPUs); it records
-//! why it waits. All placements of a pass are claimed in one `assign_tasks`
-//! call and then sent to the workers.
+//! why it waits. All placements of a pass join the turn's batch as one
+//! `Assign` write; the `Assign` messages go out once the turn commits.
 
 use std::collections::HashMap;
 
@@ -18,8 +18,8 @@ use trainyard_core::state::TaskState;
 use super::placement::{self, WorkerCapacity};
 use super::state::params_json;
 use super::workers::Hold;
-use super::{Assignment, Core, WorkerCommand};
-use crate::store;
+use super::{Assignment, Core, UpstreamAttempt, WorkerCommand};
+use crate::store::{self, Write};
 
 /// One placement decided in a pass.
 struct Planned {
@@ -33,7 +33,7 @@ struct Planned {
 
 impl Core {
     #[instrument(skip_all, fields(ready = self.ready.len()))]
-    pub(super) async fn dispatch(&mut self) {
+    pub(super) fn dispatch(&mut self) {
         if self.ready.is_empty() {
             return;
         }
@@ -137,10 +137,12 @@ impl Core {
         if planned.is_empty() {
             return;
         }
-        self.claim_and_send(planned).await;
+        self.assign_and_send(planned);
     }
 
-    async fn claim_and_send(&mut self, planned: Vec<Planned>) {
+    /// Queues the claim of every placement (attempt + 1 each) and the
+    /// `Assign` messages that follow it once the turn commits.
+    fn assign_and_send(&mut self, planned: Vec<Planned>) {
         let now = self.clock.now();
         let batch: Vec<store::Assignment> = planned
             .iter()
@@ -151,21 +153,10 @@ impl Core {
                 gpus: p.gpus.clone(),
             })
             .collect();
-        let claimed = match self.store.assign_tasks(&batch, self.actor(), now).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.log_store_error("assign tasks", &e);
-                return;
-            }
-        };
-        let claimed: HashMap<TaskInstanceId, i32> =
-            claimed.into_iter().map(|c| (c.id, c.attempt)).collect();
+        self.write(Write::Assign(batch));
         for p in planned {
-            let Some(&attempt) = claimed.get(&p.ti) else {
-                // Taken or cancelled by someone else: the store's word wins.
-                self.resync_run(p.run_id).await;
-                continue;
-            };
+            // The claim opens the next attempt: its number is the fencing token.
+            let attempt = p.attempt + 1;
             self.set_task_state(p.run_id, p.idx, TaskState::Assigned, attempt);
             let demand = &self.runs[&p.run_id].demands[p.idx];
             let hold = Hold {
@@ -191,8 +182,7 @@ impl Core {
                 Err(msg) => {
                     // Validation normally prevents this; fail the attempt so retries and the run move on.
                     warn!(ti = %p.ti, error = %msg, "cannot render the task's command");
-                    let result = super::TaskResult::failed(msg);
-                    let _ = self.task_finished(p.worker, p.ti, attempt, result).await;
+                    self.unrenderable.push((p.worker, p.ti, attempt, msg));
                 }
             }
         }
@@ -216,7 +206,7 @@ impl Core {
                     run_id: run_id.to_string(),
                     task_id: node.task_id.to_string(),
                     logical_date,
-                    params: run.params.clone(),
+                    params: (*run.params).clone(),
                 };
                 (render_argv(argv, &ctx).map_err(|e| e.to_string())?, false)
             }
@@ -258,6 +248,16 @@ impl Core {
                 .depends_on
                 .iter()
                 .map(|u| TaskId::new(u.clone()))
+                .collect(),
+            upstream_attempts: node
+                .upstream
+                .iter()
+                .map(|&u| &run.tasks[u])
+                .filter(|u| u.state == TaskState::Success)
+                .map(|u| UpstreamAttempt {
+                    task_id: u.task_id.clone(),
+                    attempt: u.attempt,
+                })
                 .collect(),
         })
     }

@@ -13,7 +13,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{RunState, TaskState};
 
+use super::memory::{Published, StoreHealth};
 use super::{EngineError, Result};
+use crate::store::NewArtifact;
 
 /// A GPU as the worker registers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +64,17 @@ pub enum TaskOutcome {
     Cancelled,
 }
 
+/// What a finished attempt produced and consumed, and where its full log
+/// was archived: committed in the same transaction as the attempt's end, so
+/// a crash can never keep the end and lose the lineage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskLineage {
+    pub outputs: Vec<NewArtifact>,
+    /// Keys of the run's artifacts the attempt read.
+    pub inputs: Vec<String>,
+    pub log_location: Option<String>,
+}
+
 /// A worker's report of a finished attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
@@ -70,6 +83,7 @@ pub struct TaskResult {
     pub error: Option<String>,
     /// From `TRAINYARD_METRICS_FILE`.
     pub metrics: BTreeMap<String, f64>,
+    pub lineage: TaskLineage,
 }
 
 impl TaskResult {
@@ -79,6 +93,7 @@ impl TaskResult {
             exit_code: Some(0),
             error: None,
             metrics: BTreeMap::new(),
+            lineage: TaskLineage::default(),
         }
     }
 
@@ -88,6 +103,7 @@ impl TaskResult {
             exit_code: Some(1),
             error: Some(error.into()),
             metrics: BTreeMap::new(),
+            lineage: TaskLineage::default(),
         }
     }
 
@@ -128,6 +144,17 @@ pub struct Assignment {
     pub logical_date: DateTime<Utc>,
     /// Direct upstream tasks (their outputs are the inputs).
     pub upstream: Vec<TaskId>,
+    /// The attempt of each direct upstream that succeeded, as the engine
+    /// knows it: the worker service names their outputs from this without
+    /// reading the store.
+    pub upstream_attempts: Vec<UpstreamAttempt>,
+}
+
+/// An upstream task's successful attempt, whose outputs an assignment reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamAttempt {
+    pub task_id: TaskId,
+    pub attempt: i32,
 }
 
 /// What the engine tells a connected worker.
@@ -216,10 +243,100 @@ pub(crate) enum Command {
     TaskFinished(WorkerId, TaskInstanceId, i32, TaskResult, Reply<()>),
     WorkerDraining(WorkerId, Reply<()>),
     WorkerDisconnected(WorkerId, Reply<()>),
-    WaitReasons(RunId, Reply<WaitReasons>),
-    GpuUsage(Reply<BTreeMap<WorkerId, Vec<GpuUsage>>>),
     RunCreatedElsewhere(RunId, Reply<()>),
     AdoptActiveRuns(Reply<usize>),
+    /// Answered once every command sent before it is handled and committed.
+    Barrier(Reply<()>),
+}
+
+/// The engine's answer to a [`Command`], held until the turn commits.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Unit(Result<()>),
+    Run(Result<RunId>),
+    Runs(Result<Vec<RunId>>),
+    Worker(Result<WorkerId>),
+    Stream(Result<mpsc::Receiver<WorkerCommand>>),
+    Count(Result<usize>),
+}
+
+impl Answer {
+    /// The store error inside, if the command failed on the store; else the answer back.
+    pub(crate) fn into_store_error(self) -> std::result::Result<crate::store::StoreError, Answer> {
+        match self {
+            Answer::Unit(Err(EngineError::Store(e)))
+            | Answer::Run(Err(EngineError::Store(e)))
+            | Answer::Runs(Err(EngineError::Store(e)))
+            | Answer::Worker(Err(EngineError::Store(e)))
+            | Answer::Stream(Err(EngineError::Store(e)))
+            | Answer::Count(Err(EngineError::Store(e))) => Ok(e),
+            other => Err(other),
+        }
+    }
+}
+
+impl Command {
+    /// Whether a failed turn tries this command again (reports from workers,
+    /// the DAG loader and wake-ups: progress must not be lost) rather than
+    /// answering it with the store's error (a user's request: they retry).
+    pub(crate) fn retried_on_failure(&self) -> bool {
+        !matches!(
+            self,
+            Command::Trigger { .. }
+                | Command::Backfill { .. }
+                | Command::Pause(..)
+                | Command::Resume(..)
+                | Command::CancelRun(..)
+                | Command::CancelTask(..)
+                | Command::ClearTask { .. }
+        )
+    }
+
+    /// Sends `answer` to the caller (a caller that went away is fine).
+    pub(crate) fn respond(self, answer: Answer) {
+        fn send<T>(reply: Reply<T>, r: Result<T>) {
+            let _ = reply.send(r);
+        }
+        match (self, answer) {
+            (
+                Command::DagChanged(_, r)
+                | Command::Pause(_, r)
+                | Command::Resume(_, r)
+                | Command::CancelRun(_, r)
+                | Command::CancelTask(_, _, r)
+                | Command::ClearTask { reply: r, .. }
+                | Command::Heartbeat(_, _, r)
+                | Command::TaskStarted(_, _, _, r)
+                | Command::TaskFinished(_, _, _, _, r)
+                | Command::WorkerDraining(_, r)
+                | Command::WorkerDisconnected(_, r)
+                | Command::RunCreatedElsewhere(_, r)
+                | Command::Barrier(r),
+                Answer::Unit(a),
+            ) => send(r, a),
+            (Command::Trigger { reply, .. }, Answer::Run(a)) => send(reply, a),
+            (Command::Backfill { reply, .. }, Answer::Runs(a)) => send(reply, a),
+            (Command::RegisterWorker(_, r), Answer::Worker(a)) => send(r, a),
+            (Command::ConnectWorker { reply, .. }, Answer::Stream(a)) => send(reply, a),
+            (Command::AdoptActiveRuns(r), Answer::Count(a)) => send(r, a),
+            (cmd, answer) => {
+                tracing::error!(?cmd, ?answer, "engine answer does not match its command");
+            }
+        }
+    }
+
+    /// Answers with an error (a failed turn, for commands it does not retry).
+    pub(crate) fn fail(self, err: impl Fn() -> EngineError) {
+        let answer = match &self {
+            Command::Trigger { .. } => Answer::Run(Err(err())),
+            Command::Backfill { .. } => Answer::Runs(Err(err())),
+            Command::RegisterWorker(..) => Answer::Worker(Err(err())),
+            Command::ConnectWorker { .. } => Answer::Stream(Err(err())),
+            Command::AdoptActiveRuns(_) => Answer::Count(Err(err())),
+            _ => Answer::Unit(Err(err())),
+        };
+        self.respond(answer);
+    }
 }
 
 /// A cheap, cloneable handle on a running [`super::Engine`].
@@ -231,6 +348,8 @@ pub struct EngineHandle {
     /// (a standby replica) or whose engine stops before replying fails with
     /// [`EngineError::Stopped`] instead of waiting for a later engine.
     pub(crate) serving: watch::Receiver<bool>,
+    /// What the engine published after its last committed turn.
+    pub(crate) published: Published,
 }
 
 impl EngineHandle {
@@ -379,14 +498,38 @@ impl EngineHandle {
         self.call(|r| Command::WorkerDisconnected(worker, r)).await
     }
 
-    /// The GPU utilisation and memory each worker reported in its latest heartbeat.
+    /// The GPU utilisation and memory each worker reported in its latest
+    /// heartbeat, from the engine's last published view (no round trip).
     pub async fn gpu_usage(&self) -> Result<BTreeMap<WorkerId, Vec<GpuUsage>>> {
-        self.call(Command::GpuUsage).await
+        self.live()?;
+        Ok(self.published.gpu_usage())
     }
 
-    /// Why each waiting task of an active run is not running yet.
+    /// Why each waiting task of an active run is not running yet, from the
+    /// engine's last published view (no round trip).
     pub async fn task_wait_reasons(&self, run_id: RunId) -> Result<WaitReasons> {
-        self.call(|r| Command::WaitReasons(run_id, r)).await
+        self.live()?;
+        Ok(self.published.wait_reasons(run_id))
+    }
+
+    /// Whether the store accepted the engine's last transaction; while it
+    /// fails, the engine retries and `/readyz` answers 503 with the reason.
+    pub fn store_health(&self) -> StoreHealth {
+        self.published.health()
+    }
+
+    fn live(&self) -> Result<()> {
+        if *self.serving.borrow() {
+            Ok(())
+        } else {
+            Err(EngineError::Stopped)
+        }
+    }
+
+    /// Waits until every command sent before it has been handled and its
+    /// turn committed (tests and benchmarks use it as a barrier).
+    pub async fn barrier(&self) -> Result<()> {
+        self.call(Command::Barrier).await
     }
 
     /// Engine notifications (lossy).
@@ -416,16 +559,19 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel(command_buffer.max(1));
         let (events, _) = broadcast::channel(1 << 16);
         let (serving_tx, serving) = watch::channel(false);
+        let published = Published::default();
         let inbox = EngineInbox {
             rx,
             events: events.clone(),
             serving: serving_tx,
+            published: published.clone(),
         };
         (
             EngineHandle {
                 tx,
                 events,
                 serving,
+                published,
             },
             inbox,
         )
@@ -440,6 +586,7 @@ pub struct EngineInbox {
     pub(crate) events: broadcast::Sender<EngineEvent>,
     /// Tells the handles whether an engine serves this inbox.
     pub(crate) serving: watch::Sender<bool>,
+    pub(crate) published: Published,
 }
 
 impl EngineInbox {

@@ -8,11 +8,21 @@
 //! One task owns all state. Its inputs are handle commands (triggers, worker
 //! reports…) and timers from one heap ([`timers`]); a completion makes
 //! downstream tasks ready and dispatches them in the same turn, so there is no
-//! polling interval anywhere. Every change is written to the store first (a
-//! compare-and-set) and applied in memory only once the store accepted it;
-//! the store stays the source of truth, which is what makes restarts safe.
+//! polling interval anywhere.
 //!
-//! Module map: `handle` (API types and the handle), `state` (active runs),
+//! The engine works in turns ([`turn`]): it takes the commands waiting (up to
+//! [`TURN_CAP`]) and the timers due, decides everything in memory — attempt
+//! ends, metrics, lineage, downstream decisions, run ends, assignments —
+//! while collecting the writes in one [`crate::store::WriteBatch`], commits
+//! that batch in one transaction, and only then answers callers, sends
+//! worker messages and publishes events. When the transaction fails, memory
+//! goes back to its snapshot from the turn's start (`memory.rs`) and the
+//! turn's work is tried again on a back-off; nothing waits for a restart.
+//! The store stays the source of truth, which is what makes restarts safe.
+//!
+//! Module map: `handle` (API types and the handle), `turn` (plan, commit
+//! once, apply; healing), `memory` (snapshots, the published view),
+//! `state` (active runs),
 //! `readiness` (trigger rules), `placement` (best-fit, pure), `timers`,
 //! `cron_slots` (which slots are due), `workers` (the worker registry),
 //! `runs` (creating, starting, finishing runs; cron; triggers), `progress`
@@ -22,6 +32,7 @@
 mod cron_slots;
 mod dispatch;
 mod handle;
+mod memory;
 pub mod placement;
 mod progress;
 pub mod readiness;
@@ -29,9 +40,10 @@ mod recovery;
 mod runs;
 mod state;
 mod timers;
+mod turn;
 mod workers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,15 +55,17 @@ use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, Wo
 use trainyard_core::state::TaskState;
 
 pub use handle::{
-    Assignment, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage, TaskOutcome,
-    TaskResult, WaitReasons, WorkerCommand, WorkerRegistration,
+    Assignment, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage, TaskLineage,
+    TaskOutcome, TaskResult, UpstreamAttempt, WaitReasons, WorkerCommand, WorkerRegistration,
 };
+pub use memory::StoreHealth;
 
 pub(crate) use runs::{manual_params, new_run};
 
 use crate::clock::Clock;
 use crate::store::{Store, StoreError};
 use handle::Command;
+use memory::Published;
 use state::{ActiveRun, DagEntry};
 use timers::Timers;
 use workers::WorkerEntry;
@@ -121,6 +135,9 @@ pub struct EngineOptions {
     pub actor: String,
     /// Capacity of the command channel (back-pressure on callers).
     pub command_buffer: usize,
+    /// First back-off after a failed turn; doubles up to `heal_max_backoff`.
+    pub heal_backoff: Duration,
+    pub heal_max_backoff: Duration,
 }
 
 impl EngineOptions {
@@ -135,9 +152,14 @@ impl EngineOptions {
             pools: BTreeMap::new(),
             actor: "scheduler".to_owned(),
             command_buffer: 4096,
+            heal_backoff: Duration::from_millis(20),
+            heal_max_backoff: Duration::from_secs(2),
         }
     }
 }
+
+/// Most commands one turn takes from the channel before it commits.
+pub const TURN_CAP: usize = 512;
 
 /// The engine: owns the state; drive it with [`Engine::run`].
 #[derive(Debug)]
@@ -155,27 +177,45 @@ pub(crate) struct Core {
     opts: EngineOptions,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    /// Every known DAG by id (current version's spec, cron cursor).
-    dags: HashMap<DagId, DagEntry>,
     /// Parsed specs by version, shared by the runs pinned to them.
     versions: HashMap<DagVersionId, Arc<DagSpec>>,
+    // The fields from here to `start_pending` are the engine's memory: a
+    // turn snapshots them (O(1), persistent collections) and puts them back
+    // when its transaction fails. See `memory.rs`.
+    /// Every known DAG by id (current version's spec, cron cursor).
+    dags: imbl::HashMap<DagId, DagEntry>,
     /// Runs in queued/running state (and runs being cleared).
-    runs: HashMap<RunId, ActiveRun>,
+    runs: imbl::HashMap<RunId, ActiveRun>,
     /// Task instance → (run, index in the run's tasks).
-    ti_index: HashMap<TaskInstanceId, (RunId, usize)>,
+    ti_index: imbl::HashMap<TaskInstanceId, (RunId, usize)>,
     /// Ready tasks in dispatch order: (-priority, FIFO sequence, id).
-    ready: BTreeSet<(i32, u64, TaskInstanceId)>,
+    ready: imbl::OrdSet<(i32, u64, TaskInstanceId)>,
     ready_seq: u64,
     /// Attempts assigned or running, per DAG (max_active_tasks) and per pool.
-    active_by_dag: HashMap<DagId, u32>,
-    active_by_pool: HashMap<String, u32>,
-    workers: HashMap<WorkerId, WorkerEntry>,
-    timers: Timers,
-    events: broadcast::Sender<EngineEvent>,
+    active_by_dag: imbl::HashMap<DagId, u32>,
+    active_by_pool: imbl::HashMap<String, u32>,
+    workers: imbl::HashMap<WorkerId, WorkerEntry>,
     /// Something may be dispatchable (a task became ready, capacity freed).
     dirty: bool,
     /// Some queued run may be able to start.
     start_pending: bool,
+    // End of the snapshotted memory.
+    timers: Timers,
+    events: broadcast::Sender<EngineEvent>,
+    /// The turn in progress: its writes, and what it sends once they commit.
+    turn: turn::Turn,
+    /// Commands of failed turns, tried again (in order) when healing fires.
+    backlog: VecDeque<Command>,
+    /// Failed turns in a row, and when the next try is due.
+    healing: turn::Healing,
+    /// Runs to re-read from the store before the next turn (after a conflict).
+    resync: std::collections::BTreeSet<RunId>,
+    /// Runs just re-read whose pending tasks the next turn decides again.
+    redecide: Vec<RunId>,
+    /// Assignments whose command could not be rendered: failed after dispatch.
+    unrenderable: Vec<(WorkerId, TaskInstanceId, i32, String)>,
+    /// What HTTP reads without a round trip through the command queue.
+    published: Published,
 }
 
 impl Engine {
@@ -202,30 +242,46 @@ impl Engine {
             rx,
             events,
             serving,
+            published,
         } = inbox;
         let mut core = Core {
             store: opts.store.clone(),
             clock: opts.clock.clone(),
             opts,
-            dags: HashMap::new(),
+            dags: imbl::HashMap::new(),
             versions: HashMap::new(),
-            runs: HashMap::new(),
-            ti_index: HashMap::new(),
-            ready: BTreeSet::new(),
+            runs: imbl::HashMap::new(),
+            ti_index: imbl::HashMap::new(),
+            ready: imbl::OrdSet::new(),
             ready_seq: 0,
-            active_by_dag: HashMap::new(),
-            active_by_pool: HashMap::new(),
-            workers: HashMap::new(),
-            timers: Timers::default(),
-            events: events.clone(),
+            active_by_dag: imbl::HashMap::new(),
+            active_by_pool: imbl::HashMap::new(),
+            workers: imbl::HashMap::new(),
             dirty: true,
             start_pending: true,
+            timers: Timers::default(),
+            events: events.clone(),
+            turn: turn::Turn::default(),
+            backlog: VecDeque::new(),
+            healing: turn::Healing::default(),
+            resync: Default::default(),
+            redecide: Vec::new(),
+            unrenderable: Vec::new(),
+            published: published.clone(),
         };
-        if let Err(e) = core.rebuild().await {
+        // The rebuild's own writes (workers whose attempts outlived them) are
+        // the first turn: committed before the engine serves anyone.
+        core.begin_turn();
+        let rebuilt = match core.rebuild().await {
+            Ok(()) => core.commit_rebuild().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = rebuilt {
             let inbox = EngineInbox {
                 rx,
                 events,
                 serving,
+                published,
             };
             inbox.close();
             return Err((e, inbox));
@@ -254,34 +310,55 @@ impl Engine {
                 Some(t) => self.core.clock.sleep_until(t),
                 None => Box::pin(futures::future::pending()),
             };
+            let heal = self.core.healing.sleep();
+            let healing = self.core.healing.pending();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                cmd = self.rx.recv(), if open => match cmd {
+                () = heal, if healing => {
+                    let mut cmds: Vec<Command> = self.core.backlog.drain(..).collect();
+                    take_waiting(&mut self.rx, &mut cmds);
+                    self.core.heal_turn(cmds).await;
+                }
+                // While a failed turn waits to be tried again, new commands
+                // wait in the channel so they are handled after it, in order.
+                cmd = self.rx.recv(), if open && !healing => match cmd {
                     Some(cmd) => {
-                        self.core.handle(cmd).await;
-                        // Take what else is waiting before settling once.
-                        for _ in 0..256 {
-                            match self.rx.try_recv() {
-                                Ok(cmd) => self.core.handle(cmd).await,
-                                Err(_) => break,
-                            }
-                        }
+                        let mut cmds = vec![cmd];
+                        take_waiting(&mut self.rx, &mut cmds);
+                        self.core.run_turn(cmds, Vec::new()).await;
                     }
                     None => open = false,
                 },
-                () = sleep => self.core.on_timers().await,
+                () = sleep, if !healing => {
+                    let due = self.core.timers.pop_due(self.core.clock.now());
+                    self.core.run_turn(Vec::new(), due).await;
+                }
             }
-            self.core.settle().await;
         }
         info!("engine stopped");
+        // Commands of a failed turn not tried again go back to no one: their
+        // callers are told `Stopped` when the inbox closes.
+        self.core.backlog.clear();
         let inbox = EngineInbox {
             rx: self.rx,
             events: self.core.events,
             serving: self.serving,
+            published: self.core.published,
         };
         inbox.close();
         (Ok(()), inbox)
+    }
+}
+
+/// Takes what else waits in the channel, up to a turn's cap (group commit:
+/// reports that arrived while the last transaction was in flight share the next).
+fn take_waiting(rx: &mut mpsc::Receiver<Command>, cmds: &mut Vec<Command>) {
+    while cmds.len() < TURN_CAP {
+        match rx.try_recv() {
+            Ok(cmd) => cmds.push(cmd),
+            Err(_) => break,
+        }
     }
 }
 
@@ -290,9 +367,9 @@ impl Core {
         &self.opts.actor
     }
 
-    fn emit(&self, event: EngineEvent) {
-        // No subscriber is fine: events are for tests and the UI.
-        let _ = self.events.send(event);
+    /// Queues an event; the turn publishes it once its writes commit.
+    fn emit(&mut self, event: EngineEvent) {
+        self.turn.events.push(event);
     }
 
     /// Starts queued runs and dispatches ready tasks if anything changed.
@@ -300,156 +377,120 @@ impl Core {
         if std::mem::take(&mut self.start_pending) {
             self.start_queued_runs().await;
         }
-        if std::mem::take(&mut self.dirty) {
-            self.dispatch().await;
+        // Bounded: each round fails some attempts for good or retries them later.
+        for _ in 0..4 {
+            if std::mem::take(&mut self.dirty) {
+                self.dispatch();
+            }
+            let failed = std::mem::take(&mut self.unrenderable);
+            if failed.is_empty() {
+                break;
+            }
+            for (worker, ti, attempt, msg) in failed {
+                let _ = self
+                    .task_finished(worker, ti, attempt, TaskResult::failed(msg))
+                    .await;
+            }
         }
     }
 
     /// First turn after build: cron, queued runs, pending tasks whose
     /// upstreams settled while no scheduler ran, then dispatch.
     async fn startup(&mut self) {
+        self.begin_turn();
         let ids: Vec<DagId> = self.dags.keys().cloned().collect();
         for id in ids {
             self.schedule_dag(&id).await;
         }
         self.resume_after_restart().await;
-        self.settle().await;
+        self.finish_turn().await;
     }
 
-    #[instrument(skip_all, fields(cmd = tracing::field::Empty))]
-    async fn handle(&mut self, cmd: Command) {
+    /// Handles one command against memory; its writes join the turn's batch.
+    /// The answer is sent by the turn once the batch commits.
+    #[instrument(skip_all)]
+    async fn handle(&mut self, cmd: &Command) -> handle::Answer {
+        use handle::Answer;
         match cmd {
-            Command::DagChanged(id, reply) => {
-                let r = self.dag_changed(&id).await;
-                let _ = reply.send(r);
-            }
-            Command::Pause(id, reply) => {
-                let r = self.set_paused(&id, true).await;
-                let _ = reply.send(r);
-            }
-            Command::Resume(id, reply) => {
-                let r = self.set_paused(&id, false).await;
-                let _ = reply.send(r);
-            }
+            Command::DagChanged(id, _) => Answer::Unit(self.dag_changed(id).await),
+            Command::Pause(id, _) => Answer::Unit(self.set_paused(id, true).await),
+            Command::Resume(id, _) => Answer::Unit(self.set_paused(id, false).await),
             Command::Trigger {
                 dag_id,
                 params,
                 idempotency_key,
                 logical_date,
-                reply,
-            } => {
-                let r = self
-                    .trigger(&dag_id, params, idempotency_key, logical_date)
-                    .await;
-                let _ = reply.send(r);
-            }
+                ..
+            } => Answer::Run(
+                self.trigger(
+                    dag_id,
+                    params.clone(),
+                    idempotency_key.clone(),
+                    *logical_date,
+                )
+                .await,
+            ),
             Command::Backfill {
-                dag_id,
-                from,
-                to,
-                reply,
-            } => {
-                let r = self.backfill(&dag_id, from, to).await;
-                let _ = reply.send(r);
+                dag_id, from, to, ..
+            } => Answer::Runs(self.backfill(dag_id, *from, *to).await),
+            Command::CancelRun(run, _) => {
+                Answer::Unit(self.cancel_run(*run, "cancelled by request").await)
             }
-            Command::CancelRun(run, reply) => {
-                let r = self.cancel_run(run, "cancelled by request").await;
-                let _ = reply.send(r);
-            }
-            Command::CancelTask(run, task, reply) => {
-                let r = self.cancel_task(run, &task).await;
-                let _ = reply.send(r);
-            }
+            Command::CancelTask(run, task, _) => Answer::Unit(self.cancel_task(*run, task).await),
             Command::ClearTask {
                 run_id,
                 task_id,
                 downstream,
-                reply,
-            } => {
-                let r = self.clear_task(run_id, &task_id, downstream).await;
-                let _ = reply.send(r);
-            }
-            Command::RegisterWorker(reg, reply) => {
-                let r = self.register_worker(reg).await;
-                let _ = reply.send(r);
-            }
+                ..
+            } => Answer::Unit(self.clear_task(*run_id, task_id, *downstream).await),
+            Command::RegisterWorker(reg, _) => Answer::Worker(self.register_worker(reg.clone())),
             Command::ConnectWorker {
                 worker,
                 still_running,
-                reply,
-            } => {
-                let r = self.connect_worker(worker, still_running).await;
-                let _ = reply.send(r);
+                ..
+            } => Answer::Stream(self.connect_worker(*worker, still_running.clone()).await),
+            Command::Heartbeat(worker, usage, _) => {
+                Answer::Unit(self.heartbeat(*worker, usage.clone()))
             }
-            Command::Heartbeat(worker, usage, reply) => {
-                let r = self.heartbeat(worker, usage).await;
-                let _ = reply.send(r);
+            Command::TaskStarted(worker, ti, attempt, _) => {
+                Answer::Unit(self.task_started(*worker, *ti, *attempt))
             }
-            Command::TaskStarted(worker, ti, attempt, reply) => {
-                let r = self.task_started(worker, ti, attempt).await;
-                let _ = reply.send(r);
+            Command::TaskFinished(worker, ti, attempt, result, _) => Answer::Unit(
+                self.task_finished(*worker, *ti, *attempt, result.clone())
+                    .await,
+            ),
+            Command::WorkerDraining(worker, _) => Answer::Unit(self.worker_draining(*worker)),
+            Command::WorkerDisconnected(worker, _) => {
+                Answer::Unit(self.worker_disconnected(*worker))
             }
-            Command::TaskFinished(worker, ti, attempt, result, reply) => {
-                let r = self.task_finished(worker, ti, attempt, result).await;
-                let _ = reply.send(r);
-            }
-            Command::WorkerDraining(worker, reply) => {
-                let r = self.worker_draining(worker).await;
-                let _ = reply.send(r);
-            }
-            Command::WorkerDisconnected(worker, reply) => {
-                let r = self.worker_disconnected(worker);
-                let _ = reply.send(r);
-            }
-            Command::WaitReasons(run, reply) => {
-                let _ = reply.send(self.wait_reasons(run));
-            }
-            Command::GpuUsage(reply) => {
-                let usage = self
-                    .workers
-                    .iter()
-                    .map(|(id, w)| (*id, w.usage.clone()))
-                    .collect();
-                let _ = reply.send(Ok(usage));
-            }
-            Command::RunCreatedElsewhere(run, reply) => {
-                let r = self.adopt_run(run).await;
-                let _ = reply.send(r);
-            }
-            Command::AdoptActiveRuns(reply) => {
-                let r = self.adopt_active_runs().await;
-                let _ = reply.send(r);
-            }
+            Command::RunCreatedElsewhere(run, _) => Answer::Unit(self.adopt_run(*run).await),
+            Command::AdoptActiveRuns(_) => Answer::Count(self.adopt_active_runs().await),
+            Command::Barrier(_) => Answer::Unit(Ok(())),
         }
     }
 
-    /// Fires every due timer.
-    #[instrument(skip_all)]
-    async fn on_timers(&mut self) {
-        let now = self.clock.now();
-        for timer in self.timers.pop_due(now) {
-            debug!(?timer, "timer fired");
-            match timer {
-                timers::TimerKind::Cron { dag_id, generation } => {
-                    if self
-                        .dags
-                        .get(&dag_id)
-                        .is_some_and(|d| d.generation == generation)
-                    {
-                        self.schedule_dag(&dag_id).await;
-                    }
+    /// Handles one due timer.
+    async fn fire(&mut self, timer: timers::TimerKind) {
+        debug!(?timer, "timer fired");
+        match timer {
+            timers::TimerKind::Cron { dag_id, generation } => {
+                if self
+                    .dags
+                    .get(&dag_id)
+                    .is_some_and(|d| d.generation == generation)
+                {
+                    self.schedule_dag(&dag_id).await;
                 }
-                timers::TimerKind::Retry { ti, attempt } => self.retry_due(ti, attempt).await,
-                timers::TimerKind::Timeout { ti, attempt } => {
-                    self.attempt_overdue(ti, attempt).await
-                }
-                timers::TimerKind::Heartbeat { worker } => self.heartbeat_check(worker).await,
             }
+            timers::TimerKind::Retry { ti, attempt } => self.retry_due(ti, attempt),
+            timers::TimerKind::Timeout { ti, attempt } => self.attempt_overdue(ti, attempt).await,
+            timers::TimerKind::Heartbeat { worker } => self.heartbeat_check(worker).await,
         }
     }
 
-    /// Applies a task state the store has accepted to memory: counters, the
-    /// ready queue, the event. Every in-memory task change goes through here.
+    /// Applies a task state to memory: counters, the ready queue, the event.
+    /// Every in-memory task change goes through here; its write is queued by
+    /// the caller in the same step.
     fn set_task_state(&mut self, run_id: RunId, idx: usize, to: TaskState, attempt: i32) {
         let Some(run) = self.runs.get_mut(&run_id) else {
             return;
@@ -469,16 +510,19 @@ impl Core {
         }
         if from.holds_worker() != to.holds_worker() {
             let pool = node.pool.clone();
-            let (by_dag, by_pool) = (
-                self.active_by_dag.entry(dag_id).or_default(),
-                self.active_by_pool.entry(pool).or_default(),
-            );
-            if to.holds_worker() {
-                *by_dag += 1;
-                *by_pool += 1;
+            let by_dag = self.active_by_dag.entry(dag_id).or_default();
+            *by_dag = if to.holds_worker() {
+                *by_dag + 1
             } else {
-                *by_dag = by_dag.saturating_sub(1);
-                *by_pool = by_pool.saturating_sub(1);
+                by_dag.saturating_sub(1)
+            };
+            let by_pool = self.active_by_pool.entry(pool).or_default();
+            *by_pool = if to.holds_worker() {
+                *by_pool + 1
+            } else {
+                by_pool.saturating_sub(1)
+            };
+            if !to.holds_worker() {
                 self.dirty = true;
             }
         }
@@ -523,5 +567,11 @@ impl Core {
 
     fn log_store_error(&self, what: &str, e: &StoreError) {
         warn!(error = %e, what, "store call failed");
+    }
+
+    /// Appends a write to the turn's batch, stamped with the engine's clock.
+    fn write(&mut self, write: crate::store::Write) {
+        let now = self.clock.now();
+        self.turn.writes.push(write, now);
     }
 }

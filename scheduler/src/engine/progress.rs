@@ -2,9 +2,10 @@
 //! rule and `when`, retries with back-off, the timeout backstop, lost
 //! attempts, cancel and clear.
 //!
-//! A completion is handled in one turn: the attempt is finished in the store,
-//! downstream tasks that are now decided move in one batched
-//! `transition_tasks`, and the loop dispatches them before it waits again.
+//! A completion is handled in one turn: it is fenced against memory first (a
+//! stale report writes nothing), then the attempt's end, its metrics and
+//! lineage, and the downstream tasks it decides are queued as writes of the
+//! turn's batch, and the turn dispatches them before it commits.
 
 use std::collections::BTreeMap;
 
@@ -15,10 +16,10 @@ use trainyard_core::ids::{RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState};
 
 use super::readiness::{Decision, decide};
-use super::state::{ActiveRun, RunMetrics};
+use super::state::RunMetrics;
 use super::timers::TimerKind;
 use super::{Core, EngineError, Result, TaskOutcome, TaskResult, WorkerCommand};
-use crate::store::{FinishAttempt, TaskTransition};
+use crate::store::{AttemptOf, FinishAttempt, TaskTransition, Write};
 
 fn chrono_of(d: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
@@ -63,7 +64,7 @@ impl Core {
     }
 
     #[instrument(skip(self), err)]
-    pub(super) async fn task_started(
+    pub(super) fn task_started(
         &mut self,
         worker: WorkerId,
         ti: TaskInstanceId,
@@ -84,32 +85,10 @@ impl Core {
             return Ok(()); // a repeated report
         }
         let now = self.clock.now();
-        if let Err(e) = self
-            .store
-            .start_attempt(ti, attempt, self.actor(), now)
-            .await
-        {
-            return Err(self.conflict_or(e, ti, attempt, run_id).await);
-        }
+        self.write(Write::StartAttempt { id: ti, attempt });
         self.set_task_state(run_id, idx, TaskState::Running, attempt);
         self.arm_deadline(run_id, idx, now);
         Ok(())
-    }
-
-    /// Maps a store conflict to `Fenced` (and re-reads the run); passes others on.
-    async fn conflict_or(
-        &mut self,
-        e: crate::store::StoreError,
-        ti: TaskInstanceId,
-        attempt: i32,
-        run_id: RunId,
-    ) -> EngineError {
-        if e.is_conflict() {
-            self.resync_run(run_id).await;
-            EngineError::Fenced { ti, attempt }
-        } else {
-            EngineError::Store(e)
-        }
     }
 
     #[instrument(skip(self, result), fields(outcome = ?result.outcome), err)]
@@ -120,38 +99,58 @@ impl Core {
         attempt: i32,
         result: TaskResult,
     ) -> Result<()> {
-        let hold = self.release_hold(worker, ti, attempt);
+        // Fenced first: a stale report writes nothing, not even metrics.
         let Some((run_id, idx)) = self.current(worker, ti, attempt) else {
             // The confirmation of an attempt the engine cancelled is expected.
+            let hold = self.release_hold(worker, ti, attempt);
             return match hold {
                 Some(h) if h.cancelling => Ok(()),
                 _ => Err(EngineError::Fenced { ti, attempt }),
             };
         };
-        let now = self.clock.now();
+        // Memory may move ahead of the commit: the turn puts it back if the
+        // commit fails, and the freed GPUs reach no worker before it commits.
+        self.release_hold(worker, ti, attempt);
         if self.runs[&run_id].tasks[idx].state == TaskState::Assigned {
-            if let Err(e) = self
-                .store
-                .start_attempt(ti, attempt, self.actor(), now)
-                .await
-            {
-                return Err(self.conflict_or(e, ti, attempt, run_id).await);
-            }
+            self.write(Write::StartAttempt { id: ti, attempt });
             self.set_task_state(run_id, idx, TaskState::Running, attempt);
         }
+        let now = self.clock.now();
+        let task_id = self.runs[&run_id].tasks[idx].task_id.clone();
         if !result.metrics.is_empty() {
             let metrics: Vec<(String, f64)> = result
                 .metrics
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect();
-            self.store
-                .record_metrics(ti, attempt, &metrics, now)
-                .await?;
+            self.write(Write::Metrics {
+                id: ti,
+                attempt,
+                metrics,
+            });
             if let Some(run) = self.runs.get_mut(&run_id) {
-                let task = run.tasks[idx].task_id.as_str().to_owned();
-                run.metrics.insert(task, result.metrics.clone());
+                std::sync::Arc::make_mut(&mut run.metrics)
+                    .insert(task_id.as_str().to_owned(), result.metrics.clone());
             }
+        }
+        let lineage = result.lineage;
+        let me = AttemptOf {
+            run_id,
+            task_id,
+            task_instance_id: ti,
+            attempt,
+        };
+        if !lineage.outputs.is_empty() {
+            self.write(Write::Artifacts {
+                producer: me.clone(),
+                artifacts: lineage.outputs,
+            });
+        }
+        if !lineage.inputs.is_empty() {
+            self.write(Write::ArtifactInputs {
+                consumer: me,
+                keys: lineage.inputs,
+            });
         }
         let (to, outcome, retry_at, error) = match result.outcome {
             TaskOutcome::Succeeded => (
@@ -174,7 +173,7 @@ impl Core {
                 }
             }
         };
-        let report = FinishAttempt {
+        self.write(Write::FinishAttempt(FinishAttempt {
             id: ti,
             attempt,
             from: TaskState::Running,
@@ -182,12 +181,9 @@ impl Core {
             outcome,
             exit_code: result.exit_code,
             error,
-            log_location: None,
+            log_location: lineage.log_location,
             next_retry_at: retry_at,
-        };
-        if let Err(e) = self.store.finish_attempt(report, self.actor(), now).await {
-            return Err(self.conflict_or(e, ti, attempt, run_id).await);
-        }
+        }));
         self.settled(run_id, idx, to, attempt, retry_at).await;
         Ok(())
     }
@@ -219,8 +215,8 @@ impl Core {
             self.arm_retry(run_id, idx, at);
         }
         if to.is_terminal() {
-            self.advance(run_id, self.runs[&run_id].tasks[idx].downstream.clone())
-                .await;
+            let down = self.runs[&run_id].tasks[idx].downstream.to_vec();
+            self.advance(run_id, down).await;
         }
     }
 
@@ -234,7 +230,7 @@ impl Core {
     }
 
     /// A retry timer fired: `up_for_retry → ready` if still current.
-    pub(super) async fn retry_due(&mut self, ti: TaskInstanceId, attempt: i32) {
+    pub(super) fn retry_due(&mut self, ti: TaskInstanceId, attempt: i32) {
         let Some((run_id, idx)) = self.locate(ti) else {
             return;
         };
@@ -243,17 +239,8 @@ impl Core {
             return;
         }
         let t = TaskTransition::new(ti, TaskState::UpForRetry, TaskState::Ready, attempt);
-        match self
-            .store
-            .transition_task(t, self.actor(), self.clock.now())
-            .await
-        {
-            Ok(()) => self.set_task_state(run_id, idx, TaskState::Ready, attempt),
-            Err(e) => {
-                self.log_store_error("retry", &e);
-                self.resync_run(run_id).await;
-            }
-        }
+        self.write(Write::Transitions(vec![t]));
+        self.set_task_state(run_id, idx, TaskState::Ready, attempt);
     }
 
     /// The timeout backstop fired: no result by timeout + grace → kill and fail the attempt.
@@ -287,16 +274,9 @@ impl Core {
             let t = TaskTransition::new(ti, state, TaskState::Lost, attempt)
                 .reason(reason)
                 .outcome(AttemptOutcome::TimedOut);
-            match self.store.transition_task(t, self.actor(), now).await {
-                Ok(()) => {
-                    self.set_task_state(run_id, idx, TaskState::Lost, attempt);
-                    self.after_lost(run_id, idx).await;
-                }
-                Err(e) => {
-                    self.log_store_error("timeout", &e);
-                    self.resync_run(run_id).await;
-                }
-            }
+            self.write(Write::Transitions(vec![t]));
+            self.set_task_state(run_id, idx, TaskState::Lost, attempt);
+            self.after_lost(run_id, idx).await;
             return;
         }
         let retry_at = self.retry_time(run_id, idx, now);
@@ -316,13 +296,8 @@ impl Core {
             log_location: None,
             next_retry_at: retry_at,
         };
-        match self.store.finish_attempt(report, self.actor(), now).await {
-            Ok(()) => self.settled(run_id, idx, to, attempt, retry_at).await,
-            Err(e) => {
-                self.log_store_error("timeout", &e);
-                self.resync_run(run_id).await;
-            }
-        }
+        self.write(Write::FinishAttempt(report));
+        self.settled(run_id, idx, to, attempt, retry_at).await;
     }
 
     /// A `lost` attempt: retry it (at once, elsewhere) or fail the task.
@@ -341,16 +316,9 @@ impl Core {
         if to == TaskState::UpForRetry {
             t = t.retry_at(now);
         }
-        match self.store.transition_task(t, self.actor(), now).await {
-            Ok(()) => {
-                let retry = (to == TaskState::UpForRetry).then_some(now);
-                self.settled(run_id, idx, to, attempt, retry).await;
-            }
-            Err(e) => {
-                self.log_store_error("lost attempt", &e);
-                self.resync_run(run_id).await;
-            }
-        }
+        self.write(Write::Transitions(vec![t]));
+        let retry = (to == TaskState::UpForRetry).then_some(now);
+        self.settled(run_id, idx, to, attempt, retry).await;
     }
 
     /// An attempt the worker no longer has: hand it back if it never started, else it is lost.
@@ -372,21 +340,10 @@ impl Core {
             _ => (TaskState::Running, TaskState::Lost),
         };
         let t = TaskTransition::new(ti, from, to, attempt).reason(reason);
-        match self
-            .store
-            .transition_task(t, self.actor(), self.clock.now())
-            .await
-        {
-            Ok(()) => {
-                self.set_task_state(run_id, idx, to, attempt);
-                if to == TaskState::Lost {
-                    self.after_lost(run_id, idx).await;
-                }
-            }
-            Err(e) => {
-                self.log_store_error("vanished attempt", &e);
-                self.resync_run(run_id).await;
-            }
+        self.write(Write::Transitions(vec![t]));
+        self.set_task_state(run_id, idx, to, attempt);
+        if to == TaskState::Lost {
+            self.after_lost(run_id, idx).await;
         }
     }
 
@@ -398,7 +355,6 @@ impl Core {
             if decided.is_empty() {
                 break;
             }
-            let now = self.clock.now();
             let transitions: Vec<TaskTransition> = {
                 let run = &self.runs[&run_id];
                 decided
@@ -413,15 +369,7 @@ impl Core {
                     })
                     .collect()
             };
-            if let Err(e) = self
-                .store
-                .transition_tasks(&transitions, self.actor(), now)
-                .await
-            {
-                self.log_store_error("advance", &e);
-                self.resync_run(run_id).await;
-                return;
-            }
+            self.write(Write::Transitions(transitions));
             candidates.clear();
             for (i, to, _) in decided {
                 let attempt = self.runs[&run_id].tasks[i].attempt;
@@ -475,7 +423,12 @@ impl Core {
             }
         }
         if !needs_when.is_empty() {
-            self.load_previous_metrics(run_id).await;
+            if let Err(e) = self.load_previous_metrics(run_id).await {
+                // A gate must not be decided on missing data: try the turn again.
+                self.log_store_error("previous metrics", &e);
+                self.fail_turn(e);
+                return Vec::new();
+            }
             let run = &self.runs[&run_id];
             for i in needs_when {
                 let node = &run.tasks[i];
@@ -485,7 +438,7 @@ impl Core {
                     .get(node.task_id.as_str())
                     .and_then(|t| t.when.clone())
                     .unwrap_or_default();
-                match eval_when(&expr, &run.params, &run.metrics, run.previous.as_ref()) {
+                match eval_when(&expr, &run.params, &run.metrics, run.previous.as_deref()) {
                     Ok(true) => out.push((i, TaskState::Ready, None)),
                     Ok(false) => out.push((
                         i,
@@ -504,26 +457,22 @@ impl Core {
     }
 
     /// Loads the metrics of the DAG's last successful run for `when` (once per run).
-    async fn load_previous_metrics(&mut self, run_id: RunId) {
+    async fn load_previous_metrics(&mut self, run_id: RunId) -> crate::store::Result<()> {
         let Some(run) = self.runs.get(&run_id) else {
-            return;
+            return Ok(());
         };
         if run.previous.is_some() {
-            return;
+            return Ok(());
         }
         let dag = run.run.dag_id.clone();
-        let mut previous = RunMetrics::new();
-        match self.store.last_successful_run(&dag).await {
-            Ok(Some(prev)) => match self.store.run_metrics(prev.id).await {
-                Ok(points) => previous = metrics_by_task(points),
-                Err(e) => self.log_store_error("previous metrics", &e),
-            },
-            Ok(None) => {}
-            Err(e) => self.log_store_error("last successful run", &e),
-        }
+        let previous = match self.store.last_successful_run(&dag).await? {
+            Some(prev) => metrics_by_task(self.store.run_metrics(prev.id).await?),
+            None => RunMetrics::new(),
+        };
         if let Some(run) = self.runs.get_mut(&run_id) {
-            run.previous = Some(previous);
+            run.previous = Some(std::sync::Arc::new(previous));
         }
+        Ok(())
     }
 
     #[instrument(skip(self), err)]
@@ -542,10 +491,9 @@ impl Core {
             self.load_run(run).await?;
         }
         let all: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
-        self.cancel_tasks(run_id, &all, reason).await?;
+        self.cancel_tasks(run_id, &all, reason);
         let from = self.runs[&run_id].run.state;
-        self.end_run(run_id, from, RunState::Cancelled, Some(reason))
-            .await?;
+        self.end_run(run_id, from, RunState::Cancelled, Some(reason));
         Ok(())
     }
 
@@ -560,15 +508,14 @@ impl Core {
                 run: run_id,
                 task: task.clone(),
             })?;
-        self.cancel_tasks(run_id, &[idx], "cancelled by request")
-            .await?;
-        let down = self.runs[&run_id].tasks[idx].downstream.clone();
+        self.cancel_tasks(run_id, &[idx], "cancelled by request");
+        let down = self.runs[&run_id].tasks[idx].downstream.to_vec();
         self.advance(run_id, down).await;
         Ok(())
     }
 
     /// Cancels the non-terminal tasks among `idxs` in one batch; running attempts get a `Cancel`.
-    async fn cancel_tasks(&mut self, run_id: RunId, idxs: &[usize], reason: &str) -> Result<()> {
+    fn cancel_tasks(&mut self, run_id: RunId, idxs: &[usize], reason: &str) {
         let run = &self.runs[&run_id];
         let targets: Vec<(usize, TaskState, i32, TaskInstanceId, Option<WorkerId>)> = idxs
             .iter()
@@ -583,16 +530,9 @@ impl Core {
             })
             .collect();
         if transitions.is_empty() {
-            return Ok(());
+            return;
         }
-        if let Err(e) = self
-            .store
-            .transition_tasks(&transitions, self.actor(), self.clock.now())
-            .await
-        {
-            self.resync_run(run_id).await;
-            return Err(e.into());
-        }
+        self.write(Write::Transitions(transitions));
         for (i, from, attempt, ti, worker) in targets {
             if from.holds_worker()
                 && let Some(w) = worker
@@ -615,7 +555,6 @@ impl Core {
             }
             self.set_task_state(run_id, i, TaskState::Cancelled, attempt);
         }
-        Ok(())
     }
 
     #[instrument(skip(self), err)]
@@ -664,17 +603,14 @@ impl Core {
             })
             .collect();
         let run_state = run.run.state;
-        let now = self.clock.now();
-        self.store
-            .transition_tasks(&transitions, self.actor(), now)
-            .await?;
+        self.write(Write::Transitions(transitions));
         for &i in &targets {
             let attempt = self.runs[&run_id].tasks[i].attempt;
             self.set_task_state(run_id, i, TaskState::Pending, attempt);
             if let Some(run) = self.runs.get_mut(&run_id) {
                 let name = run.tasks[i].task_id.as_str().to_owned();
                 run.tasks[i].retry_base = attempt;
-                run.metrics.remove(&name);
+                std::sync::Arc::make_mut(&mut run.metrics).remove(&name);
             }
         }
         info!(run = %run_id, %task, cleared = targets.len(), "tasks cleared");
@@ -685,55 +621,14 @@ impl Core {
                 to: RunState::Queued,
                 reason: Some(format!("task `{task}` cleared")),
             };
-            let row = self.store.transition_run(t, self.actor(), now).await?;
-            self.set_run_state(run_id, row.state);
+            self.write(Write::Run(t));
+            self.set_run_state(run_id, RunState::Queued);
             self.start_pending = true;
         } else {
             self.advance(run_id, targets).await;
         }
         Ok(())
     }
-
-    /// Why each waiting task of a run is not running.
-    pub(super) fn wait_reasons(&self, run_id: RunId) -> Result<super::WaitReasons> {
-        let mut out = BTreeMap::new();
-        let Some(run) = self.runs.get(&run_id) else {
-            return Ok(out);
-        };
-        for n in &run.tasks {
-            let reason = match n.state {
-                TaskState::Ready => Some(
-                    n.wait_reason
-                        .clone()
-                        .unwrap_or_else(|| "waiting for a free worker slot".into()),
-                ),
-                TaskState::Pending if run.run.state == RunState::Queued => {
-                    Some("the run is queued (max_active_runs)".into())
-                }
-                TaskState::Pending => Some(format!(
-                    "waiting for upstream: {}",
-                    pending_upstream(run, n.upstream.as_slice())
-                )),
-                TaskState::UpForRetry => n
-                    .next_retry_at
-                    .map(|t| format!("retrying at {}", t.to_rfc3339())),
-                _ => None,
-            };
-            if let Some(r) = reason {
-                out.insert(n.task_id.clone(), r);
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn pending_upstream(run: &ActiveRun, upstream: &[usize]) -> String {
-    upstream
-        .iter()
-        .filter(|&&u| !run.tasks[u].state.is_terminal())
-        .map(|&u| run.tasks[u].task_id.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Groups metric points by task, the latest attempt's value winning.

@@ -17,7 +17,7 @@ use super::progress::metrics_by_task;
 use super::state::{ActiveRun, DagEntry, params_json};
 use super::timers::TimerKind;
 use super::{Core, EngineError, EngineEvent, Result};
-use crate::store::{NewRun, NewTaskInstance, Run, RunCreation, RunFilter, RunTransition};
+use crate::store::{NewRun, NewTaskInstance, Run, RunCreation, RunFilter, RunTransition, Write};
 
 /// Most runs one backfill may create.
 const MAX_BACKFILL: usize = 10_000;
@@ -68,6 +68,8 @@ impl Core {
     }
 
     pub(super) async fn set_paused(&mut self, id: &DagId, paused: bool) -> Result<()> {
+        // A direct write: the re-read below must see it.
+        self.before_direct_write().await?;
         match self
             .store
             .set_dag_paused(id, paused, self.clock.now())
@@ -77,7 +79,9 @@ impl Core {
             r => r?,
         }
         info!(dag = %id, paused, "dag pause changed");
-        self.dag_changed(id).await
+        let r = self.dag_changed(id).await;
+        self.after_direct_write();
+        r
     }
 
     /// Creates the runs of due slots and arms the timer for the next one.
@@ -211,6 +215,9 @@ impl Core {
             params,
             idempotency_key,
         );
+        // Loaded before the write: once the run exists, nothing may fail.
+        let spec = self.spec_of(version).await?;
+        self.before_direct_write().await?;
         match self
             .store
             .create_run(new, self.actor(), self.clock.now())
@@ -219,7 +226,6 @@ impl Core {
             RunCreation::Created { run, tasks } => {
                 let id = run.id;
                 info!(dag = %dag, run = %id, ?logical_date, %trigger, "run created");
-                let spec = self.spec_of(version).await?;
                 self.insert_run(ActiveRun::new(run, spec, tasks, Default::default()));
                 self.emit(EngineEvent::RunState {
                     run_id: id,
@@ -227,6 +233,7 @@ impl Core {
                     state: RunState::Queued,
                 });
                 self.start_pending = true;
+                self.after_direct_write();
                 Ok(id)
             }
             RunCreation::AlreadyExists(run) => Ok(run.id),
@@ -388,21 +395,10 @@ impl Core {
                 to: RunState::Running,
                 reason: None,
             };
-            match self
-                .store
-                .transition_run(t, self.actor(), self.clock.now())
-                .await
-            {
-                Ok(row) => {
-                    self.set_run_state(run_id, row.state);
-                    let pending: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
-                    self.advance(run_id, pending).await;
-                }
-                Err(e) => {
-                    self.log_store_error("start run", &e);
-                    self.resync_run(run_id).await;
-                }
-            }
+            self.write(Write::Run(t));
+            self.set_run_state(run_id, RunState::Running);
+            let pending: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
+            self.advance(run_id, pending).await;
         }
     }
 
@@ -423,33 +419,24 @@ impl Core {
         } else {
             RunState::Failed
         };
-        if let Err(e) = self.end_run(run_id, RunState::Running, to, None).await {
-            warn!(run = %run_id, error = %e, "could not finish the run");
-        }
+        self.end_run(run_id, RunState::Running, to, None);
     }
 
     /// Moves a run to a terminal state and forgets it.
-    pub(super) async fn end_run(
+    pub(super) fn end_run(
         &mut self,
         run_id: RunId,
         from: RunState,
         to: RunState,
         reason: Option<&str>,
-    ) -> Result<()> {
+    ) {
         let t = RunTransition {
             id: run_id,
             from,
             to,
             reason: reason.map(str::to_owned),
         };
-        if let Err(e) = self
-            .store
-            .transition_run(t, self.actor(), self.clock.now())
-            .await
-        {
-            self.resync_run(run_id).await;
-            return Err(e.into());
-        }
+        self.write(Write::Run(t));
         self.set_run_state(run_id, to);
         info!(run = %run_id, state = %to, "run finished");
         if let Some(run) = self.runs.remove(&run_id) {
@@ -461,7 +448,6 @@ impl Core {
             }
         }
         self.start_pending = true;
-        Ok(())
     }
 
     pub(super) fn set_run_state(&mut self, run_id: RunId, state: RunState) {
@@ -516,9 +502,65 @@ impl Core {
         Ok(())
     }
 
-    /// Forgets a run's in-memory picture and reloads it from the store (after a
-    /// conflict: someone else moved it, so the store's word wins).
-    pub(super) async fn resync_run(&mut self, run_id: RunId) {
+    /// Replaces a run's in-memory picture by the store's (after a conflict:
+    /// the store's word wins). Everything is read first; memory changes only
+    /// once every read succeeded, and the run's pending tasks are decided
+    /// again and its ready tasks dispatched in the turn that follows.
+    pub(super) async fn resync_run(&mut self, run_id: RunId) -> Result<()> {
+        let row = match self.store.get_run(run_id).await {
+            Ok(r) => Some(r),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let fresh = match row {
+            Some(run) if !run.state.is_terminal() => {
+                let spec = self.spec_of(run.version_id).await?;
+                let tasks = self.store.task_instances(run.id).await?;
+                let metrics = metrics_by_task(self.store.run_metrics(run.id).await?);
+                Some(ActiveRun::new(run, spec, tasks, metrics))
+            }
+            _ => None,
+        };
+        // Placement facts the task rows do not carry stay from memory.
+        let kept: Vec<_> = self
+            .runs
+            .get(&run_id)
+            .map(|old| {
+                old.tasks
+                    .iter()
+                    .map(|t| (t.ti, t.worker, t.gpus.clone(), t.deadline))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.forget_run(run_id);
+        let Some(mut fresh) = fresh else {
+            return Ok(());
+        };
+        let index: std::collections::HashMap<_, usize> = fresh
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.ti, i))
+            .collect();
+        for (ti, worker, gpus, deadline) in kept {
+            if let Some(&i) = index.get(&ti) {
+                let n = &mut fresh.tasks[i];
+                if n.state.holds_worker() {
+                    n.worker = worker;
+                    n.gpus = gpus;
+                    n.deadline = deadline;
+                }
+            }
+        }
+        self.insert_run(fresh);
+        self.start_pending = true;
+        self.dirty = true;
+        self.redecide.push(run_id);
+        Ok(())
+    }
+
+    /// Drops a run from memory with its index entries and counters.
+    fn forget_run(&mut self, run_id: RunId) {
         let Some(old) = self.runs.remove(&run_id) else {
             return;
         };
@@ -536,39 +578,6 @@ impl Core {
                 }
             }
         }
-        let run = match self.store.get_run(run_id).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.log_store_error("resync run", &e);
-                return;
-            }
-        };
-        if run.state.is_terminal() {
-            return;
-        }
-        let workers: Vec<_> = old
-            .tasks
-            .iter()
-            .map(|t| (t.ti, t.worker, t.gpus.clone(), t.deadline))
-            .collect();
-        if let Err(e) = self.load_run(run).await {
-            warn!(run = %run_id, error = %e, "could not reload the run");
-            return;
-        }
-        // Keep placement facts the store does not carry in task rows.
-        if let Some(run) = self.runs.get_mut(&run_id) {
-            for (ti, worker, gpus, deadline) in workers {
-                if let Some(&(_, i)) = self.ti_index.get(&ti) {
-                    let n = &mut run.tasks[i];
-                    if n.state.holds_worker() {
-                        n.worker = worker;
-                        n.gpus = gpus;
-                        n.deadline = deadline;
-                    }
-                }
-            }
-        }
-        self.start_pending = true;
     }
 }
 

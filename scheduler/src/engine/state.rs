@@ -2,9 +2,11 @@
 //! their states, attempts and upstream/downstream indices (from the DAG spec
 //! pinned to the run's version), params, metrics and placement demands.
 //!
-//! The store is the source of truth; this is a cache of it that the engine
-//! keeps in step by applying each change here only after the store accepted it,
-//! and rebuilds from the store on start-up.
+//! The store is the source of truth; this is a cache of it, rebuilt from the
+//! store on start-up. A turn changes it freely while it decides, and puts it
+//! back as it was when the turn's transaction fails (see `memory.rs`), so
+//! everything here is cheap to clone: tasks live in a persistent vector and
+//! what never changes after a run is loaded is shared behind an `Arc`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use regex::Regex;
 use trainyard_core::cron::Schedule;
 use trainyard_core::dag::{DagSpec, ParamValue};
 use trainyard_core::ids::{DagVersionId, TaskId, TaskInstanceId, WorkerId};
-use trainyard_core::state::TaskState;
+use trainyard_core::state::{RunState, TaskState};
 
 use super::placement::Demand;
 use crate::store::{Run, TaskInstance};
@@ -23,7 +25,7 @@ use crate::store::{Run, TaskInstance};
 pub type RunMetrics = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// One registered DAG as the scheduler sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DagEntry {
     pub paused: bool,
     pub active: bool,
@@ -67,24 +69,24 @@ pub struct TaskNode {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Why it is not running (set by dispatch; served to users).
     pub wait_reason: Option<String>,
-    pub upstream: Vec<usize>,
-    pub downstream: Vec<usize>,
+    pub upstream: Arc<[usize]>,
+    pub downstream: Arc<[usize]>,
 }
 
 /// A run in `queued` or `running` (or one being cleared back to life).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ActiveRun {
     pub run: Run,
     pub spec: Arc<DagSpec>,
-    pub params: BTreeMap<String, ParamValue>,
-    pub tasks: Vec<TaskNode>,
-    pub by_task: HashMap<String, usize>,
+    pub params: Arc<BTreeMap<String, ParamValue>>,
+    pub tasks: imbl::Vector<TaskNode>,
+    pub by_task: Arc<HashMap<String, usize>>,
     /// Placement demand per task (index-aligned with `tasks`), regexes compiled once.
-    pub demands: Vec<Demand>,
+    pub demands: Arc<[Demand]>,
     /// Metrics of this run's tasks (latest attempt).
-    pub metrics: RunMetrics,
+    pub metrics: Arc<RunMetrics>,
     /// Metrics of the DAG's last successful run, loaded when a `when` first needs them.
-    pub previous: Option<RunMetrics>,
+    pub previous: Option<Arc<RunMetrics>>,
 }
 
 impl ActiveRun {
@@ -115,8 +117,8 @@ impl ActiveRun {
                 deadline: None,
                 next_retry_at: ti.next_retry_at,
                 wait_reason: None,
-                upstream: Vec::new(),
-                downstream: Vec::new(),
+                upstream: Arc::from([]),
+                downstream: Arc::from([]),
             });
         }
         let mut demands = Vec::with_capacity(tasks.len());
@@ -133,8 +135,8 @@ impl ActiveRun {
                 .iter()
                 .filter_map(|d| by_task.get(d).copied())
                 .collect();
-            node.upstream = up;
-            node.downstream = down;
+            node.upstream = up.into();
+            node.downstream = down.into();
             let r = spec_task.map(|t| t.resources.clone()).unwrap_or_default();
             demands.push(Demand {
                 pool: node.pool.clone(),
@@ -149,11 +151,11 @@ impl ActiveRun {
         Self {
             run,
             spec,
-            params,
-            tasks,
-            by_task,
-            demands,
-            metrics,
+            params: Arc::new(params),
+            tasks: tasks.into_iter().collect(),
+            by_task: Arc::new(by_task),
+            demands: demands.into(),
+            metrics: Arc::new(metrics),
             previous: None,
         }
     }
@@ -202,4 +204,42 @@ pub fn params_json(params: &BTreeMap<String, ParamValue>) -> serde_json::Value {
             .map(|(k, v)| (k.clone(), v.to_json()))
             .collect(),
     )
+}
+
+/// Why each waiting task of a run is not running.
+pub fn wait_reasons_of(run: &ActiveRun) -> super::WaitReasons {
+    let mut out = BTreeMap::new();
+    for n in &run.tasks {
+        let reason = match n.state {
+            TaskState::Ready => Some(
+                n.wait_reason
+                    .clone()
+                    .unwrap_or_else(|| "waiting for a free worker slot".into()),
+            ),
+            TaskState::Pending if run.run.state == RunState::Queued => {
+                Some("the run is queued (max_active_runs)".into())
+            }
+            TaskState::Pending => Some(format!(
+                "waiting for upstream: {}",
+                pending_upstream(run, &n.upstream)
+            )),
+            TaskState::UpForRetry => n
+                .next_retry_at
+                .map(|t| format!("retrying at {}", t.to_rfc3339())),
+            _ => None,
+        };
+        if let Some(r) = reason {
+            out.insert(n.task_id.clone(), r);
+        }
+    }
+    out
+}
+
+fn pending_upstream(run: &ActiveRun, upstream: &[usize]) -> String {
+    upstream
+        .iter()
+        .filter(|&&u| !run.tasks[u].state.is_terminal())
+        .map(|&u| run.tasks[u].task_id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -13,13 +13,13 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
-use trainyard_core::ids::{TaskInstanceId, WorkerId};
+use trainyard_core::ids::{RunId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{TaskState, WorkerState};
 
 use super::placement::{GpuCapacity, WorkerCapacity};
 use super::timers::TimerKind;
 use super::{Core, EngineError, GpuInventory, GpuUsage, Result, WorkerCommand, WorkerRegistration};
-use crate::store::{NewWorker, Worker};
+use crate::store::{NewWorker, Worker, Write};
 
 /// Commands buffered per worker before a slow stream counts as broken.
 const WORKER_CHANNEL: usize = 4096;
@@ -35,7 +35,7 @@ pub struct Hold {
 }
 
 /// One registered worker.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WorkerEntry {
     pub id: WorkerId,
     pub name: String,
@@ -53,6 +53,9 @@ pub struct WorkerEntry {
     /// Its command stream; `None` while disconnected.
     pub tx: Option<mpsc::Sender<WorkerCommand>>,
     pub last_heartbeat: DateTime<Utc>,
+    /// The heartbeat time last written to the store (liveness itself lives
+    /// in memory; the row is refreshed every `lost_worker_timeout / 3`).
+    pub heartbeat_persisted: DateTime<Utc>,
 }
 
 impl WorkerEntry {
@@ -71,6 +74,7 @@ impl WorkerEntry {
             held: HashMap::new(),
             tx: None,
             last_heartbeat: now,
+            heartbeat_persisted: now,
         }
     }
 
@@ -95,6 +99,7 @@ impl WorkerEntry {
             tx: None,
             // A restarted scheduler gives every worker a full timeout to reconnect.
             last_heartbeat: now,
+            heartbeat_persisted: w.last_heartbeat_at,
         }
     }
 
@@ -180,7 +185,7 @@ impl Core {
     }
 
     #[instrument(skip_all, fields(worker = %reg.name), err)]
-    pub(super) async fn register_worker(&mut self, reg: WorkerRegistration) -> Result<WorkerId> {
+    pub(super) fn register_worker(&mut self, reg: WorkerRegistration) -> Result<WorkerId> {
         if reg.slots == 0 {
             return Err(EngineError::InvalidRequest(
                 "a worker needs at least one slot".into(),
@@ -188,9 +193,7 @@ impl Core {
         }
         let id = reg.id.unwrap_or_default();
         let now = self.clock.now();
-        self.store
-            .register_worker(new_worker_row(id, &reg), now)
-            .await?;
+        self.write(Write::RegisterWorker(new_worker_row(id, &reg)));
         match self.workers.get_mut(&id) {
             Some(w) => {
                 // A re-registration keeps what it holds and its stream.
@@ -229,15 +232,11 @@ impl Core {
             )));
         }
         w.tx = Some(tx);
-        for &(ti, attempt) in &still_running {
-            if !w.held.contains_key(&(ti, attempt)) {
-                w.send(WorkerCommand::Kill {
-                    ti,
-                    attempt,
-                    reason: "this attempt is no longer assigned to this worker".into(),
-                });
-            }
-        }
+        let foreign: Vec<(TaskInstanceId, i32)> = still_running
+            .iter()
+            .filter(|k| !w.held.contains_key(k))
+            .copied()
+            .collect();
         // Attempts the engine thinks it holds but it does not report are gone
         // (the worker restarted, or the assignment was lost in transit).
         let missing: Vec<(TaskInstanceId, i32)> = w
@@ -246,6 +245,16 @@ impl Core {
             .filter(|k| !reported.contains(k))
             .copied()
             .collect();
+        for (ti, attempt) in foreign {
+            self.send_to(
+                worker,
+                WorkerCommand::Kill {
+                    ti,
+                    attempt,
+                    reason: "this attempt is no longer assigned to this worker".into(),
+                },
+            );
+        }
         for (ti, attempt) in missing {
             self.release_hold(worker, ti, attempt);
             self.attempt_vanished(ti, attempt, "the worker reconnected without it")
@@ -255,8 +264,11 @@ impl Core {
         Ok(rx)
     }
 
-    pub(super) async fn heartbeat(&mut self, worker: WorkerId, usage: Vec<GpuUsage>) -> Result<()> {
+    /// Liveness in memory; the store's `last_heartbeat_at` is refreshed in
+    /// the turn's batch at most every `lost_worker_timeout / 3`.
+    pub(super) fn heartbeat(&mut self, worker: WorkerId, usage: Vec<GpuUsage>) -> Result<()> {
         let now = self.clock.now();
+        let every = self.lost_timeout() / 3;
         let w = self
             .workers
             .get_mut(&worker)
@@ -277,7 +289,10 @@ impl Core {
             self.dirty = true;
         }
         w.usage = usage;
-        self.store.heartbeat_worker(worker, now).await?;
+        if now - w.heartbeat_persisted >= every {
+            w.heartbeat_persisted = now;
+            self.write(Write::Heartbeat { id: worker });
+        }
         Ok(())
     }
 
@@ -300,54 +315,72 @@ impl Core {
             .await;
     }
 
-    /// Marks the worker lost (store first), kills what it held and retries it elsewhere.
+    /// Marks the worker lost, kills what it held and retries it elsewhere.
+    /// The attempts lost are the ones memory holds on it (the engine is the
+    /// only writer); the store marks the same ones in the turn's batch.
     #[instrument(skip(self))]
     pub(super) async fn declare_lost(&mut self, worker: WorkerId, reason: &str) {
-        let now = self.clock.now();
-        let lost = match self.store.mark_worker_lost(worker, reason, now).await {
-            Ok(lost) => lost,
-            Err(e) => {
-                self.log_store_error("mark_worker_lost", &e);
-                // Look again after another timeout rather than spin.
-                self.arm_heartbeat(worker, now);
-                return;
-            }
-        };
-        warn!(%worker, attempts = lost.len(), reason, "worker lost");
-        if let Some(w) = self.workers.get_mut(&worker) {
+        self.write(Write::WorkerLost {
+            id: worker,
+            reason: reason.to_owned(),
+        });
+        let held: Option<Vec<(TaskInstanceId, i32)>> = self.workers.get_mut(&worker).map(|w| {
             w.state = WorkerState::Lost;
-            let held: Vec<(TaskInstanceId, i32)> = w.held.keys().copied().collect();
-            for (ti, attempt) in held {
-                w.send(WorkerCommand::Kill {
+            let held = w.held.keys().copied().collect();
+            w.held.clear();
+            held
+        });
+        for &(ti, attempt) in held.iter().flatten() {
+            self.send_to(
+                worker,
+                WorkerCommand::Kill {
                     ti,
                     attempt,
                     reason: "the worker was declared lost; the task is retried elsewhere".into(),
-                });
-            }
-            w.held.clear();
+                },
+            );
         }
         self.dirty = true;
-        for h in lost {
-            if let Some((run_id, idx)) = self.locate(h.task_instance_id) {
-                let node = &self.runs[&run_id].tasks[idx];
-                if node.attempt == h.attempt && node.state.holds_worker() {
-                    self.set_task_state(run_id, idx, TaskState::Lost, h.attempt);
-                    self.after_lost(run_id, idx).await;
-                }
-            }
+        // The attempts it held; for a worker memory does not know (start-up
+        // found attempts of an unregistered worker), every attempt placed on it.
+        let on_worker = |c: &Core, run_id: RunId, idx: usize| {
+            let n = &c.runs[&run_id].tasks[idx];
+            n.worker == Some(worker) && n.state.holds_worker()
+        };
+        let lost: Vec<(RunId, usize)> = match &held {
+            Some(held) => held
+                .iter()
+                .filter_map(|(ti, attempt)| {
+                    let (run_id, idx) = self.locate(*ti)?;
+                    (self.runs[&run_id].tasks[idx].attempt == *attempt).then_some((run_id, idx))
+                })
+                .filter(|&(r, i)| on_worker(self, r, i))
+                .collect(),
+            None => self
+                .runs
+                .iter()
+                .flat_map(|(run_id, run)| (0..run.tasks.len()).map(move |i| (*run_id, i)))
+                .filter(|&(r, i)| on_worker(self, r, i))
+                .collect(),
+        };
+        warn!(%worker, attempts = lost.len(), reason, "worker lost");
+        for (run_id, idx) in lost {
+            let attempt = self.runs[&run_id].tasks[idx].attempt;
+            self.set_task_state(run_id, idx, TaskState::Lost, attempt);
+            self.after_lost(run_id, idx).await;
         }
     }
 
-    pub(super) async fn worker_draining(&mut self, worker: WorkerId) -> Result<()> {
-        let now = self.clock.now();
+    pub(super) fn worker_draining(&mut self, worker: WorkerId) -> Result<()> {
         let w = self
             .workers
             .get_mut(&worker)
             .ok_or(EngineError::WorkerNotFound(worker))?;
         w.state = WorkerState::Draining;
-        self.store
-            .set_worker_state(worker, WorkerState::Draining, now)
-            .await?;
+        self.write(Write::WorkerState {
+            id: worker,
+            state: WorkerState::Draining,
+        });
         info!(%worker, "worker draining");
         Ok(())
     }
@@ -374,10 +407,5 @@ impl Core {
             self.dirty = true;
         }
         hold
-    }
-
-    /// Sends a command to a worker if it is connected.
-    pub(super) fn send_to(&mut self, worker: WorkerId, cmd: WorkerCommand) -> bool {
-        self.workers.get_mut(&worker).is_some_and(|w| w.send(cmd))
     }
 }

@@ -1,14 +1,15 @@
-//! What the worker service adds around artifacts, with the [`Store`]:
+//! What the worker service adds around artifacts:
 //!
-//! - which attempt of each upstream an assignment reads its inputs from
-//!   (the engine's assignment only names upstream tasks; their current
-//!   attempt is read from the store when the assignment goes out);
-//! - lineage: the outputs and inputs a TaskFinished reports are recorded;
+//! - the output prefix of each upstream attempt an assignment reads its
+//!   inputs from (the engine's assignment carries those attempts; nothing
+//!   is read from the store per assignment);
 //! - secrets: literal values of the task's secret env are masked in log
 //!   lines again before they are stored (the worker masks first; this is
 //!   defence in depth, e.g. against an old worker);
-//! - the attempt's full log is archived to the artifact store when it ends
-//!   and its URI recorded on the attempt (see [`crate::logs::LogStore::archive`]).
+//! - the attempt's full log is archived to the artifact store when it ends,
+//!   before the result goes to the engine, so its URI is committed with the
+//!   attempt's end (see [`crate::logs::LogStore::archive`]). Lineage (outputs
+//!   and inputs) travels in the result too (`convert::result_from_proto`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,13 +17,12 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 use trainyard_artifacts::AttemptKey;
 use trainyard_core::dag::{DagSpec, EnvSource};
-use trainyard_core::ids::{RunId, TaskId, TaskInstanceId};
-use trainyard_core::state::TaskState;
+use trainyard_core::ids::RunId;
 use trainyard_proto::v1;
 
 use crate::engine::Assignment;
 use crate::logs::{LogStore, LogStream};
-use crate::store::{AttemptOf, NewArtifact, Store};
+use crate::store::Store;
 
 /// What the service needs for artifacts; see the module docs.
 #[derive(Debug, Clone)]
@@ -32,40 +32,22 @@ pub struct ArtifactContext {
     pub url: String,
 }
 
-/// Caps what one TaskFinished may record (a hostile or buggy worker must
-/// not write millions of rows in one go).
-const MAX_RECORDS: usize = 100_000;
-
 /// Fills `upstream_outputs` of an outgoing Assign: for each upstream that
-/// succeeded, its current attempt and output prefix.
-pub(super) async fn fill_upstream_outputs(store: &dyn Store, a: &Assignment, msg: &mut v1::Assign) {
-    if a.upstream.is_empty() {
-        return;
-    }
-    let tasks = match store.task_instances(a.run_id).await {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(run = %a.run_id, task = %a.task_id, error = %e, "cannot read upstream attempts; inputs will be empty");
-            return;
-        }
-    };
-    for up in &a.upstream {
-        let Some(t) = tasks
-            .iter()
-            .find(|t| &t.task_id == up && t.state == TaskState::Success)
-        else {
+/// succeeded, its attempt (as the engine knows it) and output prefix.
+pub(super) fn fill_upstream_outputs(a: &Assignment, msg: &mut v1::Assign) {
+    for up in &a.upstream_attempts {
+        let Ok(attempt) = u32::try_from(up.attempt) else {
             continue;
         };
-        let Ok(attempt) = u32::try_from(t.attempt) else {
-            continue;
-        };
-        match AttemptKey::new(a.run_id.to_string(), up.as_str(), attempt) {
+        match AttemptKey::new(a.run_id.to_string(), up.task_id.as_str(), attempt) {
             Ok(key) => msg.upstream_outputs.push(v1::UpstreamOutput {
-                task_id: up.to_string(),
+                task_id: up.task_id.to_string(),
                 attempt,
                 prefix: key.output_prefix(),
             }),
-            Err(e) => warn!(upstream = %up, error = %e, "upstream cannot name an artifact prefix"),
+            Err(e) => {
+                warn!(upstream = %up.task_id, error = %e, "upstream cannot name an artifact prefix")
+            }
         }
     }
 }
@@ -153,80 +135,31 @@ impl SecretCache {
     }
 }
 
-fn artifacts_from_proto(list: &[v1::Artifact]) -> Vec<NewArtifact> {
-    list.iter()
-        .take(MAX_RECORDS)
-        .map(|a| NewArtifact {
-            key: a.key.clone(),
-            uri: a.uri.clone(),
-            size: a.size,
-            sha256: a.sha256.clone(),
-        })
-        .collect()
-}
+/// How long a finished attempt's log upload may hold up its report; past
+/// it the attempt ends without an archived log (the local copy stays).
+const ARCHIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// After the engine accepted a TaskFinished: records its lineage (inline,
-/// so it is there when the run's next task asks) and archives the log in the
-/// background (an upload must not stall the worker's stream).
-pub(super) async fn on_finished(
-    ctx: &ArtifactContext,
+/// Archives a finished attempt's log and returns its URI, to be committed
+/// with the attempt's end. `None` when there is no archive or it failed.
+pub(super) async fn archive_log(
     logs: &LogStore,
-    place: Option<(RunId, String)>,
-    ti: TaskInstanceId,
+    run: RunId,
+    task: &str,
     attempt: i32,
-    f: &v1::TaskFinished,
-) {
-    let place = match place {
-        Some(p) => Some(p),
-        None => match ctx.store.get_task_instance(ti).await {
-            Ok(t) => Some((t.run_id, t.task_id.to_string())),
-            Err(e) => {
-                warn!(%ti, attempt, error = %e, "finished attempt not found; no lineage, no log archive");
-                None
-            }
-        },
-    };
-    let Some((run, task)) = place else {
-        return;
-    };
-    let me = AttemptOf {
-        run_id: run,
-        task_id: TaskId::new(task.clone()),
-        task_instance_id: ti,
-        attempt,
-    };
-    let now = chrono::Utc::now();
-    let produced = artifacts_from_proto(&f.outputs);
-    if let Err(e) = ctx.store.record_artifacts(&me, &produced, now).await {
-        warn!(%run, %task, attempt, error = %e, "could not record produced artifacts");
+) -> Option<String> {
+    if !logs.has_archive() {
+        return None;
     }
-    let consumed: Vec<String> = f
-        .inputs
-        .iter()
-        .take(MAX_RECORDS)
-        .map(|a| a.key.clone())
-        .collect();
-    match ctx.store.record_artifact_inputs(&me, &consumed, now).await {
-        Ok(linked) if (linked as usize) < consumed.len() => {
-            debug!(%run, %task, attempt, linked, reported = consumed.len(), "some inputs match no recorded artifact");
+    match tokio::time::timeout(ARCHIVE_TIMEOUT, logs.archive(run, task, attempt)).await {
+        Ok(Ok(uri)) => Some(uri),
+        Ok(Err(e)) => {
+            warn!(%run, task, attempt, error = %e, "could not archive the attempt log");
+            None
         }
-        Ok(_) => {}
-        Err(e) => warn!(%run, %task, attempt, error = %e, "could not record consumed artifacts"),
-    }
-    if logs.has_archive() {
-        let (store, logs) = (ctx.store.clone(), logs.clone());
-        tokio::spawn(async move {
-            match logs.archive(run, &task, attempt).await {
-                Ok(uri) => {
-                    if let Err(e) = store.set_attempt_log_location(ti, attempt, &uri).await {
-                        warn!(%run, %task, attempt, error = %e, "could not record the log location");
-                    }
-                }
-                Err(e) => {
-                    warn!(%run, %task, attempt, error = %e, "could not archive the attempt log")
-                }
-            }
-        });
+        Err(_) => {
+            warn!(%run, task, attempt, "archiving the attempt log took too long; the attempt ends without it");
+            None
+        }
     }
 }
 

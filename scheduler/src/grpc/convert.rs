@@ -12,9 +12,11 @@ use trainyard_core::ids::{RunId, TaskInstanceId, WorkerId};
 use trainyard_proto::v1;
 
 use crate::engine::{
-    Assignment, GpuInventory, GpuUsage, TaskOutcome, TaskResult, WorkerCommand, WorkerRegistration,
+    Assignment, GpuInventory, GpuUsage, TaskLineage, TaskOutcome, TaskResult, WorkerCommand,
+    WorkerRegistration,
 };
 use crate::logs::LogStream;
+use crate::store::NewArtifact;
 
 /// Upper bounds on what a worker may claim. Generous for real hardware,
 /// tight enough that a typo or a hostile peer cannot poison placement.
@@ -34,6 +36,8 @@ pub mod limits {
     pub const MAX_RUNNING: usize = 100_000;
     /// Metrics per TaskFinished.
     pub const MAX_METRICS: usize = 1_000;
+    /// Outputs, and inputs, one TaskFinished may record as lineage.
+    pub const MAX_LINEAGE_RECORDS: usize = 100_000;
     /// Error text kept from a TaskFinished (longer is cut, not rejected).
     pub const MAX_ERROR_CHARS: usize = 16 * 1024;
     /// Lines per LogLines batch.
@@ -315,11 +319,33 @@ pub fn result_from_proto(f: &v1::TaskFinished) -> Result<TaskResult> {
         }
         (e, _) => e,
     };
+    // Lineage travels with the result and is committed with the attempt's end.
+    let lineage = TaskLineage {
+        outputs: f
+            .outputs
+            .iter()
+            .take(limits::MAX_LINEAGE_RECORDS)
+            .map(|a| NewArtifact {
+                key: a.key.clone(),
+                uri: a.uri.clone(),
+                size: a.size,
+                sha256: a.sha256.clone(),
+            })
+            .collect(),
+        inputs: f
+            .inputs
+            .iter()
+            .take(limits::MAX_LINEAGE_RECORDS)
+            .map(|a| a.key.clone())
+            .collect(),
+        log_location: None,
+    };
     Ok(TaskResult {
         outcome,
         exit_code: f.exit_code,
         error,
         metrics,
+        lineage,
     })
 }
 
@@ -647,6 +673,7 @@ mod tests {
             params_json: serde_json::json!({"lr": 0.1}),
             logical_date: chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap(),
             upstream: vec!["ingest".into()],
+            upstream_attempts: Vec::new(),
         };
         let msg = command_to_proto(&WorkerCommand::Assign(a.clone()));
         let Some(v1::scheduler_message::Kind::Assign(p)) = msg.kind else {

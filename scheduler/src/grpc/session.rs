@@ -190,10 +190,10 @@ impl Session {
                     .insert(key, (a.run_id, a.task_id.as_str().to_owned()));
                 self.secrets
                     .insert(a.run_id, a.task_id.as_str(), artifacts::secrets_of(a));
-                if let (Some(ctx), Some(v1::scheduler_message::Kind::Assign(wire))) =
+                if let (Some(_), Some(v1::scheduler_message::Kind::Assign(wire))) =
                     (&self.artifacts, msg.kind.as_mut())
                 {
-                    artifacts::fill_upstream_outputs(ctx.store.as_ref(), a, wire).await;
+                    artifacts::fill_upstream_outputs(a, wire);
                 }
             }
             WorkerCommand::Kill { ti, attempt, .. } => {
@@ -272,18 +272,30 @@ impl Session {
             }
             Kind::TaskFinished(f) => {
                 let (ti, attempt) = convert::attempt_from_proto(f.attempt.as_ref()).map_err(bad)?;
-                let result = convert::result_from_proto(&f).map_err(bad)?;
+                let mut result = convert::result_from_proto(&f).map_err(bad)?;
                 self.held.remove(&(ti, attempt));
+                // The log is archived first so its URI is committed with the end.
                 let place = self.places.remove(&(ti, attempt));
+                if let Some(ctx) = &self.artifacts {
+                    // An attempt assigned before this stream opened is looked up once.
+                    let place = match place {
+                        Some(p) => Some(p),
+                        None => ctx
+                            .store
+                            .get_task_instance(ti)
+                            .await
+                            .ok()
+                            .map(|t| (t.run_id, t.task_id.to_string())),
+                    };
+                    if let Some((run, task)) = place {
+                        result.lineage.log_location =
+                            artifacts::archive_log(&self.logs, run, &task, attempt).await;
+                    }
+                }
                 let r = self
                     .engine
                     .task_finished(self.worker, ti, attempt, result)
                     .await;
-                if r.is_ok()
-                    && let Some(ctx) = &self.artifacts
-                {
-                    artifacts::on_finished(ctx, &self.logs, place, ti, attempt, &f).await;
-                }
                 self.report(r, ti, attempt, true)
             }
             Kind::Draining(d) => {

@@ -195,6 +195,13 @@ impl RunControl for HaControl {
         !self.leading()
     }
 
+    fn store_problem(&self) -> Option<String> {
+        if !self.leading() {
+            return None;
+        }
+        RunControl::store_problem(&self.engine)
+    }
+
     async fn gpu_usage(
         &self,
     ) -> std::collections::BTreeMap<trainyard_core::ids::WorkerId, Vec<(u32, f64, u64)>> {

@@ -53,13 +53,17 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Database reachable and every migration applied; 503 `standby` on a
-/// replica that does not lead (HA).
+/// Database reachable, every migration applied and the engine's last
+/// transaction committed; 503 `standby` on a replica that does not lead (HA),
+/// 503 with the reason while the engine's writes fail (it retries them).
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses((status = 200, body = String), (status = 503, body = doc::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.control.is_standby() {
         return ApiError::Unavailable("standby".into()).into_response();
+    }
+    if let Some(problem) = state.control.store_problem() {
+        return ApiError::Unavailable(problem).into_response();
     }
     match state.store.migration_status().await {
         Ok(status) if status.iter().all(|m| m.applied) => (StatusCode::OK, "ready").into_response(),

@@ -22,6 +22,8 @@ impl From<EngineError> for ControlError {
             EngineError::Store(crate::store::StoreError::NotFound { .. }) => {
                 Self::NotFound(err.to_string())
             }
+            EngineError::Store(store) if store.is_retryable() => Self::Unavailable(err.to_string()),
+            EngineError::Stopped => Self::Unavailable(err.to_string()),
             e if e.is_client_error() => Self::Invalid(err.to_string()),
             _ => Self::Internal(err.to_string()),
         }
@@ -77,6 +79,11 @@ impl RunControl for EngineHandle {
         } else {
             Ok(EngineHandle::resume(self, dag.clone()).await?)
         }
+    }
+
+    fn store_problem(&self) -> Option<String> {
+        let health = self.store_health();
+        (!health.is_ok()).then(|| health.to_string())
     }
 
     async fn gpu_usage(&self) -> std::collections::BTreeMap<WorkerId, Vec<(u32, f64, u64)>> {

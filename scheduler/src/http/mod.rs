@@ -98,6 +98,11 @@ pub trait RunControl: Send + Sync + 'static {
     fn is_standby(&self) -> bool {
         false
     }
+    /// Why the engine cannot write now (its turns fail to commit), if so:
+    /// `/readyz` answers 503 with it until the store accepts writes again.
+    fn store_problem(&self) -> Option<String> {
+        None
+    }
     /// Latest heartbeat GPU usage per worker: (index, utilisation %, memory used).
     async fn gpu_usage(&self) -> BTreeMap<WorkerId, Vec<(u32, f64, u64)>> {
         BTreeMap::new()

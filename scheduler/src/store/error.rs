@@ -74,6 +74,11 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 
+    /// The store could not be used for a while (a failed transaction seen
+    /// again, a re-read that failed); the same request may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -112,6 +117,7 @@ impl StoreError {
     /// failure, SQLite busy): the same call may succeed if repeated.
     pub fn is_retryable(&self) -> bool {
         match self {
+            Self::Unavailable(_) => true,
             Self::Database(e) => match e {
                 sqlx::Error::Io(_)
                 | sqlx::Error::PoolTimedOut

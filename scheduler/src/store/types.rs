@@ -443,7 +443,10 @@ pub struct StoredArtifact {
 #[derive(Debug, Clone)]
 pub enum Write {
     /// `assigned → running` for this attempt.
-    StartAttempt { id: TaskInstanceId, attempt: i32 },
+    StartAttempt {
+        id: TaskInstanceId,
+        attempt: i32,
+    },
     /// The attempt ended (see [`FinishAttempt`]).
     FinishAttempt(FinishAttempt),
     /// Metrics an attempt reported.
@@ -460,17 +463,28 @@ pub enum Write {
     Assign(Vec<Assignment>),
     RegisterWorker(NewWorker),
     /// The worker's `last_heartbeat_at` (persisted now and then, not per beat).
-    Heartbeat { id: WorkerId },
-    WorkerState { id: WorkerId, state: WorkerState },
+    Heartbeat {
+        id: WorkerId,
+    },
+    WorkerState {
+        id: WorkerId,
+        state: WorkerState,
+    },
     /// The worker is lost; every attempt it held becomes `lost`.
-    WorkerLost { id: WorkerId, reason: String },
+    WorkerLost {
+        id: WorkerId,
+        reason: String,
+    },
     /// Lineage: what an attempt produced.
     Artifacts {
         producer: AttemptOf,
         artifacts: Vec<NewArtifact>,
     },
     /// Lineage: which of the run's artifacts an attempt consumed.
-    ArtifactInputs { consumer: AttemptOf, keys: Vec<String> },
+    ArtifactInputs {
+        consumer: AttemptOf,
+        keys: Vec<String>,
+    },
     /// Where the attempt's full log was archived.
     LogLocation {
         id: TaskInstanceId,

@@ -176,7 +176,7 @@ impl Harness {
             tokio::task::yield_now().await;
         }
         // A round trip through the command channel: everything before it is handled.
-        let _ = self.handle.task_wait_reasons(RunId::new()).await;
+        let _ = self.handle.barrier().await;
     }
 
     pub async fn advance(&self, by: chrono::Duration) {

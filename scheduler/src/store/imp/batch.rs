@@ -7,7 +7,11 @@
 macro_rules! batch_impl {
     ($Store:ty, $Db:ty) => {
         impl $Store {
-            pub(crate) async fn sql_commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()> {
+            pub(crate) async fn sql_commit_batch(
+                &self,
+                batch: &WriteBatch,
+                actor: &str,
+            ) -> Result<()> {
                 if batch.is_empty() {
                     return Ok(());
                 }
@@ -22,12 +26,17 @@ macro_rules! batch_impl {
                         Write::FinishAttempt(report) => {
                             Self::tx_finish_attempt(&mut tx, report, actor, now).await?;
                         }
-                        Write::Metrics { id, attempt, metrics } => {
+                        Write::Metrics {
+                            id,
+                            attempt,
+                            metrics,
+                        } => {
                             Self::tx_record_metrics(&mut tx, *id, *attempt, metrics, now).await?;
                         }
                         Write::Transitions(ts) => {
                             common::validate(ts, false)?;
-                            Self::apply_transitions(&mut tx, ts, OnConflict::Fail, actor, now).await?;
+                            Self::apply_transitions(&mut tx, ts, OnConflict::Fail, actor, now)
+                                .await?;
                         }
                         Write::Run(t) => {
                             Self::tx_transition_run(&mut tx, t, actor, now).await?;
@@ -47,14 +56,22 @@ macro_rules! batch_impl {
                         Write::WorkerLost { id, reason } => {
                             Self::tx_mark_worker_lost(&mut tx, *id, reason, now).await?;
                         }
-                        Write::Artifacts { producer, artifacts } => {
+                        Write::Artifacts {
+                            producer,
+                            artifacts,
+                        } => {
                             Self::tx_record_artifacts(&mut tx, producer, artifacts, now).await?;
                         }
                         Write::ArtifactInputs { consumer, keys } => {
                             Self::tx_record_artifact_inputs(&mut tx, consumer, keys, now).await?;
                         }
-                        Write::LogLocation { id, attempt, location } => {
-                            Self::tx_set_attempt_log_location(&mut tx, *id, *attempt, location).await?;
+                        Write::LogLocation {
+                            id,
+                            attempt,
+                            location,
+                        } => {
+                            Self::tx_set_attempt_log_location(&mut tx, *id, *attempt, location)
+                                .await?;
                         }
                     }
                 }

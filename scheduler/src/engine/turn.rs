@@ -1,0 +1,396 @@
+//! Turns: plan in memory, commit once, then apply.
+//!
+//! A turn takes the commands waiting in the channel (up to [`super::TURN_CAP`])
+//! and the timers that are due, and handles each against memory. Handlers do
+//! not write to the store: they queue writes in the turn's
+//! [`WriteBatch`](crate::store::WriteBatch) and queue what they would send —
+//! answers to callers, messages to workers, engine events. After the last
+//! command the turn settles (queued runs start, ready tasks are placed), then
+//! commits the batch in **one transaction**. Only when it commits are the
+//! answers, messages and events released.
+//!
+//! When the transaction fails (or a read a decision needed fails), memory
+//! goes back to the snapshot taken at the turn's start, nothing queued is
+//! released, and the turn's work is tried again after a back-off (doubling,
+//! capped, with jitter): worker reports, DAG changes and wake-ups go to the
+//! backlog and are handled again in order; a user's request (trigger,
+//! cancel, clear, pause) is answered with the store's error instead, as
+//! nothing of it happened. A conflict (the store's state is not what memory
+//! says) also re-reads the runs concerned before the retry. While turns fail,
+//! the published [`StoreHealth`] says so and `/readyz` answers 503.
+//!
+//! Run creation needs ids the database assigns, so it is written directly
+//! rather than batched ([`Core::before_direct_write`]): what the turn decided
+//! so far is committed first, the run is inserted, and the snapshot moves
+//! past both, so a later failure in the same turn never forgets the run.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tracing::{debug, warn};
+use trainyard_core::ids::WorkerId;
+
+use super::handle::{Answer, Command};
+use super::memory::{Snapshot, StoreHealth};
+use super::timers::TimerKind;
+use super::{Core, EngineError, EngineEvent, WorkerCommand};
+use crate::store::{StoreError, WriteBatch};
+
+/// What the turn in progress has decided and will release once it commits.
+#[derive(Debug, Default)]
+pub(super) struct Turn {
+    /// Memory as it was when the turn (or its last direct write) began.
+    snapshot: Option<Snapshot>,
+    pub(super) writes: WriteBatch,
+    /// Messages to workers, sent in order after the commit.
+    outbox: Vec<(WorkerId, WorkerCommand)>,
+    pub(super) events: Vec<EngineEvent>,
+    /// Commands handled, with their answers, awaiting the commit.
+    answered: Vec<(Command, Answer)>,
+    /// Timers handled, fired again if the turn fails.
+    fired: Vec<TimerKind>,
+    /// Why the turn cannot commit (a read it needed failed, or a direct
+    /// write's commit failed); set, the turn is rolled back.
+    failed: Option<StoreError>,
+    /// The command being handled committed a direct write: it is done.
+    direct: bool,
+}
+
+/// Failed turns in a row and the back-off before the next try.
+#[derive(Debug, Default)]
+pub(super) struct Healing {
+    failures: u32,
+    since: Option<chrono::DateTime<Utc>>,
+    next_try: Option<tokio::time::Instant>,
+}
+
+impl Healing {
+    pub(super) fn pending(&self) -> bool {
+        self.next_try.is_some()
+    }
+
+    /// Sleeps until the next try (forever when none is due).
+    pub(super) fn sleep(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        match self.next_try {
+            Some(at) => Box::pin(tokio::time::sleep_until(at)),
+            None => Box::pin(futures::future::pending()),
+        }
+    }
+}
+
+/// The back-off before try `failures + 1`: `base · 2^(failures-1)`, capped,
+/// ±25 % jitter so replicas and workers do not retry in lock-step.
+fn backoff(base: Duration, max: Duration, failures: u32, seed: u64) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(max);
+    // splitmix64 of the seed: cheap, good enough for jitter.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let frac = (z % 1000) as f64 / 1000.0; // 0..1
+    capped.mul_f64(0.75 + 0.5 * frac)
+}
+
+impl Core {
+    /// Starts a turn: snapshot memory, empty queues.
+    pub(super) fn begin_turn(&mut self) {
+        self.turn = Turn {
+            snapshot: Some(self.snapshot()),
+            ..Turn::default()
+        };
+    }
+
+    /// One turn over `cmds` and the due `timers` (see the module docs).
+    pub(super) async fn run_turn(&mut self, cmds: Vec<Command>, timers: Vec<TimerKind>) {
+        self.begin_turn();
+        // Runs re-read after a conflict: decide their pending tasks again.
+        // (Kept until a turn commits them.)
+        for run_id in self.redecide.clone() {
+            if let Some(run) = self.runs.get(&run_id) {
+                let all: Vec<usize> = (0..run.tasks.len()).collect();
+                self.advance(run_id, all).await;
+            }
+        }
+        let mut cmds = cmds.into_iter();
+        while let Some(cmd) = cmds.next() {
+            let answer = self.handle(&cmd).await;
+            // A report the store could not serve is tried again, not refused.
+            let answer = if cmd.retried_on_failure() {
+                match answer.into_store_error() {
+                    Ok(e) => {
+                        self.fail_turn(e);
+                        None
+                    }
+                    Err(a) => Some(a),
+                }
+            } else {
+                Some(answer)
+            };
+            let Some(answer) = answer else {
+                self.backlog.push_back(cmd);
+                break;
+            };
+            if self.turn.failed.is_some() {
+                self.backlog.push_back(cmd);
+                break;
+            }
+            if std::mem::take(&mut self.turn.direct) {
+                // Its write is committed and its answer final.
+                cmd.respond(answer);
+            } else {
+                self.turn.answered.push((cmd, answer));
+            }
+        }
+        self.backlog.extend(cmds);
+        let mut timers = timers.into_iter();
+        while self.turn.failed.is_none() {
+            let Some(timer) = timers.next() else { break };
+            self.turn.fired.push(timer.clone());
+            self.fire(timer).await;
+            self.turn.direct = false;
+        }
+        self.turn.fired.extend(timers);
+        self.finish_turn().await;
+    }
+
+    /// A failed turn's back-off ran out: re-read what conflicted, then try
+    /// the backlog (and everything memory may owe: starts, dispatch) again.
+    pub(super) async fn heal_turn(&mut self, cmds: Vec<Command>) {
+        self.healing.next_try = None;
+        let runs: Vec<_> = std::mem::take(&mut self.resync).into_iter().collect();
+        for run_id in runs {
+            if let Err(e) = self.resync_run(run_id).await {
+                warn!(run = %run_id, error = %e, "could not re-read the run; trying again later");
+                self.resync.insert(run_id);
+            }
+        }
+        if !self.resync.is_empty() {
+            // Still cannot read: keep everything for the next try.
+            self.backlog.extend(cmds);
+            let e = StoreError::Unavailable("runs that conflicted could not be re-read".into());
+            self.turn_failed(&e);
+            return;
+        }
+        self.dirty = true;
+        self.start_pending = true;
+        self.run_turn(cmds, Vec::new()).await;
+    }
+
+    /// Settles, commits, and then releases or rolls back.
+    pub(super) async fn finish_turn(&mut self) {
+        if self.turn.failed.is_none() {
+            self.settle().await;
+        }
+        let result = match self.turn.failed.take() {
+            Some(e) => Err(e),
+            None => self.commit_writes().await,
+        };
+        match result {
+            Ok(()) => {
+                self.release();
+                self.redecide.clear();
+                if self.healing.failures > 0 {
+                    warn!(
+                        failures = self.healing.failures,
+                        "store accepts writes again; engine healed"
+                    );
+                    self.healing = Healing::default();
+                }
+                self.publish(StoreHealth::Ok);
+            }
+            Err(e) => self.roll_back(e),
+        }
+    }
+
+    /// Commits the turn's batch (nothing to do when it is empty).
+    async fn commit_writes(&mut self) -> Result<(), StoreError> {
+        if self.turn.writes.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let r = self
+            .store
+            .commit_batch(&self.turn.writes, &self.opts.actor)
+            .await;
+        debug!(
+            writes = self.turn.writes.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            ok = r.is_ok(),
+            "turn committed"
+        );
+        r
+    }
+
+    /// The turn committed: answer, send, publish, and start the next snapshot.
+    fn release(&mut self) {
+        let turn = std::mem::take(&mut self.turn);
+        for (worker, cmd) in turn.outbox {
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.send(cmd);
+            }
+        }
+        for event in turn.events {
+            // No subscriber is fine: events are for tests, metrics and the UI.
+            let _ = self.events.send(event);
+        }
+        for (cmd, answer) in turn.answered {
+            cmd.respond(answer);
+        }
+    }
+
+    /// The turn failed: memory back to its snapshot, nothing released, the
+    /// work queued for the next try.
+    fn roll_back(&mut self, e: StoreError) {
+        let turn = std::mem::take(&mut self.turn);
+        if let Some(s) = turn.snapshot {
+            self.restore(s);
+        }
+        if e.is_conflict() {
+            let run = e.conflict_run().or_else(|| {
+                e.conflict_task()
+                    .and_then(|ti| self.locate(ti).map(|(r, _)| r))
+            });
+            match run {
+                Some(r) => {
+                    self.resync.insert(r);
+                }
+                None => self.resync.extend(self.runs.keys().copied()),
+            }
+        }
+        // Answered-in-memory commands: reports again in order, ahead of what
+        // was not reached; a user's request gets the error.
+        let mut again = std::collections::VecDeque::new();
+        let message = e.to_string();
+        for (cmd, _) in turn.answered {
+            if cmd.retried_on_failure() {
+                again.push_back(cmd);
+            } else {
+                cmd.fail(|| {
+                    EngineError::Store(StoreError::Unavailable(format!(
+                        "the scheduler could not save this change, so nothing changed; retry: {message}"
+                    )))
+                });
+            }
+        }
+        // Commands the turn never reached keep their place after those.
+        let mut rest = std::mem::take(&mut self.backlog);
+        again.append(&mut rest);
+        self.backlog = again;
+        let now = self.clock.now();
+        for timer in turn.fired {
+            self.timers.arm(now, timer);
+        }
+        self.turn_failed(&e);
+    }
+
+    /// Counts a failure, publishes it, and schedules the next try.
+    fn turn_failed(&mut self, e: &StoreError) {
+        let h = &mut self.healing;
+        h.failures += 1;
+        let since = *h.since.get_or_insert_with(Utc::now);
+        let seed = u64::from(h.failures) ^ (Utc::now().timestamp_subsec_nanos() as u64);
+        let wait = backoff(
+            self.opts.heal_backoff,
+            self.opts.heal_max_backoff,
+            h.failures,
+            seed,
+        );
+        h.next_try = Some(tokio::time::Instant::now() + wait);
+        warn!(
+            error = %e,
+            failures = h.failures,
+            retry_in_ms = wait.as_millis() as u64,
+            backlog = self.backlog.len(),
+            "turn could not commit; memory kept as it was, trying again"
+        );
+        let health = StoreHealth::Failing {
+            since,
+            failures: h.failures,
+            error: e.to_string(),
+        };
+        self.publish(health);
+    }
+
+    /// A read a decision needs failed: the turn cannot commit what it decided.
+    pub(super) fn fail_turn(&mut self, e: StoreError) {
+        if self.turn.failed.is_none() {
+            self.turn.failed = Some(e);
+        }
+    }
+
+    /// Before a write that cannot wait for the batch (run creation): commit
+    /// what the turn decided so far, so the direct write lands after it.
+    pub(super) async fn before_direct_write(&mut self) -> super::Result<()> {
+        if let Some(e) = &self.turn.failed {
+            return Err(EngineError::Store(StoreError::Unavailable(format!(
+                "an earlier write of this turn failed: {e}"
+            ))));
+        }
+        if let Err(e) = self.commit_writes().await {
+            let msg = e.to_string();
+            self.fail_turn(e);
+            return Err(EngineError::Store(StoreError::Unavailable(msg)));
+        }
+        self.turn.writes.clear();
+        Ok(())
+    }
+
+    /// After a direct write and its memory change: everything so far is
+    /// committed, so release it and move the snapshot past it.
+    pub(super) fn after_direct_write(&mut self) {
+        let answered = std::mem::take(&mut self.turn.answered);
+        let outbox = std::mem::take(&mut self.turn.outbox);
+        let events = std::mem::take(&mut self.turn.events);
+        for (worker, cmd) in outbox {
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.send(cmd);
+            }
+        }
+        for event in events {
+            let _ = self.events.send(event);
+        }
+        for (cmd, answer) in answered {
+            cmd.respond(answer);
+        }
+        self.turn.fired.clear();
+        self.turn.direct = true;
+        self.turn.snapshot = Some(self.snapshot());
+    }
+
+    /// The rebuild's writes, committed before the engine serves.
+    pub(super) async fn commit_rebuild(&mut self) -> super::Result<()> {
+        self.commit_writes().await?;
+        self.release();
+        self.publish(StoreHealth::Ok);
+        Ok(())
+    }
+
+    /// Queues a message to a worker, sent once the turn commits. Returns
+    /// whether the worker is connected now (it may still drop before then).
+    pub(super) fn send_to(&mut self, worker: WorkerId, cmd: WorkerCommand) -> bool {
+        let connected = self.workers.get(&worker).is_some_and(|w| w.tx.is_some());
+        if connected {
+            self.turn.outbox.push((worker, cmd));
+        }
+        connected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let (base, max) = (Duration::from_millis(20), Duration::from_secs(2));
+        for seed in 0..50 {
+            let first = backoff(base, max, 1, seed);
+            assert!(first >= Duration::from_millis(15) && first <= Duration::from_millis(25));
+            let third = backoff(base, max, 3, seed);
+            assert!(third >= Duration::from_millis(60) && third <= Duration::from_millis(100));
+            let late = backoff(base, max, 40, seed);
+            assert!(late >= Duration::from_millis(1500) && late <= Duration::from_millis(2500));
+        }
+    }
+}
