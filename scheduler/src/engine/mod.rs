@@ -212,6 +212,9 @@ pub(crate) struct Core {
     resync: std::collections::BTreeSet<RunId>,
     /// Runs just re-read whose pending tasks the next turn decides again.
     redecide: Vec<RunId>,
+    /// Attempts a re-read found assigned/running that memory never placed
+    /// (their turn was rolled back after it committed): handed back or lost.
+    orphaned: Vec<(RunId, TaskInstanceId, i32, TaskState)>,
     /// Assignments whose command could not be rendered: failed after dispatch.
     unrenderable: Vec<(WorkerId, TaskInstanceId, i32, String)>,
     /// What HTTP reads without a round trip through the command queue.
@@ -267,6 +270,7 @@ impl Engine {
             resync: Default::default(),
             redecide: Vec::new(),
             unrenderable: Vec::new(),
+            orphaned: Vec::new(),
             published: published.clone(),
         };
         // The rebuild's own writes (workers whose attempts outlived them) are

@@ -300,6 +300,41 @@ impl Core {
         self.settled(run_id, idx, to, attempt, retry_at).await;
     }
 
+    /// An attempt a re-read found that memory never placed: one never sent
+    /// goes back to `ready`; one reported running (it cannot be, but the
+    /// store says so) is lost and retried.
+    pub(super) async fn reclaim_orphan(
+        &mut self,
+        run_id: RunId,
+        ti: TaskInstanceId,
+        attempt: i32,
+        state: TaskState,
+    ) {
+        let Some((r, idx)) = self.locate(ti) else {
+            return;
+        };
+        let node = &self.runs[&r].tasks[idx];
+        if r != run_id || node.attempt != attempt || node.state != state {
+            return;
+        }
+        let (to, reason) = match state {
+            TaskState::Assigned => (
+                TaskState::Ready,
+                "handed back: the assignment was never sent (its turn was rolled back)",
+            ),
+            _ => (
+                TaskState::Lost,
+                "no worker is known to hold this attempt (its turn was rolled back)",
+            ),
+        };
+        let t = TaskTransition::new(ti, state, to, attempt).reason(reason);
+        self.write(Write::Transitions(vec![t]));
+        self.set_task_state(run_id, idx, to, attempt);
+        if to == TaskState::Lost {
+            self.after_lost(run_id, idx).await;
+        }
+    }
+
     /// A `lost` attempt: retry it (at once, elsewhere) or fail the task.
     pub(super) async fn after_lost(&mut self, run_id: RunId, idx: usize) {
         let now = self.clock.now();

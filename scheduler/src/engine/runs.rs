@@ -236,7 +236,17 @@ impl Core {
                 self.after_direct_write();
                 Ok(id)
             }
-            RunCreation::AlreadyExists(run) => Ok(run.id),
+            RunCreation::AlreadyExists(run) => {
+                // The first creation may have committed while its answer was
+                // lost: the run exists but this engine never loaded it.
+                let id = run.id;
+                if !run.state.is_terminal() && !self.runs.contains_key(&id) {
+                    self.load_run(run).await?;
+                    self.start_pending = true;
+                    self.after_direct_write();
+                }
+                Ok(id)
+            }
         }
     }
 
@@ -503,9 +513,12 @@ impl Core {
     }
 
     /// Replaces a run's in-memory picture by the store's (after a conflict:
-    /// the store's word wins). Everything is read first; memory changes only
-    /// once every read succeeded, and the run's pending tasks are decided
-    /// again and its ready tasks dispatched in the turn that follows.
+    /// the store's word wins, e.g. a turn committed although its answer was
+    /// lost). Everything is read first; memory changes only once every read
+    /// succeeded. Worker holds follow the store: a hold whose attempt the
+    /// store has ended is released; an attempt the store assigned that this
+    /// engine never sent (its turn was rolled back) is handed back. The next
+    /// turn then decides the run's pending tasks again and dispatches.
     pub(super) async fn resync_run(&mut self, run_id: RunId) -> Result<()> {
         let row = match self.store.get_run(run_id).await {
             Ok(r) => Some(r),
@@ -521,35 +534,46 @@ impl Core {
             }
             _ => None,
         };
-        // Placement facts the task rows do not carry stay from memory.
-        let kept: Vec<_> = self
+        // What memory placed: (ti, attempt) → worker, GPUs, deadline.
+        let placed: std::collections::HashMap<_, _> = self
             .runs
             .get(&run_id)
             .map(|old| {
                 old.tasks
                     .iter()
-                    .map(|t| (t.ti, t.worker, t.gpus.clone(), t.deadline))
+                    .filter(|t| t.state.holds_worker())
+                    .filter_map(|t| {
+                        Some(((t.ti, t.attempt), (t.worker?, t.gpus.clone(), t.deadline)))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         self.forget_run(run_id);
         let Some(mut fresh) = fresh else {
+            for ((ti, attempt), (worker, _, _)) in placed {
+                self.release_hold(worker, ti, attempt);
+            }
             return Ok(());
         };
-        let index: std::collections::HashMap<_, usize> = fresh
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.ti, i))
-            .collect();
-        for (ti, worker, gpus, deadline) in kept {
-            if let Some(&i) = index.get(&ti) {
-                let n = &mut fresh.tasks[i];
-                if n.state.holds_worker() {
-                    n.worker = worker;
-                    n.gpus = gpus;
-                    n.deadline = deadline;
+        let mut kept = std::collections::HashSet::new();
+        for i in 0..fresh.tasks.len() {
+            let n = &mut fresh.tasks[i];
+            if !n.state.holds_worker() {
+                continue;
+            }
+            match placed.get(&(n.ti, n.attempt)) {
+                Some((worker, gpus, deadline)) => {
+                    n.worker = Some(*worker);
+                    n.gpus = gpus.clone();
+                    n.deadline = *deadline;
+                    kept.insert((n.ti, n.attempt));
                 }
+                None => self.orphaned.push((run_id, n.ti, n.attempt, n.state)),
+            }
+        }
+        for ((ti, attempt), (worker, _, _)) in placed {
+            if !kept.contains(&(ti, attempt)) {
+                self.release_hold(worker, ti, attempt);
             }
         }
         self.insert_run(fresh);

@@ -105,7 +105,11 @@ impl Core {
     pub(super) async fn run_turn(&mut self, cmds: Vec<Command>, timers: Vec<TimerKind>) {
         self.begin_turn();
         // Runs re-read after a conflict: decide their pending tasks again.
-        // (Kept until a turn commits them.)
+        // (Kept until a turn commits them.) Attempts the store assigned in a
+        // turn this engine rolled back never reached a worker: hand them back.
+        for (run_id, ti, attempt, state) in self.orphaned.clone() {
+            self.reclaim_orphan(run_id, ti, attempt, state).await;
+        }
         for run_id in self.redecide.clone() {
             if let Some(run) = self.runs.get(&run_id) {
                 let all: Vec<usize> = (0..run.tasks.len()).collect();
@@ -190,6 +194,7 @@ impl Core {
             Ok(()) => {
                 self.release();
                 self.redecide.clear();
+                self.orphaned.clear();
                 if self.healing.failures > 0 {
                     warn!(
                         failures = self.healing.failures,

@@ -8,6 +8,7 @@
 //! bound only turns a hang into a failure.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod faulty;
 #[path = "../store_conformance/harness.rs"]
 #[allow(dead_code, unused_imports)]
 mod harness;
@@ -63,6 +64,16 @@ impl Harness {
         tweak: impl FnOnce(&mut EngineOptions),
     ) -> Self {
         let store = db.store.clone();
+        Self::start_on(db, store, clock, tweak).await
+    }
+
+    /// Like [`Harness::start`], with the engine on `store` (e.g. a wrapper of `db.store`).
+    pub async fn start_on(
+        db: TestDb,
+        store: Arc<dyn Store>,
+        clock: ManualClock,
+        tweak: impl FnOnce(&mut EngineOptions),
+    ) -> Self {
         let mut opts = EngineOptions::new(store.clone(), Arc::new(clock.clone()));
         // Tests that advance time by days would otherwise lose their silent fake workers.
         opts.lost_worker_timeout = Duration::from_secs(365 * 86_400);
@@ -211,7 +222,7 @@ pub async fn ti(store: &dyn Store, run: RunId, task: &str) -> TaskInstance {
         .unwrap_or_else(|| panic!("no task {task}"))
 }
 
-trait NowUtc {
+pub trait NowUtc {
     fn now_utc(&self) -> DateTime<Utc>;
 }
 impl NowUtc for ManualClock {
