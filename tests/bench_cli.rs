@@ -23,12 +23,15 @@ fn bench_retrain_prints_the_ceiling_and_one_line_with_every_key() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0]["workload"], "ceiling_spawn");
     assert_eq!(lines[0]["tasks"], 40);
     assert!(lines[0]["tasks_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines[1]["workload"], "ceiling_spawn_serial");
+    assert_eq!(lines[1]["threads"], 1);
+    assert_eq!(lines[1]["tasks"], 5);
 
-    let run = &lines[1];
+    let run = &lines[2];
     assert_eq!(run["workload"], "retrain");
     assert_eq!(run["backend"], "sqlite");
     assert_eq!(run["tasks"], 4);
@@ -41,9 +44,14 @@ fn bench_retrain_prints_the_ceiling_and_one_line_with_every_key() {
         "tasks_per_s",
         "scheduler_rss_mb",
         "ceiling_ratio",
+        "store_tx_per_task",
     ] {
         assert!(run[key].is_number(), "{key} is not a number in {run}");
     }
+    // A serial workload is compared with the serial ceiling.
+    assert_eq!(run["ceiling"], "ceiling_spawn_serial");
+    // One transaction per turn: a started and a finished report per task at most.
+    assert!(run["store_tx_per_task"].as_f64().unwrap() <= 3.0, "{run}");
     assert!(run["note"].as_str().unwrap().contains("workers"));
 }
 

@@ -160,7 +160,7 @@ impl Modify for BearerAuth {
         api::list_runs, api::get_run, api::cancel_run, api::cancel_task, api::clear_task,
         api::task_log, api::task_log_stream,
         read::list_workers,
-        lineage::run_artifacts, lineage::metric_series,
+        lineage::run_artifacts, lineage::run_events, lineage::metric_series,
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),

@@ -35,6 +35,12 @@ pub async fn handler(State(state): State<AppState>) -> Response {
     let started = Instant::now();
     let ok = refresh_from_store(metrics, state.store.as_ref()).await;
     let pool = state.store.pool_usage();
+    // A counter follows the store's own count (it only grows).
+    let committed = state.store.transactions_committed();
+    let seen = metrics.store_transactions.get();
+    if committed > seen {
+        metrics.store_transactions.inc_by(committed - seen);
+    }
     for (label, value) in [
         ("in_use", pool.open.saturating_sub(pool.idle)),
         ("idle", pool.idle),

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub db_up: IntGauge,
     /// Store pool connections: `in_use`, `idle`, `max`.
     pub db_pool_connections: IntGaugeVec,
+    /// Write transactions the store committed (engine turns, run creations…).
+    pub store_transactions: IntCounter,
     /// How long the exporter's store queries took at the last scrape.
     pub db_query_seconds: prometheus::Gauge,
     /// Resident memory of this process (VmRSS).
@@ -208,6 +210,11 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let store_transactions = IntCounter::new(
+            "trainyard_store_transactions_total",
+            "Write transactions the store committed: one per engine turn that changed \
+             anything, plus run creations, DAG registrations and API writes.",
+        )?;
         let db_query_seconds = prometheus::Gauge::new(
             "trainyard_db_scrape_query_seconds",
             "Duration of the exporter's store queries at the last scrape.",
@@ -231,6 +238,7 @@ impl Metrics {
             events_lagged,
             db_up,
             db_pool_connections,
+            store_transactions,
             db_query_seconds,
             resident_memory,
         };
@@ -253,6 +261,7 @@ impl Metrics {
         r.register(Box::new(self.events_lagged.clone()))?;
         r.register(Box::new(self.db_up.clone()))?;
         r.register(Box::new(self.db_pool_connections.clone()))?;
+        r.register(Box::new(self.store_transactions.clone()))?;
         r.register(Box::new(self.db_query_seconds.clone()))?;
         r.register(Box::new(self.resident_memory.clone()))?;
         Ok(())

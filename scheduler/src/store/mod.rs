@@ -199,8 +199,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn last_successful_run(&self, dag_id: &DagId) -> Result<Option<Run>>;
     /// Latest logical date of the DAG's scheduled runs (where cron resumes after a restart).
     async fn last_scheduled_logical_date(&self, dag_id: &DagId) -> Result<Option<DateTime<Utc>>>;
-    /// The run's transition log, oldest first.
-    async fn run_events(&self, run_id: RunId) -> Result<Vec<Event>>;
+    /// The run's transition log, oldest first: up to `limit` (at most
+    /// 10,000) events with an id above `after`.
+    async fn run_events(&self, run_id: RunId, after: Option<i64>, limit: u32)
+    -> Result<Vec<Event>>;
 
     // ------------------------------------------------------------ task instances
     async fn get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance>;

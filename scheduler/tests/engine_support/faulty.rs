@@ -275,9 +275,14 @@ impl Store for FaultyStore {
         self.after(fail, r)
     }
 
-    async fn run_events(&self, run_id: RunId) -> Result<Vec<Event>> {
+    async fn run_events(
+        &self,
+        run_id: RunId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
         let fail = self.before(Kind::Read, "run_events")?;
-        let r = self.inner.run_events(run_id).await;
+        let r = self.inner.run_events(run_id, after, limit).await;
         self.after(fail, r)
     }
 

@@ -32,6 +32,8 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct Scheduler {
     pub store: Arc<dyn Store>,
+    /// Announced to workers and used for lineage when set (see `start_with`).
+    pub artifacts: Option<trainyard_scheduler::grpc::ArtifactContext>,
     pub handle: EngineHandle,
     pub logs: LogStore,
     pub addr: SocketAddr,
@@ -51,12 +53,29 @@ pub fn grpc_options() -> GrpcOptions {
 
 impl Scheduler {
     pub async fn start() -> Self {
+        Self::start_with(|s| s, false).await
+    }
+
+    /// Like [`Scheduler::start`], with the engine and the service on
+    /// `wrap(store)` and, with `artifacts`, an artifact store in the temp dir.
+    pub async fn start_with(
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+        artifacts: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!(
             "sqlite:{}?mode=rwc",
             dir.path().join("trainyard.db").display()
         );
-        let store = trainyard_scheduler::store::connect(&url).await.unwrap();
+        let store = wrap(trainyard_scheduler::store::connect(&url).await.unwrap());
+        let artifacts = artifacts.then(|| {
+            let root = dir.path().join("artifacts");
+            std::fs::create_dir_all(&root).unwrap();
+            trainyard_scheduler::grpc::ArtifactContext {
+                store: store.clone(),
+                url: format!("file://{}", root.display()),
+            }
+        });
         let mut opts = EngineOptions::new(store.clone(), Arc::new(SystemClock));
         opts.heartbeat_interval = Duration::from_millis(200);
         opts.lost_worker_timeout = Duration::from_secs(60);
@@ -76,6 +95,7 @@ impl Scheduler {
         let addr = listener.local_addr().unwrap();
         let mut s = Self {
             store,
+            artifacts,
             handle,
             logs,
             addr,
@@ -90,8 +110,11 @@ impl Scheduler {
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
-        let service =
+        let mut service =
             WorkerServiceImpl::new(self.handle.clone(), self.logs.clone(), grpc_options());
+        if let Some(ctx) = &self.artifacts {
+            service = service.with_artifacts(ctx.clone());
+        }
         let (stop, rx) = oneshot::channel::<()>();
         self.server_stop = Some(stop);
         self.server = Some(tokio::spawn(async move {

@@ -191,7 +191,7 @@ pub async fn runs_are_created_atomically_and_a_schedule_slot_exists_once(db: &Te
     ));
     assert!(s.get_run(dup_id).await.unwrap_err().is_not_found());
 
-    let events = s.run_events(first.id).await.unwrap();
+    let events = s.run_events(first.id, None, 10_000).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(
         (
@@ -413,7 +413,7 @@ pub async fn batch_transitions_are_all_or_nothing(db: &TestDb) {
             .filter(|t| t.state == TaskState::Ready)
             .all(|t| t.ready_at == Some(t0() + secs(1)))
     );
-    let events = s.run_events(run.id).await.unwrap();
+    let events = s.run_events(run.id, None, 10_000).await.unwrap();
     assert_eq!(events.iter().filter(|e| e.to_state == "ready").count(), 99);
 }
 
@@ -597,7 +597,7 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
 
     // The first attempt's late success report: fenced off, nothing changes.
     let before = s.get_task_instance(id).await.unwrap();
-    let events_before = s.run_events(run.id).await.unwrap().len();
+    let events_before = s.run_events(run.id, None, 10_000).await.unwrap().len();
     let stale = FinishAttempt {
         id,
         attempt: 1,
@@ -621,7 +621,10 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
         )
     );
     assert_eq!(s.get_task_instance(id).await.unwrap(), before);
-    assert_eq!(s.run_events(run.id).await.unwrap().len(), events_before);
+    assert_eq!(
+        s.run_events(run.id, None, 10_000).await.unwrap().len(),
+        events_before
+    );
     let attempts = s.attempts(id).await.unwrap();
     assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Failed));
     assert_eq!(attempts[0].exit_code, Some(1));

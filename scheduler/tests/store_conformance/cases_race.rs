@@ -55,7 +55,7 @@ pub async fn concurrent_claimers_claim_each_task_exactly_once(db: &TestDb) {
     assert!(all.iter().all(|(_, attempt)| *attempt == 1));
     let s = &*db.store;
     assert_eq!(s.run_attempts(run.id).await.unwrap().len(), TASKS);
-    let events = s.run_events(run.id).await.unwrap();
+    let events = s.run_events(run.id, None, 10_000).await.unwrap();
     assert_eq!(
         events.iter().filter(|e| e.to_state == "assigned").count(),
         TASKS
@@ -121,7 +121,7 @@ pub async fn concurrent_reporters_exactly_one_wins(db: &TestDb) {
         }
     }
     assert_eq!(wins, 1);
-    let events = db.store.run_events(run.id).await.unwrap();
+    let events = db.store.run_events(run.id, None, 10_000).await.unwrap();
     let finishes: Vec<_> = events
         .iter()
         .filter(|e| e.from_state.as_deref() == Some("running"))
@@ -161,7 +161,7 @@ pub async fn failed_insert_mid_run_leaves_no_run(db: &TestDb) {
     assert!(matches!(err, StoreError::Database(_)), "{err}");
     assert!(s.get_run(id).await.unwrap_err().is_not_found());
     assert!(s.task_instances(id).await.unwrap().is_empty());
-    assert!(s.run_events(id).await.unwrap().is_empty());
+    assert!(s.run_events(id, None, 10_000).await.unwrap().is_empty());
     // The store keeps working.
     assert_eq!(seed_run(s, "e", 3, TaskState::Ready).await.1.len(), 3);
 }

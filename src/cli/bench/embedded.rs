@@ -151,6 +151,7 @@ impl Instance {
     pub async fn run(&self, plan: &DagPlan) -> anyhow::Result<RunFigures> {
         // Subscribe before triggering so the end event cannot be missed.
         let mut events = self.app.engine.subscribe();
+        let tx_before = self.app.store.transactions_committed();
         let started = Instant::now();
         let run_id = self
             .app
@@ -186,6 +187,7 @@ impl Instance {
                 }
             }
         };
+        let transactions = self.app.store.transactions_committed() - tx_before;
         let run = self.store().get_run(run_id).await?;
         let server_wall_s = run
             .ended_at
@@ -197,6 +199,7 @@ impl Instance {
             wall_s: wall.as_secs_f64(),
             server_wall_s,
             times: self.task_times(run_id).await?,
+            transactions: Some(transactions),
         })
     }
 

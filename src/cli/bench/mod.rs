@@ -52,9 +52,12 @@ pub struct BenchArgs {
     /// Runs per workload on the same instance (the first one is cold).
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
-    /// `true` processes spawned per thread (8 threads) for the ceiling.
+    /// `true` processes spawned per thread (8 threads, then 1) for the ceilings.
     #[arg(long, default_value_t = 500)]
     pub ceiling_spawns: usize,
+    /// Tasks of `wide` (default 10,000) and `layered` (default 2,000).
+    #[arg(long, value_name = "N")]
+    pub tasks: Option<usize>,
     /// Write the workloads' DAG files here and exit (to load them on a server).
     #[arg(long, value_name = "DIR")]
     pub write_dags: Option<PathBuf>,
@@ -71,9 +74,20 @@ pub struct RunFigures {
     pub server_wall_s: Option<f64>,
     /// Latest attempt per task id.
     pub times: BTreeMap<String, TaskTimes>,
+    /// Store transactions committed from the trigger to the run's end
+    /// (embedded instances; a remote server is not asked).
+    pub transactions: Option<u64>,
 }
 
 const CEILING_THREADS: usize = 8;
+
+/// The machine's spawn ceilings: 8 threads (parallel workloads) and one
+/// thread (serial workloads: each task waits for the one before).
+#[derive(Debug, Clone, Copy)]
+pub struct Ceilings {
+    pub parallel: Ceiling,
+    pub serial: Ceiling,
+}
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut workloads = if args.workloads.is_empty() {
@@ -88,14 +102,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .filter(|w| !matches!(w, Workload::Ceiling | Workload::Store))
         {
-            DagPlan::for_workload(*w).write_into(dir)?;
+            DagPlan::sized(*w, args.tasks).write_into(dir)?;
         }
         eprintln!("trainyard bench: DAG files written to {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let ceiling = measure::spawn_ceiling(CEILING_THREADS, args.ceiling_spawns.max(1))
+    let parallel = measure::spawn_ceiling(CEILING_THREADS, args.ceiling_spawns.max(1))
         .context("cannot spawn `true` for the ceiling")?;
-    emit(&ceiling_line(&ceiling));
+    emit(&ceiling_line("ceiling_spawn", &parallel));
+    let serial = measure::spawn_ceiling(1, args.ceiling_spawns.max(1))
+        .context("cannot spawn `true` for the serial ceiling")?;
+    emit(&ceiling_line("ceiling_spawn_serial", &serial));
+    let ceiling = Ceilings { parallel, serial };
     let runtime = super::runtime_multi()?;
     let mut all_ok = true;
     for workload in workloads.into_iter().filter(|w| *w != Workload::Ceiling) {
@@ -144,9 +162,9 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * p).round() / p
 }
 
-fn ceiling_line(c: &Ceiling) -> Value {
+fn ceiling_line(name: &str, c: &Ceiling) -> Value {
     json!({
-        "workload": "ceiling_spawn",
+        "workload": name,
         "backend": "none",
         "tasks": c.spawns,
         "threads": c.threads,
@@ -161,9 +179,9 @@ fn ceiling_line(c: &Ceiling) -> Value {
 async fn bench_workload(
     args: &BenchArgs,
     workload: Workload,
-    ceiling: &Ceiling,
+    ceiling: &Ceilings,
 ) -> anyhow::Result<bool> {
-    let plan = DagPlan::for_workload(workload);
+    let plan = DagPlan::sized(workload, args.tasks);
     let packing = workload == Workload::Packing;
     let fleet = if packing {
         Fleet {
@@ -239,7 +257,7 @@ async fn bench_workload(
 fn figures_line(
     plan: &DagPlan,
     f: &RunFigures,
-    ceiling: &Ceiling,
+    ceiling: &Ceilings,
     backend: &str,
     repeat: u32,
 ) -> Map<String, Value> {
@@ -268,6 +286,13 @@ fn figures_line(
     );
     line.insert("steps".into(), json!(steps.len()));
     line.insert("tasks_per_s".into(), json!(round(tasks_per_s, 1)));
+    line.insert(
+        "store_tx_per_task".into(),
+        json!(
+            f.transactions
+                .map(|n| round(n as f64 / tasks.max(1) as f64, 3))
+        ),
+    );
     if plan.workload == Workload::Packing {
         let total_gpus = f64::from(PACKING_WORKERS * PACKING_GPUS_PER_WORKER);
         let bound = plan.gpu_seconds() / total_gpus;
@@ -280,10 +305,16 @@ fn figures_line(
         );
         line.insert("total_gpus".into(), json!(total_gpus));
     } else {
+        let (against, c) = if plan.workload.serial() {
+            ("ceiling_spawn_serial", &ceiling.serial)
+        } else {
+            ("ceiling_spawn", &ceiling.parallel)
+        };
         line.insert(
             "ceiling_ratio".into(),
-            json!(round(tasks_per_s / ceiling.per_second().max(1e-9), 4)),
+            json!(round(tasks_per_s / c.per_second().max(1e-9), 4)),
         );
+        line.insert("ceiling".into(), json!(against));
     }
     line
 }

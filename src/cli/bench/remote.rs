@@ -71,6 +71,7 @@ impl Remote {
                     wall_s: wall.as_secs_f64(),
                     server_wall_s: server_wall_s(&body),
                     times: task_times(&body),
+                    transactions: None,
                 });
             }
             if started.elapsed() > RUN_DEADLINE {

@@ -19,8 +19,11 @@ pub enum Workload {
     Chain,
     /// 4 `true` in a line (the shape of a retraining pipeline).
     Retrain,
-    /// 10,000 independent `true` in one DAG.
+    /// 10,000 independent `true` in one DAG (`--tasks N` for another size).
     Wide,
+    /// 20 layers, each task depending on two tasks of the layer above
+    /// (2,000 tasks; `--tasks N` for another size).
+    Layered,
     /// 200 `sleep` tasks needing 1, 2, 4 or 8 GPUs on 4 workers × 8 GPUs.
     Packing,
     /// Only the machine's ceiling: spawning and reaping `true` on 8 threads.
@@ -45,6 +48,7 @@ impl Workload {
             Workload::Chain => "chain",
             Workload::Retrain => "retrain",
             Workload::Wide => "wide",
+            Workload::Layered => "layered",
             Workload::Packing => "packing",
             Workload::Ceiling => "ceiling_spawn",
             Workload::Store => "store",
@@ -55,7 +59,26 @@ impl Workload {
     pub fn dag_id(self) -> String {
         format!("bench_{}", self.name())
     }
+
+    /// Whether each task waits for the one before (a serial workload: its
+    /// `ceiling_ratio` is against the single-thread spawn ceiling).
+    pub fn serial(self) -> bool {
+        matches!(self, Workload::Chain | Workload::Retrain)
+    }
+
+    /// Tasks when `--tasks` is not given (workloads that take it).
+    pub fn default_tasks(self) -> Option<usize> {
+        match self {
+            Workload::Wide => Some(10_000),
+            Workload::Layered => Some(LAYERED_DEFAULT_TASKS),
+            _ => None,
+        }
+    }
 }
+
+/// Layers of the `layered` workload.
+pub const LAYERS: usize = 20;
+pub const LAYERED_DEFAULT_TASKS: usize = 2_000;
 
 /// One task of a generated DAG.
 #[derive(Debug, Clone)]
@@ -90,7 +113,17 @@ pub struct DagPlan {
 }
 
 impl DagPlan {
+    /// The workload's DAG at its standard size.
     pub fn for_workload(workload: Workload) -> Self {
+        Self::sized(workload, None)
+    }
+
+    /// The workload's DAG; `tasks` resizes `wide` and `layered` (others ignore it).
+    pub fn sized(workload: Workload, tasks: Option<usize>) -> Self {
+        let n = tasks
+            .or(workload.default_tasks())
+            .unwrap_or_default()
+            .max(1);
         let tasks = match workload {
             Workload::Fanout => fanout(),
             Workload::Chain => line("step", 50),
@@ -106,9 +139,10 @@ impl DagPlan {
                     TaskSpec::truth((*id).to_owned(), deps)
                 })
                 .collect(),
-            Workload::Wide => (1..=10_000)
-                .map(|i| TaskSpec::truth(format!("t_{i:05}"), vec![]))
+            Workload::Wide => (1..=n)
+                .map(|i| TaskSpec::truth(format!("t_{i:06}"), vec![]))
                 .collect(),
+            Workload::Layered => layered(n),
             Workload::Packing => packing(),
             Workload::Ceiling | Workload::Store => Vec::new(),
         };
@@ -182,6 +216,32 @@ fn fanout() -> Vec<TaskSpec> {
     tasks
 }
 
+/// `n` tasks in [`LAYERS`] layers (the first ones take the remainder); each
+/// task below the first layer depends on tasks `i` and `i + 1` (wrapping) of
+/// the layer above, so fan-in is two everywhere and the graph stays connected.
+fn layered(n: usize) -> Vec<TaskSpec> {
+    let layers = LAYERS.min(n);
+    let width = |l: usize| n / layers + usize::from(l < n % layers);
+    let name = |l: usize, i: usize| format!("l{l:02}_{i:05}");
+    let mut tasks = Vec::with_capacity(n);
+    for l in 0..layers {
+        for i in 0..width(l) {
+            let deps = if l == 0 {
+                vec![]
+            } else {
+                let above = width(l - 1);
+                let mut d = vec![name(l - 1, i % above)];
+                if above > 1 {
+                    d.push(name(l - 1, (i + 1) % above));
+                }
+                d
+            };
+            tasks.push(TaskSpec::truth(name(l, i), deps));
+        }
+    }
+    tasks
+}
+
 fn line(prefix: &str, n: usize) -> Vec<TaskSpec> {
     (1..=n)
         .map(|i| {
@@ -240,6 +300,36 @@ mod tests {
         assert_eq!(n(Workload::Retrain), 4);
         assert_eq!(n(Workload::Wide), 10_000);
         assert_eq!(n(Workload::Packing), PACKING_TASKS);
+        assert_eq!(n(Workload::Layered), 2_000);
+        assert_eq!(
+            DagPlan::sized(Workload::Wide, Some(100_000)).tasks.len(),
+            100_000
+        );
+        assert_eq!(
+            DagPlan::sized(Workload::Layered, Some(500)).tasks.len(),
+            500
+        );
+    }
+
+    #[test]
+    fn layered_tasks_depend_on_two_tasks_of_the_layer_above() {
+        let plan = DagPlan::sized(Workload::Layered, Some(2_000));
+        let first: Vec<_> = plan
+            .tasks
+            .iter()
+            .filter(|t| t.id.starts_with("l00_"))
+            .collect();
+        assert_eq!(first.len(), 100);
+        assert!(first.iter().all(|t| t.depends_on.is_empty()));
+        for t in plan.tasks.iter().filter(|t| !t.id.starts_with("l00_")) {
+            assert_eq!(t.depends_on.len(), 2, "{}", t.id);
+            let layer: usize = t.id[1..3].parse().unwrap();
+            for d in &t.depends_on {
+                assert_eq!(d[1..3].parse::<usize>().unwrap(), layer - 1);
+            }
+        }
+        let text = plan.to_toml();
+        assert!(trainyard_core::dag::parse_dag("layered.toml", &text).is_ok());
     }
 
     #[test]

@@ -138,8 +138,13 @@ macro_rules! delegate {
             ) -> Result<Option<DateTime<Utc>>> {
                 self.sql_last_scheduled_logical_date(dag_id).await
             }
-            async fn run_events(&self, run_id: RunId) -> Result<Vec<Event>> {
-                self.sql_run_events(run_id).await
+            async fn run_events(
+                &self,
+                run_id: RunId,
+                after: Option<i64>,
+                limit: u32,
+            ) -> Result<Vec<Event>> {
+                self.sql_run_events(run_id, after, limit).await
             }
             async fn get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance> {
                 self.sql_get_task_instance(id).await

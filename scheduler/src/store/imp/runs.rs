@@ -233,9 +233,16 @@ macro_rules! run_impl {
                 })
             }
 
-            pub(crate) async fn sql_run_events(&self, run_id: RunId) -> Result<Vec<Event>> {
-                let sql = format!("SELECT {EVENT_COLS} FROM events WHERE run_id = $1 ORDER BY id");
-                let rows = sqlx::query(&sql).bind(run_id.as_uuid()).fetch_all(self.read_pool()).await?;
+            pub(crate) async fn sql_run_events(&self, run_id: RunId, after: Option<i64>, limit: u32) -> Result<Vec<Event>> {
+                let sql = format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(run_id.as_uuid())
+                    .bind(after.unwrap_or(0))
+                    .bind(common::clamp_limit(limit))
+                    .fetch_all(self.read_pool())
+                    .await?;
                 rows.iter().map($rows::event).collect()
             }
         }

@@ -1,0 +1,114 @@
+//! The worker service and the engine do no store read per assignment: a
+//! 1,000-task layered run (20 layers, each task depending on two of the layer
+//! above) through the real gRPC service, with an artifact store (so
+//! assignments name their upstream attempts) and a real agent spawning
+//! `true`, is counted call by call by a store wrapper.
+
+mod grpc_support;
+
+#[path = "engine_support/faulty.rs"]
+mod faulty;
+
+use std::sync::Arc;
+
+use faulty::FaultyStore;
+use grpc_support::*;
+use trainyard_core::state::RunState;
+use trainyard_scheduler::store::Store;
+
+/// `width × 20` tasks; each below the first layer depends on tasks `i` and
+/// `i + 1` of the layer above.
+fn layered(width: usize) -> String {
+    let mut s = String::from("id = \"layered\"\n\n");
+    for l in 0..20 {
+        for i in 0..width {
+            s.push_str(&format!("[tasks.l{l:02}_{i:03}]\ncommand = [\"true\"]\n"));
+            if l > 0 {
+                s.push_str(&format!(
+                    "depends_on = [\"l{:02}_{i:03}\", \"l{:02}_{:03}\"]\n",
+                    l - 1,
+                    l - 1,
+                    (i + 1) % width
+                ));
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_task_layered_run_reads_the_store_a_constant_number_of_times() {
+    let mut counting = None;
+    let mut s = Scheduler::start_with(
+        |inner| {
+            let f = FaultyStore::new(inner);
+            counting = Some(f.clone());
+            f as Arc<dyn Store>
+        },
+        true,
+    )
+    .await;
+    let counting = counting.unwrap();
+    let mut opts = agent_options(&s, "w1", vec![]);
+    opts.slots = 8;
+    let _agent = start_agent(opts).await;
+    let dag = s.add_dag(&layered(50)).await;
+
+    counting.reset_counts();
+    let writes_before = counting.writes();
+    let run = s.trigger(&dag).await;
+    assert_eq!(s.wait_run(run).await, RunState::Success);
+    // The waits above read through the wrapper too; count only what the
+    // scheduler itself asked for.
+    let calls = counting.calls();
+    let by_scheduler: u64 = calls
+        .iter()
+        .filter(|(name, _)| !matches!(**name, "get_run"))
+        .filter(|(name, _)| !is_write(name))
+        .map(|(_, n)| *n)
+        .sum();
+    eprintln!(
+        "1,000-task layered run: {by_scheduler} scheduler reads, {} writes, calls {calls:?}",
+        counting.writes() - writes_before
+    );
+    assert!(
+        by_scheduler <= 20,
+        "the scheduler read the store {by_scheduler} times for 1,000 assignments: {calls:?}"
+    );
+    assert_eq!(
+        calls.get("task_instances").copied().unwrap_or(0),
+        0,
+        "{calls:?}"
+    );
+    s.shutdown().await;
+}
+
+fn is_write(name: &str) -> bool {
+    matches!(
+        name,
+        "commit_batch"
+            | "create_run"
+            | "create_run_and_wake"
+            | "upsert_dag_version"
+            | "record_parse_error"
+            | "set_dag_paused"
+            | "set_dag_paused_and_wake"
+            | "deactivate_dag"
+            | "transition_run"
+            | "transition_task"
+            | "transition_tasks"
+            | "claim_ready"
+            | "assign_tasks"
+            | "start_attempt"
+            | "finish_attempt"
+            | "register_worker"
+            | "heartbeat_worker"
+            | "set_worker_state"
+            | "mark_worker_lost"
+            | "record_metrics"
+            | "record_artifacts"
+            | "record_artifact_inputs"
+            | "set_attempt_log_location"
+    )
+}
