@@ -49,12 +49,13 @@ impl Core {
         let mut extra_dag: HashMap<DagId, u32> = HashMap::new();
         let mut extra_pool: HashMap<String, u32> = HashMap::new();
         let mut planned = Vec::new();
-        let order: Vec<TaskInstanceId> = self.ready.iter().map(|(_, _, ti)| *ti).collect();
-        for ti in order {
+        // Walked in place: a pass stops at the first `free_slots` placements,
+        // so a wide run's ready queue is not copied on every turn.
+        for &(_, _, ti) in self.ready.iter() {
             if free_slots == 0 {
                 break;
             }
-            let Some((run_id, idx)) = self.locate(ti) else {
+            let Some(&(run_id, idx)) = self.ti_index.get(&ti) else {
                 continue;
             };
             let run = &self.runs[&run_id];

@@ -138,6 +138,10 @@ pub struct EngineOptions {
     /// First back-off after a failed turn; doubles up to `heal_max_backoff`.
     pub heal_backoff: Duration,
     pub heal_max_backoff: Duration,
+    /// How long "attempt started" writes may wait for a turn that commits
+    /// anyway (an attempt's end commits them first, in order); a start
+    /// alone costs no transaction of its own before this.
+    pub start_flush_delay: Duration,
 }
 
 impl EngineOptions {
@@ -154,6 +158,7 @@ impl EngineOptions {
             command_buffer: 4096,
             heal_backoff: Duration::from_millis(20),
             heal_max_backoff: Duration::from_secs(2),
+            start_flush_delay: Duration::from_millis(100),
         }
     }
 }
@@ -204,6 +209,10 @@ pub(crate) struct Core {
     events: broadcast::Sender<EngineEvent>,
     /// The turn in progress: its writes, and what it sends once they commit.
     turn: turn::Turn,
+    /// Writes that need not commit on their own (attempt starts): prepended
+    /// to the next batch, or committed alone once `start_flush_delay` passed.
+    deferred: crate::store::WriteBatch,
+    deferred_since: Option<tokio::time::Instant>,
     /// Commands of failed turns, tried again (in order) when healing fires.
     backlog: VecDeque<Command>,
     /// Failed turns in a row, and when the next try is due.
@@ -265,6 +274,8 @@ impl Engine {
             timers: Timers::default(),
             events: events.clone(),
             turn: turn::Turn::default(),
+            deferred: Default::default(),
+            deferred_since: None,
             backlog: VecDeque::new(),
             healing: turn::Healing::default(),
             resync: Default::default(),
@@ -316,6 +327,8 @@ impl Engine {
             };
             let heal = self.core.healing.sleep();
             let healing = self.core.healing.pending();
+            let flush = self.core.deferred_flush_sleep();
+            let flushing = self.core.deferred_since.is_some();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -337,6 +350,9 @@ impl Engine {
                 () = sleep, if !healing => {
                     let due = self.core.timers.pop_due(self.core.clock.now());
                     self.core.run_turn(Vec::new(), due).await;
+                }
+                () = flush, if flushing && !healing => {
+                    self.core.run_turn(Vec::new(), Vec::new()).await;
                 }
             }
         }
@@ -469,7 +485,10 @@ impl Core {
             }
             Command::RunCreatedElsewhere(run, _) => Answer::Unit(self.adopt_run(*run).await),
             Command::AdoptActiveRuns(_) => Answer::Count(self.adopt_active_runs().await),
-            Command::Barrier(_) => Answer::Unit(Ok(())),
+            Command::Barrier(_) => {
+                self.turn.flush = true;
+                Answer::Unit(Ok(()))
+            }
         }
     }
 
@@ -539,10 +558,16 @@ impl Core {
         }
         node.state = to;
         node.attempt = attempt;
+        let (ti, task_id) = (node.ti, node.task_id.clone());
+        match (from.is_terminal(), to.is_terminal()) {
+            (false, true) => run.unfinished = run.unfinished.saturating_sub(1),
+            (true, false) => run.unfinished += 1,
+            _ => {}
+        }
         let event = EngineEvent::TaskState {
             run_id,
-            ti: node.ti,
-            task_id: node.task_id.clone(),
+            ti,
+            task_id,
             state: to,
             attempt,
         };

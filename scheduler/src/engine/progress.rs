@@ -85,7 +85,9 @@ impl Core {
             return Ok(()); // a repeated report
         }
         let now = self.clock.now();
-        self.write(Write::StartAttempt { id: ti, attempt });
+        // A start needs no transaction of its own: it rides with the next
+        // batch (the attempt's end commits it first) or a short flush.
+        self.defer(Write::StartAttempt { id: ti, attempt });
         self.set_task_state(run_id, idx, TaskState::Running, attempt);
         self.arm_deadline(run_id, idx, now);
         Ok(())

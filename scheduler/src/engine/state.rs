@@ -87,6 +87,9 @@ pub struct ActiveRun {
     pub metrics: Arc<RunMetrics>,
     /// Metrics of the DAG's last successful run, loaded when a `when` first needs them.
     pub previous: Option<Arc<RunMetrics>>,
+    /// Tasks not in a terminal state (kept by `Core::set_task_state`), so
+    /// "is the run done" costs nothing per completion however wide the run.
+    pub unfinished: usize,
 }
 
 impl ActiveRun {
@@ -148,7 +151,9 @@ impl ActiveRun {
                 gpu_model: r.gpu_model.as_deref().and_then(|p| Regex::new(p).ok()),
             });
         }
+        let unfinished = tasks.iter().filter(|t| !t.state.is_terminal()).count();
         Self {
+            unfinished,
             run,
             spec,
             params: Arc::new(params),
@@ -166,7 +171,7 @@ impl ActiveRun {
 
     /// Whether every task has reached a terminal state.
     pub fn all_terminal(&self) -> bool {
-        self.tasks.iter().all(|t| t.state.is_terminal())
+        self.unfinished == 0
     }
 
     /// `i` and every task downstream of it, transitively, in index order.

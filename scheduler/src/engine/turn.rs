@@ -54,6 +54,8 @@ pub(super) struct Turn {
     failed: Option<StoreError>,
     /// The command being handled committed a direct write: it is done.
     direct: bool,
+    /// Commit deferred writes now even if the turn wrote nothing (a barrier).
+    pub(super) flush: bool,
 }
 
 /// Failed turns in a row and the back-off before the next try.
@@ -208,23 +210,56 @@ impl Core {
         }
     }
 
-    /// Commits the turn's batch (nothing to do when it is empty).
+    /// Commits the turn's batch, preceded by the deferred writes; nothing
+    /// to do when the turn wrote nothing and the deferred ones may wait.
     async fn commit_writes(&mut self) -> Result<(), StoreError> {
-        if self.turn.writes.is_empty() {
+        let flush_due = self.turn.flush
+            || self
+                .deferred_since
+                .is_some_and(|t| t.elapsed() >= self.opts.start_flush_delay);
+        if self.turn.writes.is_empty() && (self.deferred.is_empty() || !flush_due) {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let r = self
-            .store
-            .commit_batch(&self.turn.writes, &self.opts.actor)
-            .await;
+        let r = if self.deferred.is_empty() {
+            self.store
+                .commit_batch(&self.turn.writes, &self.opts.actor)
+                .await
+        } else {
+            let mut batch = self.deferred.clone();
+            batch.writes.extend(self.turn.writes.writes.iter().cloned());
+            self.store.commit_batch(&batch, &self.opts.actor).await
+        };
         debug!(
             writes = self.turn.writes.len(),
+            deferred = self.deferred.len(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             ok = r.is_ok(),
             "turn committed"
         );
+        if r.is_ok() {
+            self.deferred.clear();
+            self.deferred_since = None;
+        }
         r
+    }
+
+    /// Queues a write that may wait for the next batch (see `deferred`).
+    pub(super) fn defer(&mut self, write: crate::store::Write) {
+        let now = self.clock.now();
+        self.deferred.push(write, now);
+        self.deferred_since
+            .get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    /// Sleeps until the deferred writes must be committed (forever when none wait).
+    pub(super) fn deferred_flush_sleep(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        match self.deferred_since {
+            Some(t) => Box::pin(tokio::time::sleep_until(t + self.opts.start_flush_delay)),
+            None => Box::pin(futures::future::pending()),
+        }
     }
 
     /// The turn committed: answer, send, publish, and start the next snapshot.
@@ -252,6 +287,16 @@ impl Core {
             self.restore(s);
         }
         if e.is_conflict() {
+            // Deferred starts may be what conflicts (a turn that committed
+            // unseen): drop them and re-read their runs, the store's word wins.
+            for (w, _) in std::mem::take(&mut self.deferred.writes) {
+                if let crate::store::Write::StartAttempt { id, .. } = w
+                    && let Some((run, _)) = self.locate(id)
+                {
+                    self.resync.insert(run);
+                }
+            }
+            self.deferred_since = None;
             let run = e.conflict_run().or_else(|| {
                 e.conflict_task()
                     .and_then(|ti| self.locate(ti).map(|(r, _)| r))
