@@ -5,6 +5,7 @@
 //! `all_done` join. Every such run must end exactly as the run without a
 //! fault: the same state for every task, one successful attempt per
 //! succeeded task, and no restart of anything.
+#![allow(clippy::unwrap_used)]
 
 mod engine_support;
 

@@ -3,6 +3,7 @@
 //! above) through the real gRPC service, with an artifact store (so
 //! assignments name their upstream attempts) and a real agent spawning
 //! `true`, is counted call by call by a store wrapper.
+#![allow(clippy::unwrap_used)]
 
 mod grpc_support;
 

@@ -119,7 +119,7 @@ impl Core {
             }
         }
         let mut cmds = cmds.into_iter();
-        while let Some(cmd) = cmds.next() {
+        for cmd in cmds.by_ref() {
             let answer = self.handle(&cmd).await;
             // A report the store could not serve is tried again, not refused.
             let answer = if cmd.retried_on_failure() {

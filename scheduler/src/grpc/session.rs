@@ -84,6 +84,13 @@ pub(super) struct Session {
     artifacts: Option<ArtifactContext>,
     /// Secret values per (run, task), masked in log lines before storing.
     secrets: SecretCache,
+    /// Finished reports in flight: each archives its log and waits for the
+    /// engine's commit on its own task, so one worker's reports pipeline into
+    /// the engine's next turn instead of one transaction each; the answers
+    /// come back here, in any order.
+    finished_tx: mpsc::UnboundedSender<(TaskInstanceId, i32, crate::engine::Result<()>)>,
+    finished_rx: mpsc::UnboundedReceiver<(TaskInstanceId, i32, crate::engine::Result<()>)>,
+    in_flight: usize,
 }
 
 /// Why a session ended; decides the status the worker gets.
@@ -107,6 +114,7 @@ impl Session {
         commands: mpsc::Receiver<WorkerCommand>,
         artifacts: Option<ArtifactContext>,
     ) -> Self {
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
         Self {
             engine,
             logs,
@@ -119,6 +127,9 @@ impl Session {
             places: HashMap::new(),
             artifacts,
             secrets: SecretCache::default(),
+            finished_tx,
+            finished_rx,
+            in_flight: 0,
         }
     }
 
@@ -134,6 +145,12 @@ impl Session {
             tokio::select! {
                 () = stop.cancelled() => {
                     break End::Status(Status::unavailable("the scheduler is shutting down; reconnect"));
+                }
+                Some((ti, attempt, r)) = self.finished_rx.recv() => {
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    if let Err(end) = self.report(r, ti, attempt, true) {
+                        break end;
+                    }
                 }
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => {
@@ -274,29 +291,36 @@ impl Session {
                 let (ti, attempt) = convert::attempt_from_proto(f.attempt.as_ref()).map_err(bad)?;
                 let mut result = convert::result_from_proto(&f).map_err(bad)?;
                 self.held.remove(&(ti, attempt));
-                // The log is archived first so its URI is committed with the end.
                 let place = self.places.remove(&(ti, attempt));
-                if let Some(ctx) = &self.artifacts {
-                    // An attempt assigned before this stream opened is looked up once.
-                    let place = match place {
-                        Some(p) => Some(p),
-                        None => ctx
-                            .store
-                            .get_task_instance(ti)
-                            .await
-                            .ok()
-                            .map(|t| (t.run_id, t.task_id.to_string())),
-                    };
-                    if let Some((run, task)) = place {
-                        result.lineage.log_location =
-                            artifacts::archive_log(&self.logs, run, &task, attempt).await;
+                let (engine, logs, ctx) = (
+                    self.engine.clone(),
+                    self.logs.clone(),
+                    self.artifacts.clone(),
+                );
+                let (worker, answers) = (self.worker, self.finished_tx.clone());
+                self.in_flight += 1;
+                tokio::spawn(async move {
+                    // The log is archived first so its URI is committed with the end.
+                    if let Some(ctx) = &ctx {
+                        // An attempt assigned before this stream opened is looked up once.
+                        let place = match place {
+                            Some(p) => Some(p),
+                            None => ctx
+                                .store
+                                .get_task_instance(ti)
+                                .await
+                                .ok()
+                                .map(|t| (t.run_id, t.task_id.to_string())),
+                        };
+                        if let Some((run, task)) = place {
+                            result.lineage.log_location =
+                                artifacts::archive_log(&logs, run, &task, attempt).await;
+                        }
                     }
-                }
-                let r = self
-                    .engine
-                    .task_finished(self.worker, ti, attempt, result)
-                    .await;
-                self.report(r, ti, attempt, true)
+                    let r = engine.task_finished(worker, ti, attempt, result).await;
+                    let _ = answers.send((ti, attempt, r));
+                });
+                Ok(())
             }
             Kind::Draining(d) => {
                 info!(grace_ms = d.grace_ms, reason = %d.reason, "worker draining");
@@ -348,6 +372,15 @@ impl Session {
     /// Re-opens the engine's channel listing what the worker holds, so the
     /// engine hands back every assignment the worker declined.
     async fn hand_back(&mut self) -> Result<(), End> {
+        // Finished reports still on their way must reach the engine first, or
+        // it would take their attempts for vanished ones.
+        while self.in_flight > 0 {
+            let Some((ti, attempt, r)) = self.finished_rx.recv().await else {
+                break;
+            };
+            self.in_flight -= 1;
+            self.report(r, ti, attempt, true)?;
+        }
         let reported: Vec<Attempt> = self.held.iter().copied().collect();
         let fresh = self
             .engine

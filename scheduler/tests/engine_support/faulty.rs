@@ -4,7 +4,7 @@
 //! ambiguous case a lost connection produces). In the spirit of Temporal's
 //! persistence fault injection: the engine must end every run exactly as it
 //! would without the fault.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -114,6 +114,7 @@ pub struct DagPlan {
 
 impl DagPlan {
     /// The workload's DAG at its standard size.
+    #[cfg(test)]
     pub fn for_workload(workload: Workload) -> Self {
         Self::sized(workload, None)
     }
