@@ -347,6 +347,16 @@ impl Core {
             seed,
         );
         h.next_try = Some(tokio::time::Instant::now() + wait);
+        if !e.is_retryable() && !e.is_conflict() {
+            // Not an outage: the store refuses what the engine decided. Memory
+            // is kept as it was and the turn retried, but this needs a person.
+            tracing::error!(
+                error = %e,
+                failures = h.failures,
+                "the store refuses this turn's writes (not a connection problem); \
+                 the engine keeps retrying — please report this with the log"
+            );
+        }
         warn!(
             error = %e,
             failures = h.failures,

@@ -17,15 +17,28 @@ macro_rules! batch_impl {
                 }
                 let backend = self.backend_kind();
                 let mut tx = self.begin_write().await?;
-                for (write, at) in &batch.writes {
+                let mut sink = EventSink::default();
+                let fused = fuse_starts(batch);
+                for (i, (write, at)) in batch.writes.iter().enumerate() {
                     let now = *at;
                     match write {
+                        Write::StartAttempt { .. } if fused.skip.contains(&i) => {}
                         Write::StartAttempt { id, attempt } => {
-                            Self::tx_start_attempt(&mut tx, *id, *attempt, actor, now).await?;
+                            Self::tx_start_attempt(&mut tx, &mut sink, *id, *attempt, actor, now)
+                                .await?;
                         }
-                        Write::FinishAttempt(report) => {
-                            Self::tx_finish_attempt(&mut tx, report, actor, now).await?;
-                        }
+                        Write::FinishAttempt(report) => match fused.start_of.get(&i) {
+                            Some(started) => {
+                                Self::tx_start_and_finish(
+                                    &mut tx, &mut sink, report, *started, actor, now,
+                                )
+                                .await?;
+                            }
+                            None => {
+                                Self::tx_finish_attempt(&mut tx, &mut sink, report, actor, now)
+                                    .await?;
+                            }
+                        },
                         Write::Metrics {
                             id,
                             attempt,
@@ -35,14 +48,22 @@ macro_rules! batch_impl {
                         }
                         Write::Transitions(ts) => {
                             common::validate(ts, false)?;
-                            Self::apply_transitions(&mut tx, ts, OnConflict::Fail, actor, now)
-                                .await?;
+                            Self::apply_transitions(
+                                &mut tx,
+                                &mut sink,
+                                ts,
+                                OnConflict::Fail,
+                                actor,
+                                now,
+                            )
+                            .await?;
                         }
                         Write::Run(t) => {
-                            Self::tx_transition_run(&mut tx, t, actor, now).await?;
+                            Self::tx_transition_run(&mut tx, &mut sink, t, actor, now).await?;
                         }
                         Write::Assign(list) => {
-                            Self::tx_assign_exactly(&mut tx, backend, list, actor, now).await?;
+                            Self::tx_assign_exactly(&mut tx, &mut sink, backend, list, actor, now)
+                                .await?;
                         }
                         Write::RegisterWorker(w) => {
                             Self::tx_register_worker(&mut tx, w, now).await?;
@@ -54,7 +75,7 @@ macro_rules! batch_impl {
                             Self::tx_set_worker_state(&mut tx, *id, *state, now).await?;
                         }
                         Write::WorkerLost { id, reason } => {
-                            Self::tx_mark_worker_lost(&mut tx, *id, reason, now).await?;
+                            Self::tx_mark_worker_lost(&mut tx, &mut sink, *id, reason, now).await?;
                         }
                         Write::Artifacts {
                             producer,
@@ -75,15 +96,65 @@ macro_rules! batch_impl {
                         }
                     }
                 }
+                // Every event of the turn in one insert, then one commit.
+                Self::insert_sink(&mut tx, sink).await?;
                 self.commit(tx).await
             }
         }
     };
 }
 
-use super::common::{self, OnConflict};
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use trainyard_core::ids::TaskInstanceId;
+
+use super::common::{self, EventSink, OnConflict};
 use crate::store::error::Result;
 use crate::store::types::{Write, WriteBatch};
+
+/// Starts that a later end of the same attempt in the batch can take along.
+#[derive(Debug, Default)]
+struct Fused {
+    /// Indices of `StartAttempt` writes done by their `FinishAttempt`.
+    skip: HashSet<usize>,
+    /// `FinishAttempt` index → the time its attempt started.
+    start_of: HashMap<usize, DateTime<Utc>>,
+}
+
+/// Pairs each `StartAttempt` with the `FinishAttempt` of the same attempt
+/// later in the batch, unless a write in between could see or move the task
+/// (a transition or assignment naming it, a worker marked lost).
+fn fuse_starts(batch: &WriteBatch) -> Fused {
+    let mut fused = Fused::default();
+    let mut open: HashMap<(TaskInstanceId, i32), (usize, DateTime<Utc>)> = HashMap::new();
+    for (i, (write, at)) in batch.writes.iter().enumerate() {
+        match write {
+            Write::StartAttempt { id, attempt } => {
+                open.insert((*id, *attempt), (i, *at));
+            }
+            Write::FinishAttempt(r) => {
+                if let Some((start, started)) = open.remove(&(r.id, r.attempt)) {
+                    fused.skip.insert(start);
+                    fused.start_of.insert(i, started);
+                }
+            }
+            Write::Transitions(ts) => {
+                for t in ts {
+                    open.retain(|(id, _), _| *id != t.id);
+                }
+            }
+            Write::Assign(list) => {
+                for a in list {
+                    open.retain(|(id, _), _| *id != a.id);
+                }
+            }
+            Write::WorkerLost { .. } => open.clear(),
+            _ => {}
+        }
+    }
+    fused
+}
 
 batch_impl!(crate::store::PgStore, sqlx::Postgres);
 batch_impl!(crate::store::SqliteStore, sqlx::Sqlite);

@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Row};
 use trainyard_core::ids::{AttemptId, WorkerId};
 use trainyard_core::state::TaskState;
 
-use super::common::{self, NewEvent};
+use super::common::{self, EventSink, NewEvent};
 use crate::store::Backend;
 use crate::store::error::Result;
 use crate::store::rows::{TI_COLS, pg, sqlite};
@@ -120,16 +120,21 @@ macro_rules! claim_impl {
                 now: DateTime<Utc>,
             ) -> Result<Vec<ClaimedTask>> {
                 let mut tx = self.begin_write().await?;
-                let claimed = Self::tx_claim(&mut tx, self.backend_kind(), pick, worker_id, actor, now).await?;
+                let mut sink = EventSink::default();
+                let claimed =
+                    Self::tx_claim(&mut tx, &mut sink, self.backend_kind(), pick, worker_id, actor, now).await?;
                 if !claimed.is_empty() {
+                    Self::insert_sink(&mut tx, sink).await?;
                     self.commit(tx).await?;
                 }
                 Ok(claimed)
             }
 
             /// The claim inside `tx` (nothing is written when nothing matched).
+            #[allow(clippy::too_many_arguments)]
             async fn tx_claim(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
                 backend: Backend,
                 pick: Pick<'_>,
                 worker_id: Option<WorkerId>,
@@ -186,7 +191,7 @@ macro_rules! claim_impl {
                         reason: None,
                     })
                     .collect();
-                Self::insert_events(tx, &events, actor, now).await?;
+                sink.add(&events, actor, now);
                 Ok(tasks
                     .into_iter()
                     .map(|t| {
@@ -224,13 +229,14 @@ macro_rules! claim_impl {
             /// is a conflict (the engine's memory and the store disagree).
             pub(crate) async fn tx_assign_exactly(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
                 backend: Backend,
                 assignments: &[Assignment],
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<()> {
                 for chunk in assignments.chunks(common::CHUNK) {
-                    let claimed = Self::tx_claim(tx, backend, Pick::Exactly(chunk), None, actor, now).await?;
+                    let claimed = Self::tx_claim(tx, sink, backend, Pick::Exactly(chunk), None, actor, now).await?;
                     if claimed.len() < chunk.len() {
                         let missed = chunk
                             .iter()

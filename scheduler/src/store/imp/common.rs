@@ -27,6 +27,25 @@ pub(crate) struct NewEvent {
     pub reason: Option<String>,
 }
 
+/// Event rows a transaction collects from its steps and writes in one
+/// multi-row insert per chunk just before it commits (a turn's batch writes
+/// all its events at once instead of one insert per step).
+#[derive(Debug, Default)]
+pub(crate) struct EventSink {
+    pub rows: Vec<(NewEvent, String, DateTime<Utc>)>,
+}
+
+impl EventSink {
+    pub(crate) fn add(&mut self, events: &[NewEvent], actor: &str, at: DateTime<Utc>) {
+        self.rows
+            .extend(events.iter().map(|e| (e.clone(), actor.to_owned(), at)));
+    }
+
+    pub(crate) fn push(&mut self, event: NewEvent, actor: &str, at: DateTime<Utc>) {
+        self.rows.push((event, actor.to_owned(), at));
+    }
+}
+
 impl EventEntity {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -142,6 +161,33 @@ macro_rules! common_impl {
                             .push_bind(actor.to_owned())
                             .push_bind(e.reason.clone())
                             .push_bind(now);
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Writes what `sink` collected (each row with its own actor and time).
+            pub(crate) async fn insert_sink(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: crate::store::imp::common::EventSink,
+            ) -> crate::store::error::Result<()> {
+                for chunk in sink.rows.chunks(crate::store::imp::common::CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                        "INSERT INTO events (run_id, entity, task_instance_id, task_id, from_state, \
+                         to_state, attempt, actor, reason, at) ",
+                    );
+                    qb.push_values(chunk, |mut b, (e, actor, at)| {
+                        b.push_bind(e.run_id.as_uuid())
+                            .push_bind(e.entity.as_str())
+                            .push_bind(e.task_instance_id.map(|i| i.get()))
+                            .push_bind(e.task_id.as_ref().map(|t| t.as_str().to_owned()))
+                            .push_bind(e.from_state)
+                            .push_bind(e.to_state)
+                            .push_bind(e.attempt)
+                            .push_bind(actor.clone())
+                            .push_bind(e.reason.clone())
+                            .push_bind(*at);
                     });
                     qb.build().execute(&mut **tx).await?;
                 }

@@ -149,7 +149,9 @@ macro_rules! run_impl {
                 now: DateTime<Utc>,
             ) -> Result<Run> {
                 let mut tx = self.begin_write().await?;
-                let run = Self::tx_transition_run(&mut tx, &t, actor, now).await?;
+                let mut sink = EventSink::default();
+                let run = Self::tx_transition_run(&mut tx, &mut sink, &t, actor, now).await?;
+                Self::insert_sink(&mut tx, sink).await?;
                 self.commit(tx).await?;
                 Ok(run)
             }
@@ -157,6 +159,7 @@ macro_rules! run_impl {
             /// CAS on one run's state inside `tx`, with its event row.
             pub(crate) async fn tx_transition_run(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
                 t: &RunTransition,
                 actor: &str,
                 now: DateTime<Utc>,
@@ -204,7 +207,7 @@ macro_rules! run_impl {
                     attempt: None,
                     reason: t.reason.clone(),
                 };
-                Self::insert_events(tx, std::slice::from_ref(&event), actor, now).await?;
+                sink.push(event, actor, now);
                 Ok(run)
             }
 
@@ -257,7 +260,7 @@ use sqlx::{QueryBuilder, Row};
 use trainyard_core::ids::{DagId, RunId};
 use trainyard_core::state::{RunState, TaskState, TriggerKind};
 
-use super::common::{self, NewEvent};
+use super::common::{self, EventSink, NewEvent};
 use crate::store::Wakeup;
 use crate::store::error::{Result, StoreError};
 use crate::store::rows::{EVENT_COLS, RUN_COLS, TI_COLS, parse, pg, sqlite};

@@ -14,6 +14,7 @@ macro_rules! task_impl {
             /// those applied. With `OnConflict::Fail` any miss aborts with an error.
             pub(crate) async fn apply_transitions(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
                 transitions: &[TaskTransition],
                 on_conflict: OnConflict,
                 actor: &str,
@@ -125,7 +126,7 @@ macro_rules! task_impl {
                         }
                     }
                 }
-                Self::insert_events(tx, &events, actor, now).await?;
+                sink.add(&events, actor, now);
                 Ok(applied)
             }
 
@@ -167,7 +168,9 @@ macro_rules! task_impl {
                     return Ok(());
                 }
                 let mut tx = self.begin_write().await?;
-                Self::apply_transitions(&mut tx, transitions, OnConflict::Fail, actor, now).await?;
+                let mut sink = EventSink::default();
+                Self::apply_transitions(&mut tx, &mut sink, transitions, OnConflict::Fail, actor, now).await?;
+                Self::insert_sink(&mut tx, sink).await?;
                 self.commit(tx).await
             }
 
@@ -179,13 +182,16 @@ macro_rules! task_impl {
                 now: DateTime<Utc>,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                Self::tx_start_attempt(&mut tx, id, attempt, actor, now).await?;
+                let mut sink = EventSink::default();
+                Self::tx_start_attempt(&mut tx, &mut sink, id, attempt, actor, now).await?;
+                Self::insert_sink(&mut tx, sink).await?;
                 self.commit(tx).await
             }
 
             /// `assigned → running` for one attempt, inside `tx`.
             pub(crate) async fn tx_start_attempt(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
                 id: TaskInstanceId,
                 attempt: i32,
                 actor: &str,
@@ -193,7 +199,7 @@ macro_rules! task_impl {
             ) -> Result<()> {
                 let t = TaskTransition::new(id, TaskState::Assigned, TaskState::Running, attempt);
                 common::validate(std::slice::from_ref(&t), true)?;
-                Self::apply_transitions(tx, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
+                Self::apply_transitions(tx, sink, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
                     .await?;
                 sqlx::query("UPDATE attempts SET started_at = $1 WHERE task_instance_id = $2 AND attempt = $3")
                     .bind(now)
@@ -211,13 +217,16 @@ macro_rules! task_impl {
                 now: DateTime<Utc>,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                Self::tx_finish_attempt(&mut tx, &report, actor, now).await?;
+                let mut sink = EventSink::default();
+                Self::tx_finish_attempt(&mut tx, &mut sink, &report, actor, now).await?;
+                Self::insert_sink(&mut tx, sink).await?;
                 self.commit(tx).await
             }
 
             /// Ends one attempt and moves its task, fenced on (from, attempt), inside `tx`.
             pub(crate) async fn tx_finish_attempt(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
                 report: &FinishAttempt,
                 actor: &str,
                 now: DateTime<Utc>,
@@ -233,7 +242,7 @@ macro_rules! task_impl {
                     )));
                 }
                 common::validate(std::slice::from_ref(&t), false)?;
-                Self::apply_transitions(tx, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
+                Self::apply_transitions(tx, sink, std::slice::from_ref(&t), OnConflict::Fail, actor, now)
                     .await?;
                 sqlx::query(
                     "UPDATE attempts SET exit_code = $1, error = $2, log_location = COALESCE($3, log_location) \
@@ -246,6 +255,78 @@ macro_rules! task_impl {
                 .bind(report.attempt)
                 .execute(&mut **tx)
                 .await?;
+                Ok(())
+            }
+
+            /// `assigned → running → to` for one attempt in two statements (and
+            /// its two event rows), when a batch holds both its start and its
+            /// end: the same rows as [`Self::tx_start_attempt`] followed by
+            /// [`Self::tx_finish_attempt`], for a third of the statements. A
+            /// compare-and-set that misses falls back to those two, which name
+            /// the conflict exactly.
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) async fn tx_start_and_finish(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut EventSink,
+                report: &FinishAttempt,
+                started: DateTime<Utc>,
+                actor: &str,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                let mut t = TaskTransition::new(report.id, TaskState::Running, report.to, report.attempt);
+                t.next_retry_at = report.next_retry_at;
+                common::validate(std::slice::from_ref(&t), false)?;
+                if report.from != TaskState::Running || report.to == TaskState::UpForRetry && report.next_retry_at.is_none() {
+                    Self::tx_start_attempt(tx, sink, report.id, report.attempt, actor, started).await?;
+                    return Self::tx_finish_attempt(tx, sink, report, actor, now).await;
+                }
+                let retry = if report.to == TaskState::UpForRetry { ", next_retry_at = $6" } else { "" };
+                let sql = format!(
+                    "UPDATE task_instances SET state = $1, updated_at = $2, started_at = $3, ended_at = $2{retry} \
+                     WHERE id = $4 AND state = 'assigned' AND attempt = $5 RETURNING run_id, task_id"
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(report.to.as_str())
+                    .bind(now)
+                    .bind(started)
+                    .bind(report.id.get())
+                    .bind(report.attempt);
+                if report.to == TaskState::UpForRetry {
+                    q = q.bind(report.next_retry_at);
+                }
+                let Some(row) = q.fetch_optional(&mut **tx).await? else {
+                    Self::tx_start_attempt(tx, sink, report.id, report.attempt, actor, started).await?;
+                    return Self::tx_finish_attempt(tx, sink, report, actor, now).await;
+                };
+                let run = RunId::from_uuid(row.try_get("run_id")?);
+                let task = TaskId::new(row.try_get::<String, _>("task_id")?);
+                sqlx::query(
+                    "UPDATE attempts SET started_at = $1, ended_at = $2, outcome = $3, exit_code = $4, \
+                     error = $5, log_location = COALESCE($6, log_location) \
+                     WHERE task_instance_id = $7 AND attempt = $8",
+                )
+                .bind(started)
+                .bind(now)
+                .bind(report.outcome.as_str())
+                .bind(report.exit_code)
+                .bind(report.error.as_deref())
+                .bind(report.log_location.as_deref())
+                .bind(report.id.get())
+                .bind(report.attempt)
+                .execute(&mut **tx)
+                .await?;
+                let event = |from: TaskState, to: TaskState, reason: Option<String>| NewEvent {
+                    run_id: run,
+                    entity: EventEntity::Task,
+                    task_instance_id: Some(report.id),
+                    task_id: Some(task.clone()),
+                    from_state: Some(from.as_str()),
+                    to_state: to.as_str(),
+                    attempt: Some(report.attempt),
+                    reason,
+                };
+                sink.push(event(TaskState::Assigned, TaskState::Running, None), actor, started);
+                sink.push(event(TaskState::Running, report.to, report.error.clone()), actor, now);
                 Ok(())
             }
 
@@ -332,7 +413,7 @@ use trainyard_core::ids::{RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::TaskState;
 use uuid::Uuid;
 
-use super::common::{self, NewEvent, OnConflict};
+use super::common::{self, EventSink, NewEvent, OnConflict};
 use crate::store::error::{Result, StoreError};
 use crate::store::rows::{ATTEMPT_COLS, TI_COLS, parse, pg, sqlite};
 use crate::store::types::*;

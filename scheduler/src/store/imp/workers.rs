@@ -95,7 +95,9 @@ macro_rules! worker_impl {
                 now: DateTime<Utc>,
             ) -> Result<Vec<HeldAttempt>> {
                 let mut tx = self.begin_write().await?;
-                let lost = Self::tx_mark_worker_lost(&mut tx, id, reason, now).await?;
+                let mut sink = common::EventSink::default();
+                let lost = Self::tx_mark_worker_lost(&mut tx, &mut sink, id, reason, now).await?;
+                Self::insert_sink(&mut tx, sink).await?;
                 self.commit(tx).await?;
                 Ok(lost)
             }
@@ -103,6 +105,7 @@ macro_rules! worker_impl {
             /// Marks a worker lost and its held attempts `lost`, inside `tx`.
             pub(crate) async fn tx_mark_worker_lost(
                 tx: &mut sqlx::Transaction<'static, $Db>,
+                sink: &mut common::EventSink,
                 id: WorkerId,
                 reason: &str,
                 now: DateTime<Utc>,
@@ -129,7 +132,7 @@ macro_rules! worker_impl {
                     .collect();
                 // An attempt may finish while we look; skip it rather than fail the rest.
                 let applied =
-                    Self::apply_transitions(tx, &transitions, OnConflict::Skip, &format!("worker-monitor:{id}"), now)
+                    Self::apply_transitions(tx, sink, &transitions, OnConflict::Skip, &format!("worker-monitor:{id}"), now)
                         .await?;
                 Ok(held
                     .into_iter()
