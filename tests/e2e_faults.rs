@@ -75,6 +75,12 @@ async fn wait_file(cluster: &Cluster, path: &Path) {
 }
 
 fn pid_alive(pid: &str) -> bool {
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("not a pid: {pid:?}: {e}"));
+    assert!(pid > 1, "refusing to probe pid {pid}");
+    let pid = pid.to_string();
     std::process::Command::new("kill")
         .args(["-0", pid.trim()])
         .status()
@@ -149,9 +155,20 @@ async fn a_killed_worker_loses_its_attempt_and_the_task_succeeds_on_another() {
     // The orphaned copy of attempt 1 cannot be reached once its worker is gone;
     // stop it here so only the retry sees the release.
     let orphan = std::fs::read_to_string(out.join("long.pid.1")).unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &format!("-{}", orphan.trim())])
-        .status();
+    // Never `kill -9 -1` (every process) or a group that is not the task's.
+    let orphan: u32 = orphan
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("long.pid.1 holds {orphan:?}, not a pid: {e}"));
+    assert!(orphan > 1, "long.pid.1 holds pid {orphan}");
+    // Only while that pid is still our task's shell: once it is gone the pid
+    // (and the group id) may belong to anything else on the machine.
+    let cmdline = std::fs::read(format!("/proc/{orphan}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains(&out.display().to_string()) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &format!("-{orphan}")])
+            .status();
+    }
     std::fs::write(out.join("release"), "").unwrap();
     let detail = cluster.wait_run(&run, LONG).await;
     assert_eq!(
