@@ -234,6 +234,10 @@ impl Session {
                 Ok(())
             }
             Kind::Heartbeat(hb) => {
+                // Its ack tells the worker every report sent before it was
+                // processed (a draining worker exits on it): the finished
+                // reports in flight must be committed first.
+                self.settle_finishes().await?;
                 let usage = convert::usage_from_proto(&hb.gpus).map_err(bad)?;
                 // Per-GPU utilisation and memory for /metrics, labelled by worker id.
                 crate::metrics::global().observe_gpu_usage(&self.worker.to_string(), &usage);
@@ -369,11 +373,8 @@ impl Session {
         }
     }
 
-    /// Re-opens the engine's channel listing what the worker holds, so the
-    /// engine hands back every assignment the worker declined.
-    async fn hand_back(&mut self) -> Result<(), End> {
-        // Finished reports still on their way must reach the engine first, or
-        // it would take their attempts for vanished ones.
+    /// Waits until every finished report in flight is committed (or refused).
+    async fn settle_finishes(&mut self) -> Result<(), End> {
         while self.in_flight > 0 {
             let Some((ti, attempt, r)) = self.finished_rx.recv().await else {
                 break;
@@ -381,6 +382,15 @@ impl Session {
             self.in_flight -= 1;
             self.report(r, ti, attempt, true)?;
         }
+        Ok(())
+    }
+
+    /// Re-opens the engine's channel listing what the worker holds, so the
+    /// engine hands back every assignment the worker declined.
+    async fn hand_back(&mut self) -> Result<(), End> {
+        // Finished reports still on their way must reach the engine first, or
+        // it would take their attempts for vanished ones.
+        self.settle_finishes().await?;
         let reported: Vec<Attempt> = self.held.iter().copied().collect();
         let fresh = self
             .engine
