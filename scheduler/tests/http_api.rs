@@ -527,3 +527,73 @@ async fn login_sets_strict_httponly_session_cookie() {
         .unwrap();
     assert_eq!(send(&app.router, r).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_runs_timeline_lists_every_transition_in_order_and_pages() {
+    let (h, router, _d) = setup().await;
+    let mut worker = FakeWorker::join(&h.handle, registration("gpu-box", 4, &[("A100", 80)])).await;
+    let run = trigger(&router, json!({}), None).await.json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = worker.next_assign().await;
+    worker.succeed(&a).await;
+    h.settle().await;
+    let get = |path: String| {
+        let router = router.clone();
+        async move { send(&router, req(Method::GET, &path, Some(VIEWER), None)).await }
+    };
+    let all = get(format!("/api/v1/runs/{run}/events")).await.json();
+    let events = all["events"].as_array().unwrap();
+    let steps: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["task_id"] == "train")
+        .map(|e| {
+            (
+                e["from_state"].as_str().unwrap_or("").to_owned(),
+                e["to_state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        steps,
+        vec![
+            pair("pending", "ready"),
+            pair("ready", "assigned"),
+            pair("assigned", "running"),
+            pair("running", "success"),
+        ],
+        "{all}"
+    );
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    assert!(all["next_after"].is_null());
+
+    // Two per page, following next_after, gives the same list.
+    let mut paged = Vec::new();
+    let mut after: Option<i64> = None;
+    loop {
+        let q = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let page = get(format!("/api/v1/runs/{run}/events?limit=2{q}"))
+            .await
+            .json();
+        let batch = page["events"].as_array().unwrap();
+        assert!(batch.len() <= 2);
+        paged.extend(batch.iter().map(|e| e["id"].as_i64().unwrap()));
+        match page["next_after"].as_i64() {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids);
+
+    let missing = get(format!(
+        "/api/v1/runs/{}/events",
+        trainyard_core::ids::RunId::new()
+    ))
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let bad = get("/api/v1/runs/nope/events".to_owned()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
