@@ -18,7 +18,7 @@ use engine_support::*;
 use trainyard_core::ids::{DagId, RunId};
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState};
 use trainyard_scheduler::clock::ManualClock;
-use trainyard_scheduler::engine::{EngineError, TaskResult, WorkerCommand};
+use trainyard_scheduler::engine::{Assignment, EngineError, TaskResult, WorkerCommand};
 use trainyard_scheduler::store::Store;
 
 const DAG: &str = r#"
@@ -83,6 +83,21 @@ fn tolerate(r: Result<(), EngineError>) {
     }
 }
 
+/// The fake worker runs one assignment by the script: started, then its result.
+async fn run_assignment(h: &Harness, w: &FakeWorker, a: &Assignment) {
+    tolerate(
+        h.handle
+            .task_started(w.id, a.task_instance_id, a.attempt)
+            .await,
+    );
+    let result = result_for(a.task_id.as_str(), a.attempt);
+    tolerate(
+        h.handle
+            .task_finished(w.id, a.task_instance_id, a.attempt, result)
+            .await,
+    );
+}
+
 async fn run_once(db: TestDb, fault: Option<(u64, Fault)>) -> (Outcome, u64, u64) {
     let faulty = FaultyStore::new(db.store.clone());
     let store: Arc<dyn Store> = faulty.clone();
@@ -118,17 +133,7 @@ async fn run_once(db: TestDb, fault: Option<(u64, Fault)>) -> (Outcome, u64, u64
         h.handle.barrier().await.unwrap();
         match w.rx.try_recv() {
             Ok(WorkerCommand::Assign(a)) => {
-                tolerate(
-                    h.handle
-                        .task_started(w.id, a.task_instance_id, a.attempt)
-                        .await,
-                );
-                let result = result_for(a.task_id.as_str(), a.attempt);
-                tolerate(
-                    h.handle
-                        .task_finished(w.id, a.task_instance_id, a.attempt, result)
-                        .await,
-                );
+                run_assignment(&h, &w, &a).await;
                 continue;
             }
             Ok(_) => continue, // a Kill for a fenced attempt
@@ -158,17 +163,7 @@ async fn run_once(db: TestDb, fault: Option<(u64, Fault)>) -> (Outcome, u64, u64
                     .await
                     .unwrap_or_else(|_| panic!("stuck with nothing to run (fault {fault:?})"));
                 if let Some(WorkerCommand::Assign(a)) = cmd {
-                    tolerate(
-                        h.handle
-                            .task_started(w.id, a.task_instance_id, a.attempt)
-                            .await,
-                    );
-                    let result = result_for(a.task_id.as_str(), a.attempt);
-                    tolerate(
-                        h.handle
-                            .task_finished(w.id, a.task_instance_id, a.attempt, result)
-                            .await,
-                    );
+                    run_assignment(&h, &w, &a).await;
                 }
             }
         }

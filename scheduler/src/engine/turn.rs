@@ -265,16 +265,26 @@ impl Core {
     /// The turn committed: answer, send, publish, and start the next snapshot.
     fn release(&mut self) {
         let turn = std::mem::take(&mut self.turn);
-        for (worker, cmd) in turn.outbox {
+        self.deliver(turn.outbox, turn.events, turn.answered);
+    }
+
+    /// Sends committed effects: worker messages, then events, then answers.
+    fn deliver(
+        &mut self,
+        outbox: Vec<(WorkerId, WorkerCommand)>,
+        events: Vec<EngineEvent>,
+        answered: Vec<(Command, Answer)>,
+    ) {
+        for (worker, cmd) in outbox {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.send(cmd);
             }
         }
-        for event in turn.events {
+        for event in events {
             // No subscriber is fine: events are for tests, metrics and the UI.
             let _ = self.events.send(event);
         }
-        for (cmd, answer) in turn.answered {
+        for (cmd, answer) in answered {
             cmd.respond(answer);
         }
     }
@@ -402,17 +412,7 @@ impl Core {
         let answered = std::mem::take(&mut self.turn.answered);
         let outbox = std::mem::take(&mut self.turn.outbox);
         let events = std::mem::take(&mut self.turn.events);
-        for (worker, cmd) in outbox {
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.send(cmd);
-            }
-        }
-        for event in events {
-            let _ = self.events.send(event);
-        }
-        for (cmd, answer) in answered {
-            cmd.respond(answer);
-        }
+        self.deliver(outbox, events, answered);
         self.turn.fired.clear();
         self.turn.direct = true;
         self.turn.snapshot = Some(self.snapshot());

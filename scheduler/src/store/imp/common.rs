@@ -145,26 +145,9 @@ macro_rules! common_impl {
                 actor: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> crate::store::error::Result<()> {
-                for chunk in events.chunks(crate::store::imp::common::CHUNK) {
-                    let mut qb = sqlx::QueryBuilder::<$Db>::new(
-                        "INSERT INTO events (run_id, entity, task_instance_id, task_id, from_state, \
-                         to_state, attempt, actor, reason, at) ",
-                    );
-                    qb.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.run_id.as_uuid())
-                            .push_bind(e.entity.as_str())
-                            .push_bind(e.task_instance_id.map(|i| i.get()))
-                            .push_bind(e.task_id.as_ref().map(|t| t.as_str().to_owned()))
-                            .push_bind(e.from_state)
-                            .push_bind(e.to_state)
-                            .push_bind(e.attempt)
-                            .push_bind(actor.to_owned())
-                            .push_bind(e.reason.clone())
-                            .push_bind(now);
-                    });
-                    qb.build().execute(&mut **tx).await?;
-                }
-                Ok(())
+                let mut sink = crate::store::imp::common::EventSink::default();
+                sink.add(events, actor, now);
+                Self::insert_sink(tx, sink).await
             }
 
             /// Writes what `sink` collected (each row with its own actor and time).

@@ -276,25 +276,10 @@ macro_rules! task_impl {
                 let mut t = TaskTransition::new(report.id, TaskState::Running, report.to, report.attempt);
                 t.next_retry_at = report.next_retry_at;
                 common::validate(std::slice::from_ref(&t), false)?;
-                if report.from != TaskState::Running || report.to == TaskState::UpForRetry && report.next_retry_at.is_none() {
-                    Self::tx_start_attempt(tx, sink, report.id, report.attempt, actor, started).await?;
-                    return Self::tx_finish_attempt(tx, sink, report, actor, now).await;
-                }
-                let retry = if report.to == TaskState::UpForRetry { ", next_retry_at = $6" } else { "" };
-                let sql = format!(
-                    "UPDATE task_instances SET state = $1, updated_at = $2, started_at = $3, ended_at = $2{retry} \
-                     WHERE id = $4 AND state = 'assigned' AND attempt = $5 RETURNING run_id, task_id"
-                );
-                let mut q = sqlx::query(&sql)
-                    .bind(report.to.as_str())
-                    .bind(now)
-                    .bind(started)
-                    .bind(report.id.get())
-                    .bind(report.attempt);
-                if report.to == TaskState::UpForRetry {
-                    q = q.bind(report.next_retry_at);
-                }
-                let Some(row) = q.fetch_optional(&mut **tx).await? else {
+                let fusable = report.from == TaskState::Running
+                    && (report.to != TaskState::UpForRetry || report.next_retry_at.is_some());
+                let row = if fusable { Self::fused_task_update(tx, report, started, now).await? } else { None };
+                let Some(row) = row else {
                     Self::tx_start_attempt(tx, sink, report.id, report.attempt, actor, started).await?;
                     return Self::tx_finish_attempt(tx, sink, report, actor, now).await;
                 };
@@ -328,6 +313,30 @@ macro_rules! task_impl {
                 sink.push(event(TaskState::Assigned, TaskState::Running, None), actor, started);
                 sink.push(event(TaskState::Running, report.to, report.error.clone()), actor, now);
                 Ok(())
+            }
+
+            /// The task row of a fused start and end; `None` when its CAS missed.
+            async fn fused_task_update(
+                tx: &mut sqlx::Transaction<'static, $Db>,
+                report: &FinishAttempt,
+                started: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<Option<<$Db as sqlx::Database>::Row>> {
+                let retry = if report.to == TaskState::UpForRetry { ", next_retry_at = $6" } else { "" };
+                let sql = format!(
+                    "UPDATE task_instances SET state = $1, updated_at = $2, started_at = $3, ended_at = $2{retry} \
+                     WHERE id = $4 AND state = 'assigned' AND attempt = $5 RETURNING run_id, task_id"
+                );
+                let mut q = sqlx::query(&sql)
+                    .bind(report.to.as_str())
+                    .bind(now)
+                    .bind(started)
+                    .bind(report.id.get())
+                    .bind(report.attempt);
+                if report.to == TaskState::UpForRetry {
+                    q = q.bind(report.next_retry_at);
+                }
+                Ok(q.fetch_optional(&mut **tx).await?)
             }
 
             pub(crate) async fn sql_get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance> {
