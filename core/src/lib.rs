@@ -5,6 +5,7 @@
 
 pub mod cron;
 pub mod dag;
+pub mod error;
 pub mod ids;
 pub mod resources;
 pub mod state;

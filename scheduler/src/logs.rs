@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use trainyard_artifacts::{ArtifactStore, AttemptKey};
+use trainyard_core::error::{Classify, ErrorKind};
 use trainyard_core::ids::RunId;
 
 /// Which stream a line came from.
@@ -59,6 +60,32 @@ pub enum LogError {
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+impl Classify for LogError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadTaskId(_) => ErrorKind::Invalid,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Io(_) => ErrorKind::Internal,
+            Self::Archive(e) => match e {
+                trainyard_artifacts::Error::NotFound { .. } => ErrorKind::NotFound,
+                // The archive is a remote object store: its outages pass.
+                trainyard_artifacts::Error::Store { .. } => ErrorKind::Unavailable,
+                _ => ErrorKind::Internal,
+            },
+        }
+    }
+
+    /// I/O and archive errors name local paths and bucket URLs.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Io(_) | Self::Archive(_) if self.kind() != ErrorKind::NotFound => {
+                "the log storage failed (the scheduler log has the detail)".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
 
 /// Live fan-out buffer per (run, task): lossy for slow followers, who can
 /// re-read the file.

@@ -108,10 +108,41 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
+impl trainyard_core::error::Classify for EngineError {
+    fn kind(&self) -> trainyard_core::error::ErrorKind {
+        use trainyard_core::error::ErrorKind;
+        match self {
+            Self::Stopped => ErrorKind::Unavailable,
+            Self::DagNotFound(_)
+            | Self::RunNotFound(_)
+            | Self::TaskNotFound { .. }
+            | Self::WorkerNotFound(_) => ErrorKind::NotFound,
+            Self::InvalidParams { .. } => ErrorKind::Invalid,
+            // A report for an attempt that is no longer current: someone
+            // (a retry, a timeout, a lost-worker decision) moved it first.
+            Self::Fenced { .. } => ErrorKind::Conflict,
+            // E.g. "declared lost; register again", an inactive DAG: the
+            // request is well formed, the state does not allow it.
+            Self::InvalidRequest(_) | Self::DagInactive(_) | Self::NoSchedule(_) => {
+                ErrorKind::FailedPrecondition
+            }
+            Self::BadSpec { .. } => ErrorKind::Internal,
+            Self::Store(e) => e.kind(),
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Self::Store(e) => e.public_message(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl EngineError {
     /// A caller mistake (bad params, unknown ids, stale report) rather than server trouble.
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, Self::Stopped | Self::Store(_) | Self::BadSpec { .. })
+        trainyard_core::error::Classify::kind(self).is_client_error()
     }
 }
 

@@ -55,6 +55,13 @@ pub enum ConvertError {
 
 pub type Result<T, E = ConvertError> = std::result::Result<T, E>;
 
+/// A message that does not fit the protocol is the sender's mistake.
+impl trainyard_core::error::Classify for ConvertError {
+    fn kind(&self) -> trainyard_core::error::ErrorKind {
+        trainyard_core::error::ErrorKind::Invalid
+    }
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConvertError {
     ConvertError::Invalid {
         field,

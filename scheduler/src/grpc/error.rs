@@ -1,12 +1,11 @@
-//! Errors of the gRPC layer and the one mapping from engine and conversion
-//! errors to gRPC status codes (client mistakes → 4xx-like codes, engine or
-//! store trouble → `UNAVAILABLE`/`INTERNAL`), so workers can tell "fix your
-//! request" from "retry later".
+//! Errors of the gRPC layer and the one mapping from an [`ErrorKind`] to a
+//! gRPC status code, so workers can tell "fix your request" from "retry
+//! later" whichever layer (engine, store, conversion) the error came from.
 
 use tonic::{Code, Status};
+use trainyard_core::error::{Classify, ErrorKind};
 
 use super::convert::ConvertError;
-use crate::engine::EngineError;
 
 /// What [`super::serve`] can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -17,40 +16,41 @@ pub enum GrpcError {
 
 pub type Result<T, E = GrpcError> = std::result::Result<T, E>;
 
-impl From<ConvertError> for Status {
-    fn from(e: ConvertError) -> Self {
-        Status::invalid_argument(e.to_string())
+/// The gRPC code of each kind (the only place that decides it).
+pub const fn code_of(kind: ErrorKind) -> Code {
+    match kind {
+        // The worker re-registers on NOT_FOUND (see the .proto).
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Invalid => Code::InvalidArgument,
+        // gRPC's code for "a concurrency conflict; re-read and retry the sequence".
+        ErrorKind::Conflict => Code::Aborted,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Internal => Code::Internal,
     }
 }
 
-/// The status a worker sees for an engine error.
-pub fn status_of(e: &EngineError) -> Status {
-    let code = match e {
-        EngineError::Stopped => Code::Unavailable,
-        // The worker re-registers on NOT_FOUND (see the .proto).
-        EngineError::WorkerNotFound(_) => Code::NotFound,
-        EngineError::Fenced { .. } => Code::FailedPrecondition,
-        // E.g. "declared lost; register again": the worker's state is wrong, not the message.
-        EngineError::InvalidRequest(_) => Code::FailedPrecondition,
-        EngineError::Store(_) => Code::Unavailable,
-        EngineError::BadSpec { .. } => Code::Internal,
-        EngineError::DagNotFound(_)
-        | EngineError::RunNotFound(_)
-        | EngineError::TaskNotFound { .. } => Code::NotFound,
-        EngineError::DagInactive(_) | EngineError::NoSchedule(_) => Code::FailedPrecondition,
-        EngineError::InvalidParams { .. } => Code::InvalidArgument,
-    };
-    // Store errors may name internals (URLs, SQL); keep them in the log only.
-    let message = match e {
-        EngineError::Store(_) => "the scheduler's database is unavailable; retry".to_owned(),
-        other => other.to_string(),
-    };
-    Status::new(code, message)
+/// The status a worker sees for any classified error: its kind's code and
+/// its public message (internals stay in the scheduler's log).
+pub fn status_of(e: &(impl Classify + ?Sized)) -> Status {
+    let kind = e.kind();
+    if matches!(kind, ErrorKind::Internal | ErrorKind::Unavailable) {
+        tracing::debug!(error = %e, kind = %kind, "answering a worker with an error");
+    }
+    Status::new(code_of(kind), e.public_message())
+}
+
+impl From<ConvertError> for Status {
+    fn from(e: ConvertError) -> Self {
+        status_of(&e)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineError;
+    use crate::store::StoreError;
     use trainyard_core::ids::{TaskInstanceId, WorkerId};
 
     #[test]
@@ -64,7 +64,9 @@ mod tests {
             ti: TaskInstanceId::new(1),
             attempt: 1,
         };
-        assert_eq!(status_of(&fenced).code(), Code::FailedPrecondition);
+        assert_eq!(status_of(&fenced).code(), Code::Aborted);
+        let lost = EngineError::InvalidRequest("declared lost; register again".into());
+        assert_eq!(status_of(&lost).code(), Code::FailedPrecondition);
     }
 
     #[test]
@@ -72,5 +74,27 @@ mod tests {
         let s: Status = ConvertError::Missing("attempt").into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("attempt"));
+    }
+
+    #[test]
+    fn database_trouble_is_unavailable_and_hides_the_database_message() {
+        let e = EngineError::Store(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let s = status_of(&e);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(!s.message().contains("pool"), "{}", s.message());
+        let corrupt = StoreError::Corrupt {
+            table: "runs",
+            detail: "state 'x' at postgres://secret@db".into(),
+        };
+        let s = status_of(&corrupt);
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("secret"), "{}", s.message());
+    }
+
+    #[test]
+    fn every_kind_has_its_own_code() {
+        let codes: std::collections::HashSet<_> =
+            ErrorKind::ALL.iter().map(|k| code_of(*k) as i32).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
     }
 }

@@ -108,7 +108,7 @@ impl HaControl {
     }
 
     fn refuse(what: &str) -> ControlError {
-        ControlError::Unavailable(format!(
+        ControlError::unavailable(format!(
             "this scheduler replica is on standby; send {what} to the leader"
         ))
     }

@@ -60,29 +60,27 @@ async fn healthz() -> &'static str {
     responses((status = 200, body = String), (status = 503, body = doc::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.control.is_standby() {
-        return ApiError::Unavailable("standby".into()).into_response();
+        return ApiError::unavailable("standby").into_response();
     }
     if let Some(problem) = state.control.store_problem() {
-        return ApiError::Unavailable(problem).into_response();
+        return ApiError::unavailable(problem).into_response();
     }
     match state.store.migration_status().await {
         Ok(status) if status.iter().all(|m| m.applied) => (StatusCode::OK, "ready").into_response(),
-        Ok(_) => {
-            ApiError::Unavailable("database migrations are not all applied".into()).into_response()
-        }
+        Ok(_) => ApiError::unavailable("database migrations are not all applied").into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
-            ApiError::Unavailable("database unreachable".into()).into_response()
+            ApiError::unavailable("database unreachable").into_response()
         }
     }
 }
 
 fn dag_id(raw: &str) -> ApiResult<DagId> {
-    DagId::from_str(raw).map_err(|e| ApiError::BadRequest(format!("bad DAG id {raw:?}: {e}")))
+    DagId::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))
 }
 
 fn run_id(raw: &str) -> ApiResult<RunId> {
-    RunId::from_str(raw).map_err(|e| ApiError::BadRequest(format!("bad run id {raw:?}: {e}")))
+    RunId::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad run id {raw:?}: {e}")))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -115,7 +113,7 @@ async fn trigger(
     let idempotency_key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
                 .to_owned(),
         ),
         None => None,
@@ -157,7 +155,7 @@ async fn backfill(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = dag_id(&raw)?;
     if body.from > body.to {
-        return Err(ApiError::BadRequest("`from` is after `to`".into()));
+        return Err(ApiError::bad_request("`from` is after `to`"));
     }
     let runs = state.control.backfill(&id, body.from, body.to).await?;
     Ok((StatusCode::CREATED, Json(json!({ "run_ids": runs }))))
@@ -214,7 +212,7 @@ async fn list_runs(
         for s in raw.split(',').filter(|s| !s.is_empty()) {
             filter
                 .states
-                .push(RunState::from_str(s).map_err(|e| ApiError::BadRequest(e.to_string()))?);
+                .push(RunState::from_str(s).map_err(|e| ApiError::bad_request(e.to_string()))?);
         }
     }
     if let Some(raw) = &q.before {
@@ -373,7 +371,7 @@ async fn pick_attempt(
     let ti = tasks
         .iter()
         .find(|t| t.task_id.as_str() == task)
-        .ok_or_else(|| ApiError::NotFound(format!("run {run} has no task {task:?}")))?;
+        .ok_or_else(|| ApiError::not_found(format!("run {run} has no task {task:?}")))?;
     Ok(ti.attempt.max(1))
 }
 

@@ -8,30 +8,11 @@ use chrono::{DateTime, Utc};
 use trainyard_core::ids::{DagId, RunId, TaskId, WorkerId};
 
 use super::{ControlError, RunControl, TriggerRequest};
-use crate::engine::{EngineError, EngineHandle};
-
-impl From<EngineError> for ControlError {
-    fn from(err: EngineError) -> Self {
-        match &err {
-            EngineError::DagNotFound(_)
-            | EngineError::RunNotFound(_)
-            | EngineError::TaskNotFound { .. }
-            | EngineError::WorkerNotFound(_) => Self::NotFound(err.to_string()),
-            EngineError::Fenced { .. } => Self::Conflict(err.to_string()),
-            EngineError::Store(store) if store.is_conflict() => Self::Conflict(err.to_string()),
-            EngineError::Store(crate::store::StoreError::NotFound { .. }) => {
-                Self::NotFound(err.to_string())
-            }
-            EngineError::Store(store) if store.is_retryable() => Self::Unavailable(err.to_string()),
-            EngineError::Stopped => Self::Unavailable(err.to_string()),
-            e if e.is_client_error() => Self::Invalid(err.to_string()),
-            _ => Self::Internal(err.to_string()),
-        }
-    }
-}
+use crate::engine::EngineHandle;
 
 fn task_id(raw: &str) -> Result<TaskId, ControlError> {
-    TaskId::from_str(raw).map_err(|e| ControlError::Invalid(format!("bad task id {raw:?}: {e}")))
+    TaskId::from_str(raw)
+        .map_err(|e| ControlError::bad_request(format!("bad task id {raw:?}: {e}")))
 }
 
 #[async_trait]

@@ -31,7 +31,7 @@ pub(super) async fn run_artifacts(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let id = RunId::from_str(&raw)
-        .map_err(|e| ApiError::BadRequest(format!("bad run id {raw:?}: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("bad run id {raw:?}: {e}")))?;
     // 404 for an unknown run rather than an empty list.
     state.store.get_run(id).await?;
     let artifacts = state.store.run_artifacts(id).await?;
@@ -57,7 +57,7 @@ pub(super) async fn run_events(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
     let id = RunId::from_str(&raw)
-        .map_err(|e| ApiError::BadRequest(format!("bad run id {raw:?}: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("bad run id {raw:?}: {e}")))?;
     state.store.get_run(id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let mut events = state.store.run_events(id, q.after, limit + 1).await?;
@@ -101,11 +101,9 @@ pub(super) async fn metric_series(
     Query(q): Query<SeriesQuery>,
 ) -> ApiResult<Json<Value>> {
     let dag = DagId::from_str(&raw)
-        .map_err(|e| ApiError::BadRequest(format!("bad DAG id {raw:?}: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))?;
     if q.task.is_empty() || q.name.is_empty() {
-        return Err(ApiError::BadRequest(
-            "`task` and `name` must not be empty".into(),
-        ));
+        return Err(ApiError::bad_request("`task` and `name` must not be empty"));
     }
     let task = TaskId::new(q.task.clone());
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);

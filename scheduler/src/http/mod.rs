@@ -37,33 +37,9 @@ use crate::store::Store;
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Why a command was refused, in terms the API maps to statuses.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Internal(String),
-    /// This replica cannot do it now (a standby; send it to the leader).
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl From<ControlError> for ApiError {
-    fn from(err: ControlError) -> Self {
-        match err {
-            ControlError::NotFound(m) => Self::NotFound(m),
-            ControlError::Invalid(m) => Self::BadRequest(m),
-            ControlError::Conflict(m) => Self::Conflict(m),
-            ControlError::Internal(m) => Self::Internal(m),
-            ControlError::Unavailable(m) => Self::Unavailable(m),
-        }
-    }
-}
+/// Why a command was refused: the API's own error, so engine, store and
+/// standby refusals reach the client through the one kind → status mapping.
+pub type ControlError = ApiError;
 
 /// A manual trigger as the API receives it.
 #[derive(Debug, Clone, Default)]

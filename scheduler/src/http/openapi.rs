@@ -23,7 +23,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// `not_found`, `bad_request`, `conflict`, `unavailable`, `internal`,
+    /// `not_found`, `bad_request`, `conflict`, `failed_precondition` (409: the
+    /// run or task is past the requested change), `unavailable`, `internal`,
     /// `unauthorized`, `forbidden`, `cross_site_request`, `payload_too_large`,
     /// `method_not_allowed`, `unsupported_media_type`, `unprocessable`.
     pub code: String,

@@ -236,7 +236,7 @@ pub fn graph_of(spec: &DagSpec) -> Graph {
 }
 
 pub fn parse_dag_id(raw: &str) -> ApiResult<DagId> {
-    DagId::from_str(raw).map_err(|e| ApiError::BadRequest(format!("bad DAG id {raw:?}: {e}")))
+    DagId::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))
 }
 
 /// Lists DAGs with schedule, next run, paused flag, parse error and recent runs.

@@ -5,6 +5,7 @@
 //! `UnsupportedUrl` are configuration errors a user must fix; `Database` wraps
 //! everything sqlx reports and is worth retrying only when [`StoreError::is_retryable`].
 
+use trainyard_core::error::{Classify, ErrorKind};
 use trainyard_core::ids::{RunId, TaskInstanceId};
 use trainyard_core::state::{RunState, TaskState};
 
@@ -81,6 +82,38 @@ pub enum StoreError {
 
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::UnsupportedUrl { .. } | Self::InvalidArgument(_) => ErrorKind::Invalid,
+            Self::TaskConflict { .. } | Self::RunConflict { .. } | Self::NotReady { .. } => {
+                ErrorKind::Conflict
+            }
+            // A transition the state machine forbids (cancel a finished run):
+            // the request is fine, the task or run is past it.
+            Self::ForbiddenTaskTransition { .. }
+            | Self::ForbiddenRunTransition { .. }
+            | Self::SchemaTooNew { .. } => ErrorKind::FailedPrecondition,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Database(_) if self.is_retryable() => ErrorKind::Unavailable,
+            Self::Database(_) | Self::Corrupt { .. } | Self::Migrate(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Database messages can name hosts, schemas and SQL: callers outside
+    /// the process get a sentence, the log gets the detail.
+    fn public_message(&self) -> String {
+        match self.kind() {
+            ErrorKind::Unavailable => "the scheduler's database is unavailable; retry".to_owned(),
+            ErrorKind::Internal => {
+                "internal database error (the scheduler log has the detail)".to_owned()
+            }
+            _ => self.to_string(),
+        }
+    }
 }
 
 impl StoreError {

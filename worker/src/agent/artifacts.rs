@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use tracing::info;
 use trainyard_artifacts::{ArtifactStore, AttemptKey};
 
+use super::AttemptError;
 use super::workdir::{ArtifactHook, AttemptPaths, Transfer, empty_input, safe_component};
 
 /// Inputs and outputs through an [`ArtifactStore`].
@@ -33,11 +34,13 @@ impl StoreArtifacts {
         &self.store
     }
 
-    async fn fetch(&self, attempt: &AttemptPaths) -> Result<Transfer, String> {
+    async fn fetch(&self, attempt: &AttemptPaths) -> Result<Transfer, AttemptError> {
         let mut done = Transfer::default();
         for up in &attempt.upstream {
             if !safe_component(up) {
-                return Err(format!("upstream task id {up:?} cannot name a directory"));
+                return Err(AttemptError::BadAssignment(format!(
+                    "upstream task id {up:?} cannot name a directory"
+                )));
             }
             let Some(source) = attempt.upstream_outputs.iter().find(|o| &o.task_id == up) else {
                 let why = "the scheduler named no successful attempt of it";
@@ -49,7 +52,10 @@ impl StoreArtifacts {
                 .store
                 .download_prefix(&source.prefix, &dir)
                 .await
-                .map_err(|e| format!("downloading the outputs of `{up}`: {e}"))?;
+                .map_err(|source| AttemptError::Inputs {
+                    upstream: up.clone(),
+                    source,
+                })?;
             if records.is_empty() {
                 let why = format!(
                     "attempt {} stored no output under {}",
@@ -66,9 +72,9 @@ impl StoreArtifacts {
         Ok(done)
     }
 
-    async fn upload(&self, attempt: &AttemptPaths) -> Result<Transfer, String> {
+    async fn upload(&self, attempt: &AttemptPaths) -> Result<Transfer, AttemptError> {
         let key = AttemptKey::new(&attempt.run_id, &attempt.task_id, attempt.attempt)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| AttemptError::BadAssignment(e.to_string()))?;
         if tokio::fs::metadata(&attempt.out_dir).await.is_err() {
             // The task removed its own output folder: nothing to keep.
             return Ok(Transfer::default());
@@ -77,7 +83,7 @@ impl StoreArtifacts {
             .store
             .upload_dir(&attempt.out_dir, &key.output_prefix())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(AttemptError::Outputs)?;
         if !records.is_empty() {
             let bytes: u64 = records.iter().map(|r| r.size).sum();
             info!(files = records.len(), bytes, "outputs uploaded");
@@ -93,14 +99,14 @@ impl ArtifactHook for StoreArtifacts {
     fn fetch_inputs<'a>(
         &'a self,
         attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>> {
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(self.fetch(attempt))
     }
 
     fn upload_outputs<'a>(
         &'a self,
         attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>> {
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(self.upload(attempt))
     }
 }
@@ -117,15 +123,15 @@ impl ArtifactHook for UnusableStore {
     fn fetch_inputs<'a>(
         &'a self,
         _attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>> {
-        Box::pin(async move { Err(self.reason.clone()) })
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
+        Box::pin(async move { Err(AttemptError::StoreUnusable(self.reason.clone())) })
     }
 
     fn upload_outputs<'a>(
         &'a self,
         _attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>> {
-        Box::pin(async move { Err(self.reason.clone()) })
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
+        Box::pin(async move { Err(AttemptError::StoreUnusable(self.reason.clone())) })
     }
 }
 

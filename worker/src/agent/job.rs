@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, instrument};
 use trainyard_proto::v1;
 
+use super::AttemptError;
 use super::workdir::{ArtifactHook, AttemptPaths, UpstreamOutput};
 use crate::convert::{finished_to_proto, launch_from_assign, log_line_to_proto};
 use crate::exec::{self, ExecOutcome, ExecStatus, Metrics, StopHandle};
@@ -141,7 +142,8 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
     };
     let done = match attempt(&job, &stop, &mut batch).await {
         Ok(done) => done,
-        Err(message) => {
+        Err(e) => {
+            let message = e.to_string();
             batch.system(message.clone());
             Done {
                 outcome: not_started(message),
@@ -161,7 +163,7 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
 
 /// Everything between Ack and TaskFinished; `Err` is a failure before the
 /// process ran (bad assignment, directories, inputs, spawn).
-async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Done, String> {
+async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Done, AttemptError> {
     let a = &job.assign;
     let mut paths = AttemptPaths::new(
         &job.work_dir,
@@ -183,12 +185,8 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
     paths
         .prepare()
         .await
-        .map_err(|e| format!("preparing {}: {e}", paths.dir.display()))?;
-    let fetched = job
-        .artifacts
-        .fetch_inputs(&paths)
-        .await
-        .map_err(|e| format!("fetching inputs: {e}"))?;
+        .map_err(AttemptError::workdir(&paths.dir))?;
+    let fetched = job.artifacts.fetch_inputs(&paths).await?;
     for note in fetched.notes {
         batch.system(note);
     }
@@ -198,7 +196,8 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
     assign.output_dir = paths.out_dir.display().to_string();
     assign.input_dir = paths.in_dir.display().to_string();
     assign.metrics_file = paths.metrics_file.display().to_string();
-    let (_, mut launch, _) = launch_from_assign(&assign).map_err(|e| e.to_string())?;
+    let (_, mut launch, _) =
+        launch_from_assign(&assign).map_err(|e| AttemptError::BadAssignment(e.to_string()))?;
     for (name, source) in &a.env_from_worker {
         match std::env::var(source) {
             Ok(v) => {
@@ -217,11 +216,11 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
         .cloned()
         .collect();
     if stop.kill.is_cancelled() || stop.cancel.is_cancelled() {
-        return Err("stopped before it started".to_owned());
+        return Err(AttemptError::Stopped);
     }
 
     let (log_tx, mut log_rx) = mpsc::channel(1024);
-    let running = exec::spawn(launch, log_tx).map_err(|e| e.to_string())?;
+    let running = exec::spawn(launch, log_tx)?;
     let started = v1::TaskStarted {
         attempt: Some(batch.attempt.clone()),
         assignment_id: a.assignment_id.clone(),
@@ -279,7 +278,7 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
             outcome
         }
         Err(e) => {
-            let message = format!("uploading outputs: {e}");
+            let message = e.to_string();
             batch.system(message.clone());
             match outcome.status {
                 ExecStatus::Succeeded => ExecOutcome {

@@ -34,8 +34,11 @@
 mod agent_loop;
 mod artifacts;
 mod dial;
+mod error;
 mod job;
 mod workdir;
+
+pub use error::AttemptError;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use futures::future::BoxFuture;
 use trainyard_artifacts::ArtifactRecord;
 
+use super::AttemptError;
+
 /// Where an upstream task's usable output lives, as the scheduler said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamOutput {
@@ -84,10 +86,12 @@ impl AttemptPaths {
         task_id: &str,
         attempt: u32,
         upstream: Vec<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AttemptError> {
         for (what, v) in [("run id", run_id), ("task id", task_id)] {
             if !safe_component(v) {
-                return Err(format!("{what} {v:?} cannot name a directory"));
+                return Err(AttemptError::BadAssignment(format!(
+                    "{what} {v:?} cannot name a directory"
+                )));
             }
         }
         let dir = work_dir
@@ -124,19 +128,19 @@ impl AttemptPaths {
 }
 
 /// Moves artifacts between the object store and an attempt's directories.
-/// Errors are sentences for the task log and the attempt's error.
+/// Errors become the attempt's error and a line of its log.
 pub trait ArtifactHook: Send + Sync + fmt::Debug {
     /// Before the task starts: fill `in_dir` with the upstream outputs
     /// (`in/<upstream>/`, empty when the upstream left nothing).
     fn fetch_inputs<'a>(
         &'a self,
         attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>>;
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>>;
     /// After the task exited (successfully or not): store `out_dir`.
     fn upload_outputs<'a>(
         &'a self,
         attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>>;
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>>;
 }
 
 /// Creates `in/<upstream>/` empty and says why in the task log.
@@ -144,11 +148,11 @@ pub(super) async fn empty_input(
     attempt: &AttemptPaths,
     upstream: &str,
     why: &str,
-) -> Result<String, String> {
+) -> Result<String, AttemptError> {
     let dir = attempt.in_dir.join(upstream);
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        .map_err(AttemptError::workdir(&dir))?;
     tracing::warn!(upstream, reason = why, "empty input folder");
     Ok(format!(
         "input folder of upstream task `{upstream}` is empty: {why}"
@@ -163,14 +167,14 @@ impl ArtifactHook for LocalInputs {
     fn fetch_inputs<'a>(
         &'a self,
         attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>> {
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(link_local_inputs(attempt))
     }
 
     fn upload_outputs<'a>(
         &'a self,
         _attempt: &'a AttemptPaths,
-    ) -> BoxFuture<'a, Result<Transfer, String>> {
+    ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(async { Ok(Transfer::default()) })
     }
 }
@@ -199,11 +203,13 @@ async fn latest_out(work_dir: &Path, run_id: &str, task: &str) -> Option<PathBuf
 /// Links each upstream's newest `out/` as `in/<upstream>`. An upstream with
 /// no output here gets an empty folder and a note: on a multi-host setup
 /// without an artifact store its output is on another machine.
-async fn link_local_inputs(attempt: &AttemptPaths) -> Result<Transfer, String> {
+async fn link_local_inputs(attempt: &AttemptPaths) -> Result<Transfer, AttemptError> {
     let mut done = Transfer::default();
     for up in &attempt.upstream {
         if !safe_component(up) {
-            return Err(format!("upstream task id {up:?} cannot name a directory"));
+            return Err(AttemptError::BadAssignment(format!(
+                "upstream task id {up:?} cannot name a directory"
+            )));
         }
         let Some(out) = latest_out(&attempt.work_dir, &attempt.run_id, up).await else {
             let why = format!(
@@ -218,7 +224,7 @@ async fn link_local_inputs(attempt: &AttemptPaths) -> Result<Transfer, String> {
         let link = attempt.in_dir.join(up);
         tokio::fs::symlink(&out, &link)
             .await
-            .map_err(|e| format!("linking {} to {}: {e}", link.display(), out.display()))?;
+            .map_err(AttemptError::workdir(&link))?;
     }
     Ok(done)
 }

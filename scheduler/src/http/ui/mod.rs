@@ -76,7 +76,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 /// Unknown paths: JSON under `/api/`, a short page elsewhere.
 pub(in crate::http) async fn not_found(req: Request) -> Response {
     if req.uri().path().starts_with("/api/") {
-        return ApiError::NotFound(format!("no route {}", req.uri().path())).into_response();
+        return ApiError::not_found(format!("no route {}", req.uri().path())).into_response();
     }
     (
         StatusCode::NOT_FOUND,
@@ -106,9 +106,6 @@ impl IntoResponse for UiError {
             UiError::Csrf => StatusCode::FORBIDDEN,
             UiError::Api(e) => e.status(),
         };
-        if let UiError::Api(ApiError::Internal(detail)) = &self {
-            tracing::error!(%detail, "ui request failed");
-        }
         let body = maud::html! {
             section class="error-page" {
                 h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
