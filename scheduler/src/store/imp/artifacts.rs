@@ -7,20 +7,6 @@
 macro_rules! artifact_impl {
     ($Store:ty, $Db:ty, $rows:ident) => {
         impl $Store {
-            pub(crate) async fn sql_record_artifacts(
-                &self,
-                producer: &AttemptOf,
-                artifacts: &[NewArtifact],
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                if artifacts.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                Self::tx_record_artifacts(&mut tx, producer, artifacts, now).await?;
-                self.commit(tx).await
-            }
-
             /// Records what an attempt produced, inside `tx`.
             pub(crate) async fn tx_record_artifacts(
                 tx: &mut sqlx::Transaction<'static, $Db>,
@@ -61,21 +47,6 @@ macro_rules! artifact_impl {
                     qb.build().execute(&mut **tx).await?;
                 }
                 Ok(())
-            }
-
-            pub(crate) async fn sql_record_artifact_inputs(
-                &self,
-                consumer: &AttemptOf,
-                keys: &[String],
-                now: DateTime<Utc>,
-            ) -> Result<u64> {
-                if keys.is_empty() {
-                    return Ok(0);
-                }
-                let mut tx = self.begin_write().await?;
-                let linked = Self::tx_record_artifact_inputs(&mut tx, consumer, keys, now).await?;
-                self.commit(tx).await?;
-                Ok(linked)
             }
 
             /// Links an attempt to the run's artifacts it consumed, inside `tx`.
@@ -132,17 +103,6 @@ macro_rules! artifact_impl {
                     }
                 }
                 Ok(out)
-            }
-
-            pub(crate) async fn sql_set_attempt_log_location(
-                &self,
-                id: TaskInstanceId,
-                attempt: i32,
-                location: &str,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                Self::tx_set_attempt_log_location(&mut tx, id, attempt, location).await?;
-                self.commit(tx).await
             }
 
             /// Where an attempt's archived log lives, inside `tx`.

@@ -142,20 +142,6 @@ macro_rules! run_impl {
                 rows.iter().map($rows::run).collect()
             }
 
-            pub(crate) async fn sql_transition_run(
-                &self,
-                t: RunTransition,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Run> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                let run = Self::tx_transition_run(&mut tx, &mut sink, &t, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await?;
-                Ok(run)
-            }
-
             /// CAS on one run's state inside `tx`, with its event row.
             pub(crate) async fn tx_transition_run(
                 tx: &mut sqlx::Transaction<'static, $Db>,

@@ -157,37 +157,6 @@ macro_rules! task_impl {
                 decoded.unwrap_or_else(|e| e)
             }
 
-            pub(crate) async fn sql_transition_tasks(
-                &self,
-                transitions: &[TaskTransition],
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                common::validate(transitions, false)?;
-                if transitions.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                Self::apply_transitions(&mut tx, &mut sink, transitions, OnConflict::Fail, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
-            }
-
-            pub(crate) async fn sql_start_attempt(
-                &self,
-                id: TaskInstanceId,
-                attempt: i32,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                Self::tx_start_attempt(&mut tx, &mut sink, id, attempt, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
-            }
-
             /// `assigned → running` for one attempt, inside `tx`.
             pub(crate) async fn tx_start_attempt(
                 tx: &mut sqlx::Transaction<'static, $Db>,
@@ -208,19 +177,6 @@ macro_rules! task_impl {
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
-            }
-
-            pub(crate) async fn sql_finish_attempt(
-                &self,
-                report: FinishAttempt,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                Self::tx_finish_attempt(&mut tx, &mut sink, &report, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
             }
 
             /// Ends one attempt and moves its task, fenced on (from, attempt), inside `tx`.
@@ -368,29 +324,6 @@ macro_rules! task_impl {
                     .fetch_all(self.read_pool())
                     .await?;
                 rows.iter().map($rows::task).collect()
-            }
-
-            pub(crate) async fn sql_due_retries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskInstance>> {
-                let sql = format!(
-                    "SELECT {TI_COLS} FROM task_instances WHERE state = 'up_for_retry' \
-                     AND next_retry_at <= $1 ORDER BY next_retry_at, id LIMIT $2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(now)
-                    .bind(common::clamp_limit(limit))
-                    .fetch_all(self.read_pool())
-                    .await?;
-                rows.iter().map($rows::task).collect()
-            }
-
-            pub(crate) async fn sql_next_retry_time(&self) -> Result<Option<DateTime<Utc>>> {
-                Ok(sqlx::query_scalar(
-                    "SELECT next_retry_at FROM task_instances WHERE state = 'up_for_retry' \
-                     ORDER BY next_retry_at LIMIT 1",
-                )
-                .fetch_optional(self.read_pool())
-                .await?
-                .flatten())
             }
 
             pub(crate) async fn sql_attempts(&self, id: TaskInstanceId) -> Result<Vec<Attempt>> {
