@@ -96,9 +96,9 @@ macro_rules! artifact_impl {
                 for r in &rows {
                     let id: i64 = r.try_get("id")?;
                     if out.last().is_none_or(|a| a.id != id) {
-                        out.push($rows::artifact(r)?);
+                        out.push(Rows::<$Db>::artifact(r)?);
                     }
-                    if let (Some(consumer), Some(last)) = ($rows::artifact_consumer(r)?, out.last_mut()) {
+                    if let (Some(consumer), Some(last)) = (Rows::<$Db>::artifact_consumer(r)?, out.last_mut()) {
                         last.consumers.push(consumer);
                     }
                 }
@@ -135,7 +135,7 @@ use trainyard_core::ids::{RunId, TaskInstanceId};
 
 use super::common;
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{pg, sqlite};
+use crate::store::rows::Rows;
 use crate::store::types::*;
 
 artifact_impl!(crate::store::PgStore, sqlx::Postgres, pg);

@@ -17,7 +17,7 @@ use trainyard_core::state::TaskState;
 use super::common::{self, EventSink, NewEvent};
 use crate::store::Backend;
 use crate::store::error::Result;
-use crate::store::rows::{TI_COLS, pg, sqlite};
+use crate::store::rows::{Rows, TI_COLS};
 use crate::store::types::*;
 
 /// Pushes the claim statement for `backend`; `RETURNING` gives the claimed rows.
@@ -99,7 +99,7 @@ macro_rules! claim_impl {
                 let mut qb = QueryBuilder::<$Db>::new("");
                 push_claim(&mut qb, backend, list, now);
                 let rows = qb.build().fetch_all(&mut **tx).await?;
-                let mut tasks = rows.iter().map($rows::task).collect::<Result<Vec<_>>>()?;
+                let mut tasks = rows.iter().map(Rows::<$Db>::task).collect::<Result<Vec<_>>>()?;
                 if tasks.is_empty() {
                     return Ok(Vec::new());
                 }

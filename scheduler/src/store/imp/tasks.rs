@@ -299,7 +299,7 @@ macro_rules! task_impl {
                 let sql = format!("SELECT {TI_COLS} FROM task_instances WHERE id = $1");
                 let row = sqlx::query(&sql).bind(id.get()).fetch_optional(self.read_pool()).await?;
                 match row {
-                    Some(r) => $rows::task(&r),
+                    Some(r) => Rows::<$Db>::task(&r),
                     None => Err(StoreError::not_found("task instance", id)),
                 }
             }
@@ -307,7 +307,7 @@ macro_rules! task_impl {
             pub(crate) async fn sql_task_instances(&self, run_id: RunId) -> Result<Vec<TaskInstance>> {
                 let sql = format!("SELECT {TI_COLS} FROM task_instances WHERE run_id = $1 ORDER BY id");
                 let rows = sqlx::query(&sql).bind(run_id.as_uuid()).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::task).collect()
+                rows.iter().map(Rows::<$Db>::task).collect()
             }
 
             pub(crate) async fn sql_task_instances_in_state(
@@ -323,19 +323,19 @@ macro_rules! task_impl {
                     .bind(common::clamp_limit(limit))
                     .fetch_all(self.read_pool())
                     .await?;
-                rows.iter().map($rows::task).collect()
+                rows.iter().map(Rows::<$Db>::task).collect()
             }
 
             pub(crate) async fn sql_attempts(&self, id: TaskInstanceId) -> Result<Vec<Attempt>> {
                 let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE task_instance_id = $1 ORDER BY attempt");
                 let rows = sqlx::query(&sql).bind(id.get()).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::attempt).collect()
+                rows.iter().map(Rows::<$Db>::attempt).collect()
             }
 
             pub(crate) async fn sql_run_attempts(&self, run_id: RunId) -> Result<Vec<Attempt>> {
                 let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE run_id = $1 ORDER BY id");
                 let rows = sqlx::query(&sql).bind(run_id.as_uuid()).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::attempt).collect()
+                rows.iter().map(Rows::<$Db>::attempt).collect()
             }
 
             pub(crate) async fn sql_attempts_held_by_worker(&self, worker_id: WorkerId) -> Result<Vec<HeldAttempt>> {
@@ -343,7 +343,7 @@ macro_rules! task_impl {
                     .bind(worker_id.as_uuid())
                     .fetch_all(self.read_pool())
                     .await?;
-                rows.iter().map($rows::held).collect()
+                rows.iter().map(Rows::<$Db>::held).collect()
             }
         }
     };
@@ -357,7 +357,7 @@ use uuid::Uuid;
 
 use super::common::{self, EventSink, NewEvent, OnConflict};
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{ATTEMPT_COLS, TI_COLS, parse, pg, sqlite};
+use crate::store::rows::{ATTEMPT_COLS, Rows, TI_COLS, parse};
 use crate::store::types::*;
 
 task_impl!(crate::store::PgStore, sqlx::Postgres, pg);

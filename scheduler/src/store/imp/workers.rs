@@ -27,7 +27,7 @@ macro_rules! worker_impl {
                     .bind(now)
                     .fetch_one(&mut **tx)
                     .await?;
-                let worker = $rows::worker(&row)?;
+                let worker = Rows::<$Db>::worker(&row)?;
                 Ok(worker)
             }
 
@@ -88,7 +88,7 @@ macro_rules! worker_impl {
                     .bind(id.as_uuid())
                     .fetch_all(&mut **tx)
                     .await?;
-                let held = rows.iter().map($rows::held).collect::<Result<Vec<_>>>()?;
+                let held = rows.iter().map(Rows::<$Db>::held).collect::<Result<Vec<_>>>()?;
                 let transitions: Vec<TaskTransition> = held
                     .iter()
                     .map(|h| {
@@ -109,7 +109,7 @@ macro_rules! worker_impl {
             pub(crate) async fn sql_list_workers(&self) -> Result<Vec<Worker>> {
                 let sql = format!("SELECT {WORKER_COLS} FROM workers ORDER BY name, id");
                 let rows = sqlx::query(&sql).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::worker).collect()
+                rows.iter().map(Rows::<$Db>::worker).collect()
             }
 
             /// Stores one attempt's metrics inside `tx`.
@@ -166,7 +166,7 @@ macro_rules! worker_impl {
                 .bind(run_id.as_uuid())
                 .fetch_all(self.read_pool())
                 .await?;
-                rows.iter().map($rows::metric).collect()
+                rows.iter().map(Rows::<$Db>::metric).collect()
             }
 
             pub(crate) async fn sql_metric_series(
@@ -183,7 +183,7 @@ macro_rules! worker_impl {
                     .bind(common::clamp_limit(limit))
                     .fetch_all(self.read_pool())
                     .await?;
-                let mut points = rows.iter().map($rows::series).collect::<Result<Vec<_>>>()?;
+                let mut points = rows.iter().map(Rows::<$Db>::series).collect::<Result<Vec<_>>>()?;
                 points.reverse();
                 Ok(points)
             }
@@ -200,7 +200,7 @@ use uuid::Uuid;
 
 use super::common::{self, OnConflict};
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{WORKER_COLS, parse, pg, sqlite};
+use crate::store::rows::{Rows, WORKER_COLS, parse};
 use crate::store::types::*;
 
 worker_impl!(crate::store::PgStore, sqlx::Postgres, pg);
