@@ -19,7 +19,7 @@ use trainyard_core::ids::{DagId, RunId};
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState};
 use trainyard_scheduler::clock::ManualClock;
 use trainyard_scheduler::engine::{Assignment, EngineError, TaskResult, WorkerCommand};
-use trainyard_scheduler::store::Store;
+use trainyard_scheduler::store::{EngineStore, ReadStore};
 
 const DAG: &str = r#"
 id = "faults"
@@ -100,7 +100,7 @@ async fn run_assignment(h: &Harness, w: &FakeWorker, a: &Assignment) {
 
 async fn run_once(db: TestDb, fault: Option<(u64, Fault)>) -> (Outcome, u64, u64) {
     let faulty = FaultyStore::new(db.store.clone());
-    let store: Arc<dyn Store> = faulty.clone();
+    let store: Arc<dyn EngineStore> = faulty.clone();
     let clock = ManualClock::new(utc(2026, 6, 1, 0, 0));
     let h = Harness::start_on(db, store, clock, |o| {
         o.heal_backoff = Duration::from_millis(1);
@@ -178,7 +178,7 @@ async fn run_once(db: TestDb, fault: Option<(u64, Fault)>) -> (Outcome, u64, u64
     (outcome, writes, injected)
 }
 
-async fn outcome_of(store: &dyn Store, run: RunId) -> Outcome {
+async fn outcome_of(store: &dyn ReadStore, run: RunId) -> Outcome {
     let attempts = store.run_attempts(run).await.unwrap();
     let mut tasks = BTreeMap::new();
     for t in store.task_instances(run).await.unwrap() {

@@ -16,7 +16,7 @@ use trainyard_core::ids::{DagId, DagVersionId};
 use super::error::{DagLoadError, FileError, Result};
 use super::scan::{DirScan, content_hash, guess_dag_id, read_file, scan_dir};
 use super::{DagLoaderOptions, LoadReport};
-use crate::store::{NewDagVersion, Store};
+use crate::store::{DagCatalog, NewDagVersion};
 
 /// Loads the DAG files of one folder into the store and keeps them in step.
 /// See the module docs for the rules; `run` (in `watch.rs`) drives it.
@@ -516,7 +516,7 @@ impl DagLoader {
     }
 
     /// The store this loader writes to.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn DagCatalog> {
         &self.options.store
     }
 }

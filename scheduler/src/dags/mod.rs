@@ -51,7 +51,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use trainyard_core::ids::DagId;
 
-use crate::store::Store;
+use crate::store::DagCatalog;
 
 pub use error::{DagLoadError, FileError, Result};
 pub use loader::DagLoader;
@@ -68,7 +68,7 @@ pub type NowFn = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct DagLoaderOptions {
     /// The folder holding the DAG files (searched recursively).
     pub dir: PathBuf,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn DagCatalog>,
     /// Told about every DAG the loader changed; a no-op by default.
     pub on_change: OnDagChange,
     /// How long to let a burst of file events settle before rescanning
@@ -90,7 +90,7 @@ impl DagLoaderOptions {
     pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
     pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 
-    pub fn new(dir: impl Into<PathBuf>, store: Arc<dyn Store>) -> Self {
+    pub fn new(dir: impl Into<PathBuf>, store: Arc<dyn DagCatalog>) -> Self {
         Self {
             dir: dir.into(),
             store,

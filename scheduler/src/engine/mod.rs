@@ -63,7 +63,7 @@ pub use memory::StoreHealth;
 pub(crate) use runs::{manual_params, new_run};
 
 use crate::clock::Clock;
-use crate::store::{Store, StoreError};
+use crate::store::{EngineStore, StoreError};
 use handle::Command;
 use memory::Published;
 use state::{ActiveRun, DagEntry};
@@ -149,7 +149,7 @@ impl EngineError {
 /// Everything the engine needs; [`EngineOptions::new`] fills in defaults.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn EngineStore>,
     pub clock: Arc<dyn Clock>,
     /// Most missed cron slots created per DAG when catchup is on (the latest ones).
     pub catchup_limit: usize,
@@ -176,7 +176,7 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: Arc<dyn EngineStore>, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
             clock,
@@ -211,7 +211,7 @@ pub struct Engine {
 #[derive(Debug)]
 pub(crate) struct Core {
     opts: EngineOptions,
-    store: Arc<dyn Store>,
+    store: Arc<dyn EngineStore>,
     clock: Arc<dyn Clock>,
     /// Parsed specs by version, shared by the runs pinned to them.
     versions: HashMap<DagVersionId, Arc<DagSpec>>,

@@ -22,12 +22,12 @@ use trainyard_proto::v1;
 
 use crate::engine::Assignment;
 use crate::logs::{LogStore, LogStream};
-use crate::store::Store;
+use crate::store::ReadStore;
 
 /// What the service needs for artifacts; see the module docs.
 #[derive(Debug, Clone)]
 pub struct ArtifactContext {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn ReadStore>,
     /// Announced to workers at registration (`RegisterResponse`).
     pub url: String,
 }
@@ -64,7 +64,11 @@ pub(super) fn secrets_of(a: &Assignment) -> Vec<String> {
 
 /// Literal values of the task's secret env, from the run's DAG version (for
 /// lines of an attempt assigned before this scheduler started).
-pub(super) async fn secrets_from_spec(store: &dyn Store, run: RunId, task: &str) -> Vec<String> {
+pub(super) async fn secrets_from_spec(
+    store: &dyn ReadStore,
+    run: RunId,
+    task: &str,
+) -> Vec<String> {
     let spec = async {
         let run = store.get_run(run).await.ok()?;
         let version = store.get_dag_version(run.version_id).await.ok()?;
@@ -118,7 +122,7 @@ impl SecretCache {
     /// The secrets of (run, task), loaded from the spec on first use.
     pub(super) async fn get(
         &mut self,
-        store: Option<&dyn Store>,
+        store: Option<&dyn ReadStore>,
         run: RunId,
         task: &str,
     ) -> Arc<Vec<String>> {

@@ -22,7 +22,7 @@ use super::Role;
 use crate::clock::Clock;
 use crate::engine::{EngineError, EngineHandle, manual_params, new_run};
 use crate::http::{ControlError, RunControl, TriggerRequest};
-use crate::store::{RunCreation, Store, StoreError};
+use crate::store::{Coordination, RunCreation, StoreError};
 
 /// Actor written to the event log for runs a standby created.
 const STANDBY_ACTOR: &str = "api:standby";
@@ -33,7 +33,7 @@ pub struct HaControl {
     role: watch::Receiver<Role>,
     /// The app's engine handle; it reaches an engine only while leading.
     engine: EngineHandle,
-    store: Arc<dyn Store>,
+    store: Arc<dyn Coordination>,
     clock: Arc<dyn Clock>,
 }
 
@@ -41,7 +41,7 @@ impl HaControl {
     pub fn new(
         role: watch::Receiver<Role>,
         engine: EngineHandle,
-        store: Arc<dyn Store>,
+        store: Arc<dyn Coordination>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {

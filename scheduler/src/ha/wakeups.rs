@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::engine::EngineHandle;
-use crate::store::{ConnectOptions, ListenEvent, Store, Wakeup, WakeupListener};
+use crate::store::{ConnectOptions, ListenEvent, ReadStore, Wakeup, WakeupListener};
 
 /// Pause before reconnecting after the listener failed.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
@@ -20,7 +20,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 pub async fn spawn_wakeup_relay(
     url: &str,
     options: &ConnectOptions,
-    store: std::sync::Arc<dyn Store>,
+    store: std::sync::Arc<dyn ReadStore>,
     engine: EngineHandle,
     stop: CancellationToken,
 ) -> crate::store::Result<JoinHandle<()>> {
@@ -59,7 +59,7 @@ async fn deliver(engine: &EngineHandle, wakeup: Wakeup) {
 }
 
 /// Wake-ups may have been lost: adopt unknown active runs, re-read every DAG.
-async fn catch_up(store: &dyn Store, engine: &EngineHandle) {
+async fn catch_up(store: &dyn ReadStore, engine: &EngineHandle) {
     match engine.adopt_active_runs().await {
         Ok(n) => debug!(adopted = n, "caught up after the listener reconnected"),
         Err(e) => warn!(error = %e, "cannot adopt runs after reconnecting"),

@@ -32,7 +32,7 @@ pub use error::{ApiError, ApiResult};
 pub use openapi::document as openapi_document;
 
 use crate::logs::LogStore;
-use crate::store::Store;
+use crate::store::ReadStore;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -88,7 +88,7 @@ pub trait RunControl: Send + Sync + 'static {
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn ReadStore>,
     pub control: Arc<dyn RunControl>,
     pub logs: LogStore,
     /// Tokens, roles and UI sessions; open (everyone operator) without tokens.

@@ -17,7 +17,7 @@ use trainyard_core::ids::{DagId, RunId, WorkerId};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiResult, AppState};
-use crate::store::{Dag, RunFilter, Store};
+use crate::store::{Dag, ReadStore, RunFilter};
 
 /// Recent runs shown per DAG in the list.
 pub const RECENT_RUNS: u32 = 10;
@@ -110,7 +110,7 @@ pub struct DagDetail {
 
 /// A DAG summary plus its parsed spec (when a version exists).
 pub async fn dag_summary(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     dag: Dag,
     now: DateTime<Utc>,
 ) -> ApiResult<(DagSummary, Option<DagSpec>, Option<(Value, VersionInfo)>)> {
@@ -198,7 +198,7 @@ pub fn masked_spec(mut spec: Value) -> Value {
 }
 
 /// Every DAG with its schedule state and recent runs.
-pub async fn all_dags(store: &dyn Store, now: DateTime<Utc>) -> ApiResult<Vec<DagSummary>> {
+pub async fn all_dags(store: &dyn ReadStore, now: DateTime<Utc>) -> ApiResult<Vec<DagSummary>> {
     let dags = store.list_dags().await?;
     let mut out = Vec::with_capacity(dags.len());
     for dag in dags {
@@ -333,7 +333,7 @@ struct GpuRecord {
 }
 
 pub async fn workers(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     usage: &BTreeMap<WorkerId, Vec<(u32, f64, u64)>>,
 ) -> ApiResult<Vec<WorkerView>> {
     let mut out = Vec::new();

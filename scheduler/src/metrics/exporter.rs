@@ -13,7 +13,7 @@ use trainyard_core::state::{TaskState, WorkerState};
 
 use super::{Metrics, global};
 use crate::http::AppState;
-use crate::store::{Store, StoreError};
+use crate::store::{ReadStore, StoreError};
 
 /// Most task instances counted per state at one scrape; a queue deeper than
 /// this reports the cap (the query stays cheap however large the backlog).
@@ -78,7 +78,7 @@ pub async fn handler(State(state): State<AppState>) -> Response {
 /// Sets task, worker and GPU gauges from the store's current rows.
 pub(crate) async fn refresh_from_store(
     metrics: &Metrics,
-    store: &dyn Store,
+    store: &dyn ReadStore,
 ) -> Result<(), StoreError> {
     for state in LIVE_STATES {
         let n = store.task_instances_in_state(state, COUNT_CAP).await?.len();

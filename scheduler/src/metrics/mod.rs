@@ -18,7 +18,7 @@
 //! - GPU utilisation and memory in use: only the heartbeat carries them and
 //!   the engine keeps them to itself, so [`Metrics::observe_gpu_usage`] is the
 //!   hook for the heartbeat path to call (until it does, those series are absent);
-//! - DB pool usage: `dyn Store` does not expose its pool, so the exporter
+//! - DB pool usage: `dyn ReadStore` does not expose its pool, so the exporter
 //!   reports the duration and success of its own scrape queries instead.
 //!
 //! One process-wide registry ([`global`]): Prometheus scrapes a process, and

@@ -32,7 +32,7 @@ use trainyard_core::ids::RunId;
 use trainyard_core::state::{AttemptOutcome, RunState};
 
 use crate::engine::{EngineEvent, EngineHandle};
-use crate::store::{Attempt, Run, Store, TaskInstance};
+use crate::store::{Attempt, ReadStore, Run, TaskInstance};
 
 /// The variable that turns OTLP export on (read by the CLI's telemetry too).
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -135,7 +135,7 @@ where
 /// empty); `None` otherwise, so runs cost nothing without a collector.
 pub fn spawn_if_enabled(
     engine: &EngineHandle,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ReadStore>,
     shutdown: CancellationToken,
 ) -> Option<JoinHandle<()>> {
     let enabled = std::env::var(ENDPOINT_VAR).is_ok_and(|v| !v.trim().is_empty());
@@ -148,7 +148,7 @@ pub fn spawn_if_enabled(
 
 async fn run(
     mut events: broadcast::Receiver<EngineEvent>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ReadStore>,
     shutdown: CancellationToken,
 ) {
     let tracer = opentelemetry::global::tracer("trainyard");
@@ -173,7 +173,7 @@ async fn run(
     }
 }
 
-async fn export_run<T>(tracer: &T, store: &dyn Store, run_id: RunId) -> crate::store::Result<()>
+async fn export_run<T>(tracer: &T, store: &dyn ReadStore, run_id: RunId) -> crate::store::Result<()>
 where
     T: Tracer,
     T::Span: Send + Sync + 'static,

@@ -1,10 +1,13 @@
 //! `trainyard bench store`: claim and transition throughput of a store.
 //!
+//! Every write goes through [`EngineStore::commit_batch`], the only way the
+//! engine writes, so the numbers are those of the statements the engine runs.
 //! Measures, on the database named by `url`, with `tasks` ready tasks:
-//! - claiming them one at a time (`claim_ready` limit 1: a scheduler placing
-//!   tasks one by one) and in batches of 64;
-//! - single CAS transitions (`start_attempt`, then `finish_attempt`: one
-//!   transaction each, the per-task cost of a chain step);
+//! - claiming them one at a time (a batch holding one `Write::Assign` of one
+//!   task: a scheduler placing tasks one by one) and 64 per batch;
+//! - single CAS transitions (a `Write::StartAttempt` batch, then a
+//!   `Write::FinishAttempt` batch: one transaction each, the per-task cost
+//!   of a chain step when nothing else shares the turn);
 //! - one batched transition of all of them (`pending → ready`, a fan-out).
 //!
 //! On Postgres it works in a fresh schema (`bench_<uuid>`) it drops at the end;
@@ -20,8 +23,8 @@ use trainyard_core::state::{AttemptOutcome, RunState, TaskState, TriggerKind};
 
 use super::error::{Result, StoreError};
 use super::{
-    Backend, ClaimFilter, ConnectOptions, FinishAttempt, NewDagVersion, NewRun, NewTaskInstance,
-    RunCreation, Store, TaskTransition, backend_of, connect_with,
+    Assignment, Backend, ConnectOptions, FinishAttempt, NewDagVersion, NewRun, NewTaskInstance,
+    RunCreation, Store, TaskInstance, TaskTransition, Write, WriteBatch, backend_of, connect_with,
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,17 +33,18 @@ pub struct StoreBenchReport {
     pub tasks: usize,
     /// Creating one run with all `tasks` task instances.
     pub create_run_ms: f64,
-    /// `claim_ready` with limit 1, repeated.
+    /// One `Write::Assign` of one task per batch, repeated.
     pub claim_one_per_sec: f64,
     pub claim_one_p50_us: f64,
     pub claim_one_p99_us: f64,
-    /// `claim_ready` with limit 64, in tasks per second.
+    /// `Write::Assign` of 64 tasks per batch, in tasks per second.
     pub claim_batch64_tasks_per_sec: f64,
-    /// `start_attempt` + `finish_attempt`, each one transaction with its event.
+    /// `Write::StartAttempt` + `Write::FinishAttempt`, each one batch (one
+    /// transaction with its event).
     pub transition_per_sec: f64,
     pub transition_p50_us: f64,
     pub transition_p99_us: f64,
-    /// One `transition_tasks` call moving every task `pending → ready`.
+    /// One `Write::Transitions` batch moving every task `pending → ready`.
     pub batch_transition_tasks_per_sec: f64,
 }
 
@@ -93,7 +97,7 @@ async fn new_run(
     store: &dyn Store,
     state: TaskState,
     tasks: usize,
-) -> Result<(RunId, Vec<super::TaskInstance>)> {
+) -> Result<(RunId, Vec<TaskInstance>)> {
     let dag = DagId::new("bench_store");
     let version = store
         .upsert_dag_version(
@@ -136,42 +140,59 @@ async fn new_run(
     }
 }
 
-async fn run_phases(store: &dyn Store, backend: Backend, tasks: usize) -> Result<StoreBenchReport> {
-    let all = ClaimFilter::default();
+/// Commits one write as its own batch (its own transaction).
+async fn commit_one(store: &dyn Store, write: Write) -> Result<()> {
+    let mut batch = WriteBatch::default();
+    batch.push(write, Utc::now());
+    store.commit_batch(&batch, "bench").await
+}
 
+/// Assigns `tasks` (ready, never attempted) in batches of `per_batch`,
+/// returning each batch's latency.
+async fn assign_all(
+    store: &dyn Store,
+    tasks: &[TaskInstance],
+    per_batch: usize,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::with_capacity(tasks.len().div_ceil(per_batch));
+    for chunk in tasks.chunks(per_batch) {
+        let list = chunk
+            .iter()
+            .map(|t| Assignment {
+                id: t.id,
+                attempt: t.attempt,
+                worker_id: None,
+                gpus: Vec::new(),
+            })
+            .collect();
+        let t = Instant::now();
+        commit_one(store, Write::Assign(list)).await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(latencies)
+}
+
+async fn run_phases(store: &dyn Store, backend: Backend, tasks: usize) -> Result<StoreBenchReport> {
     // Claim one at a time.
     let started = Instant::now();
-    let (_, _) = new_run(store, TaskState::Ready, tasks).await?;
+    let (_, ready) = new_run(store, TaskState::Ready, tasks).await?;
     let create_run = started.elapsed();
-    let mut claim_lat = Vec::with_capacity(tasks);
-    let mut claimed = Vec::with_capacity(tasks);
     let started = Instant::now();
-    loop {
-        let t = Instant::now();
-        let got = store
-            .claim_ready(&all, 1, None, "bench", Utc::now())
-            .await?;
-        if got.is_empty() {
-            break;
-        }
-        claim_lat.push(t.elapsed());
-        claimed.extend(got);
-    }
+    let mut claim_lat = assign_all(store, &ready, 1).await?;
     let claim_one = started.elapsed();
 
     // Start and finish each claimed attempt: two CAS transactions per task.
     let mut tr_lat = Vec::with_capacity(tasks * 2);
     let started = Instant::now();
-    for c in &claimed {
+    for c in &ready {
+        let attempt = c.attempt + 1;
         let t = Instant::now();
-        store
-            .start_attempt(c.id, c.attempt, "bench", Utc::now())
-            .await?;
+        commit_one(store, Write::StartAttempt { id: c.id, attempt }).await?;
         tr_lat.push(t.elapsed());
         let t = Instant::now();
         let report = FinishAttempt {
             id: c.id,
-            attempt: c.attempt,
+            attempt,
             from: TaskState::Running,
             to: TaskState::Success,
             outcome: AttemptOutcome::Success,
@@ -180,31 +201,23 @@ async fn run_phases(store: &dyn Store, backend: Backend, tasks: usize) -> Result
             log_location: None,
             next_retry_at: None,
         };
-        store.finish_attempt(report, "bench", Utc::now()).await?;
+        commit_one(store, Write::FinishAttempt(report)).await?;
         tr_lat.push(t.elapsed());
     }
     let transitions = started.elapsed();
 
-    // Batched: every task pending → ready in one call, then claim 64 at a time.
+    // Batched: every task pending → ready in one batch, then claim 64 at a time.
     let (_, pending) = new_run(store, TaskState::Pending, tasks).await?;
     let batch: Vec<_> = pending
         .iter()
         .map(|t| TaskTransition::new(t.id, TaskState::Pending, TaskState::Ready, 0))
         .collect();
+    let moved = batch.len();
     let started = Instant::now();
-    store.transition_tasks(&batch, "bench", Utc::now()).await?;
+    commit_one(store, Write::Transitions(batch)).await?;
     let batch_transition = started.elapsed();
     let started = Instant::now();
-    let mut n = 0;
-    loop {
-        let got = store
-            .claim_ready(&all, 64, None, "bench", Utc::now())
-            .await?;
-        if got.is_empty() {
-            break;
-        }
-        n += got.len();
-    }
+    assign_all(store, &pending, 64).await?;
     let claim_batch = started.elapsed();
 
     claim_lat.sort();
@@ -213,13 +226,13 @@ async fn run_phases(store: &dyn Store, backend: Backend, tasks: usize) -> Result
         backend,
         tasks,
         create_run_ms: create_run.as_secs_f64() * 1e3,
-        claim_one_per_sec: per_sec(claimed.len(), claim_one),
+        claim_one_per_sec: per_sec(ready.len(), claim_one),
         claim_one_p50_us: percentile(&claim_lat, 0.5),
         claim_one_p99_us: percentile(&claim_lat, 0.99),
-        claim_batch64_tasks_per_sec: per_sec(n, claim_batch),
+        claim_batch64_tasks_per_sec: per_sec(pending.len(), claim_batch),
         transition_per_sec: per_sec(tr_lat.len(), transitions),
         transition_p50_us: percentile(&tr_lat, 0.5),
         transition_p99_us: percentile(&tr_lat, 0.99),
-        batch_transition_tasks_per_sec: per_sec(batch.len(), batch_transition),
+        batch_transition_tasks_per_sec: per_sec(moved, batch_transition),
     })
 }

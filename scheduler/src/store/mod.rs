@@ -2,8 +2,21 @@
 //!
 //! It owns the schema (`migrations/postgres`, `migrations/sqlite`, embedded in
 //! the binary), the two backends ([`PgStore`] for production, [`SqliteStore`]
-//! for the embedded default) and the [`Store`] trait the engine, the gRPC
-//! service and the HTTP API use as `Arc<dyn Store>`.
+//! for the embedded default) and the traits its consumers hold, one per kind
+//! of consumer: [`EngineStore`] (the engine: the only writer of runs, tasks,
+//! attempts and workers, through [`EngineStore::commit_batch`]),
+//! [`ReadStore`] (HTTP API, UI, metrics, traces, the worker service),
+//! [`DagCatalog`] (the DAG loader), [`Coordination`] (a standby replica's
+//! writes that wake the leader) and [`StoreAdmin`] (migrations, shutdown),
+//! all over [`StoreBase`]. [`Store`] is all of them, for wiring.
+//!
+//! There are no single-call writes of tasks, attempts, workers, metrics or
+//! lineage: each is a [`Write`] in a [`WriteBatch`], so tests and
+//! `trainyard bench store` exercise exactly the statements the engine runs.
+//! The store's claim (`FOR UPDATE SKIP LOCKED` on Postgres) is reached only
+//! through `Write::Assign`; nothing in production asked the store to pick
+//! ready work by itself (the engine plans placement in memory), so that call
+//! (`claim_ready`) is gone.
 //!
 //! Invariants every method keeps:
 //! - every state change is a compare-and-set on (expected state, attempt
@@ -33,7 +46,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, WorkerId};
-use trainyard_core::state::{TaskState, WorkerState};
+use trainyard_core::state::TaskState;
 
 pub use coordination::{LeaderLock, ListenEvent, WAKEUP_CHANNEL, Wakeup, WakeupListener};
 pub use error::{Result, StoreError};
@@ -108,34 +121,124 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Everything the engine, the worker service and the HTTP API ask of the database.
-///
-/// `actor` arguments name who made a change (`"scheduler"`, `"worker:<id>"`,
-/// `"api:<user>"`); they go into the event log.
+// ---------------------------------------------------------------- the traits
+//
+// The store is split by who uses it, so that "only the engine writes runs and
+// tasks" is a fact of the types rather than a convention: the engine holds an
+// `Arc<dyn EngineStore>`, the HTTP API, metrics and the worker service hold
+// `Arc<dyn ReadStore>`, the DAG loader `Arc<dyn DagCatalog>`, a standby's
+// control plane `Arc<dyn Coordination>`. [`Store`] is every one of them at
+// once, for the code that wires a process together (`app.rs`, the CLI); an
+// `Arc<dyn Store>` coerces to any of them (trait upcasting).
+//
+// `actor` arguments name who made a change (`"scheduler"`, `"worker:<id>"`,
+// `"api:<user>"`); they go into the event log.
+
+/// What any holder may ask about the store itself (no table is read but the
+/// migrations table).
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait StoreBase: Send + Sync + std::fmt::Debug {
     fn backend(&self) -> Backend;
     /// Connections of the pool(s) right now, for `/metrics`.
     fn pool_usage(&self) -> PoolUsage;
     /// Write transactions committed since the store was opened
     /// (`trainyard_store_transactions_total`, `store_tx_per_task` in `bench`).
     fn transactions_committed(&self) -> u64;
+    /// Every migration this binary knows, and whether it is applied.
+    async fn migration_status(&self) -> Result<Vec<MigrationStatus>>;
+}
 
-    // ------------------------------------------------------------ engine turns
+/// Schema and lifecycle: `trainyard db migrate` and process shutdown.
+#[async_trait]
+pub trait StoreAdmin: StoreBase {
+    /// Applies pending migrations; refuses a database newer than this binary.
+    async fn migrate(&self) -> Result<()>;
+    /// Closes the pool; in-flight calls finish first.
+    async fn close(&self);
+}
+
+/// The read side: the HTTP API and UI, metrics, traces, the worker service's
+/// lookups, the CLI's reports, and the engine's recovery and decisions. No
+/// method here writes.
+#[async_trait]
+pub trait ReadStore: StoreBase {
+    async fn get_dag(&self, dag_id: &DagId) -> Result<Dag>;
+    /// All DAGs, active or not, by id.
+    async fn list_dags(&self) -> Result<Vec<Dag>>;
+    async fn get_dag_version(&self, id: DagVersionId) -> Result<DagVersion>;
+
+    async fn get_run(&self, id: RunId) -> Result<Run>;
+    /// Newest first, cursor-paginated by id.
+    async fn list_runs(&self, filter: RunFilter) -> Result<RunPage>;
+    /// Runs in `queued` or `running`, oldest first (start-up recovery, max_active_runs).
+    async fn active_runs(&self) -> Result<Vec<Run>>;
+    /// Latest run of the DAG (by creation) that succeeded.
+    async fn last_successful_run(&self, dag_id: &DagId) -> Result<Option<Run>>;
+    /// Latest logical date of the DAG's scheduled runs (where cron resumes after a restart).
+    async fn last_scheduled_logical_date(&self, dag_id: &DagId) -> Result<Option<DateTime<Utc>>>;
+    /// The run's transition log, oldest first: up to `limit` (at most
+    /// 10,000) events with an id above `after`.
+    async fn run_events(&self, run_id: RunId, after: Option<i64>, limit: u32)
+    -> Result<Vec<Event>>;
+
+    async fn get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance>;
+    /// All task instances of a run, by id (creation order).
+    async fn task_instances(&self, run_id: RunId) -> Result<Vec<TaskInstance>>;
+    /// Task instances in one state across all runs, oldest first (metrics' gauges).
+    async fn task_instances_in_state(
+        &self,
+        state: TaskState,
+        limit: u32,
+    ) -> Result<Vec<TaskInstance>>;
+
+    /// Every attempt of a task instance, oldest first.
+    async fn attempts(&self, id: TaskInstanceId) -> Result<Vec<Attempt>>;
+    /// Every attempt of every task of a run.
+    async fn run_attempts(&self, run_id: RunId) -> Result<Vec<Attempt>>;
+    /// Attempts a worker holds now (their task is `assigned` or `running`).
+    async fn attempts_held_by_worker(&self, worker_id: WorkerId) -> Result<Vec<HeldAttempt>>;
+
+    async fn list_workers(&self) -> Result<Vec<Worker>>;
+
+    async fn run_metrics(&self, run_id: RunId) -> Result<Vec<MetricPoint>>;
+    /// One metric of one task across the DAG's latest `limit` runs, oldest first
+    /// (the latest attempt's value per run).
+    async fn metric_series(
+        &self,
+        dag_id: &DagId,
+        task_id: &TaskId,
+        name: &str,
+        limit: u32,
+    ) -> Result<Vec<SeriesPoint>>;
+
+    /// Every artifact of a run with its consumers, by producer then key.
+    async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>>;
+}
+
+/// The engine's writes. Every change to a task, an attempt, a worker row or
+/// a run's state is a [`Write`] in the batch of the turn that decided it;
+/// there is no other way to make one. The engine reads through the
+/// [`ReadStore`] supertrait (recovery, cron, `max_active_runs`).
+#[async_trait]
+pub trait EngineStore: ReadStore {
     /// Commits every write of one engine turn, in order, in one transaction:
     /// all or nothing. A compare-and-set that misses fails the whole batch
     /// with a conflict ([`StoreError::is_conflict`]) and nothing is written.
     async fn commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()>;
+    /// Inserts a run and all its task instances in one transaction (outside a
+    /// batch because the database assigns the task instances' ids, which the
+    /// engine needs before it can plan anything for them).
+    /// A taken schedule slot or idempotency key yields `AlreadyExists` with the
+    /// run that holds it (nothing written).
+    async fn create_run(&self, run: NewRun, actor: &str, now: DateTime<Utc>)
+    -> Result<RunCreation>;
+    /// Pauses or resumes a DAG (no effect on the runs it has).
+    async fn set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()>;
+}
 
-    // ------------------------------------------------------------ schema
-    /// Applies pending migrations; refuses a database newer than this binary.
-    async fn migrate(&self) -> Result<()>;
-    /// Every migration this binary knows, and whether it is applied.
-    async fn migration_status(&self) -> Result<Vec<MigrationStatus>>;
-    /// Closes the pool; in-flight calls finish first.
-    async fn close(&self);
-
-    // ------------------------------------------------------------ DAGs
+/// The DAG loader's writes: the catalog of DAGs and their versions.
+#[async_trait]
+pub trait DagCatalog: ReadStore {
     /// Registers a DAG (if new) and a version by content hash, and makes that
     /// version current; clears the DAG's parse error and reactivates it.
     async fn upsert_dag_version(
@@ -151,22 +254,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    async fn set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()>;
     /// The DAG's file is gone: no new runs; its history stays.
     async fn deactivate_dag(&self, dag_id: &DagId, now: DateTime<Utc>) -> Result<()>;
-    async fn get_dag(&self, dag_id: &DagId) -> Result<Dag>;
-    /// All DAGs, active or not, by id.
-    async fn list_dags(&self) -> Result<Vec<Dag>>;
-    async fn get_dag_version(&self, id: DagVersionId) -> Result<DagVersion>;
+}
 
-    // ------------------------------------------------------------ runs
-    /// Inserts a run and all its task instances in one transaction.
-    /// A taken schedule slot or idempotency key yields `AlreadyExists` with the
-    /// run that holds it (nothing written).
-    async fn create_run(&self, run: NewRun, actor: &str, now: DateTime<Utc>)
-    -> Result<RunCreation>;
-    /// [`Store::create_run`] for a process that is not the engine's leader
-    /// (a standby replica's API): on Postgres the same transaction sends
+/// What a process that is not the engine's leader (a standby replica's API)
+/// may write: each write tells the leader in the same transaction, so it
+/// never waits for a poll to notice (see [`Wakeup`]).
+#[async_trait]
+pub trait Coordination: ReadStore {
+    /// [`EngineStore::create_run`] plus, on Postgres in the same transaction,
     /// `NOTIFY trainyard_wakeup, 'run:<id>'` when the run is created, so the
     /// leader adopts it at once. SQLite has one process: same as `create_run`.
     async fn create_run_and_wake(
@@ -175,184 +272,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<RunCreation>;
-    /// [`Store::set_dag_paused`] plus, on Postgres in the same transaction,
-    /// `NOTIFY trainyard_wakeup, 'dag:<id>'` so the leader re-reads the DAG.
+    /// [`EngineStore::set_dag_paused`] plus, on Postgres in the same
+    /// transaction, `NOTIFY trainyard_wakeup, 'dag:<id>'` so the leader
+    /// re-reads the DAG.
     async fn set_dag_paused_and_wake(
         &self,
         dag_id: &DagId,
         paused: bool,
         now: DateTime<Utc>,
     ) -> Result<()>;
-    async fn get_run(&self, id: RunId) -> Result<Run>;
-    /// Newest first, cursor-paginated by id.
-    async fn list_runs(&self, filter: RunFilter) -> Result<RunPage>;
-    /// Runs in `queued` or `running`, oldest first (start-up recovery, max_active_runs).
-    async fn active_runs(&self) -> Result<Vec<Run>>;
-    /// CAS on the run's state; sets `started_at` on first `running`, `ended_at` on a terminal state.
-    async fn transition_run(
-        &self,
-        transition: RunTransition,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Run>;
-    /// Latest run of the DAG (by creation) that succeeded.
-    async fn last_successful_run(&self, dag_id: &DagId) -> Result<Option<Run>>;
-    /// Latest logical date of the DAG's scheduled runs (where cron resumes after a restart).
-    async fn last_scheduled_logical_date(&self, dag_id: &DagId) -> Result<Option<DateTime<Utc>>>;
-    /// The run's transition log, oldest first: up to `limit` (at most
-    /// 10,000) events with an id above `after`.
-    async fn run_events(&self, run_id: RunId, after: Option<i64>, limit: u32)
-    -> Result<Vec<Event>>;
-
-    // ------------------------------------------------------------ task instances
-    async fn get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance>;
-    /// All task instances of a run, by id (creation order).
-    async fn task_instances(&self, run_id: RunId) -> Result<Vec<TaskInstance>>;
-    /// Task instances in one state across all runs, oldest first (recovery: `lost`, `assigned`…).
-    async fn task_instances_in_state(
-        &self,
-        state: TaskState,
-        limit: u32,
-    ) -> Result<Vec<TaskInstance>>;
-    /// One CAS transition (see [`Store::transition_tasks`]).
-    async fn transition_task(
-        &self,
-        transition: TaskTransition,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Several CAS transitions in one transaction, all or nothing: if any task
-    /// is not in its expected (state, attempt), nothing is written and the
-    /// error names the first mismatch. `→ assigned` and `→ running` are refused
-    /// here (use the claim calls and [`Store::start_attempt`]); leaving
-    /// `assigned`/`running` closes the open attempt row.
-    async fn transition_tasks(
-        &self,
-        transitions: &[TaskTransition],
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Claims up to `limit` ready tasks, highest priority first, then longest
-    /// ready (FIFO), in one statement (`FOR UPDATE SKIP LOCKED` on Postgres):
-    /// `ready → assigned`, attempt + 1, attempt row created. Concurrent claimers
-    /// never get the same task.
-    async fn claim_ready(
-        &self,
-        filter: &ClaimFilter,
-        limit: u32,
-        worker_id: Option<WorkerId>,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedTask>>;
-    /// Claims exactly these tasks at their expected attempts, each on its worker
-    /// and GPUs. Tasks no longer ready (taken by another replica, cancelled) are
-    /// left out of the result, not an error.
-    async fn assign_tasks(
-        &self,
-        assignments: &[Assignment],
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedTask>>;
-    /// Ready tasks in claim order without claiming them (placement planning).
-    async fn ready_tasks(&self, filter: &ClaimFilter, limit: u32) -> Result<Vec<TaskInstance>>;
-    /// `up_for_retry` tasks whose `next_retry_at <= now`, earliest first.
-    async fn due_retries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskInstance>>;
-    /// Earliest `next_retry_at` among `up_for_retry` tasks (to arm a timer).
-    async fn next_retry_time(&self) -> Result<Option<DateTime<Utc>>>;
-
-    // ------------------------------------------------------------ attempts
-    /// `assigned → running` for this attempt; fenced on the attempt number.
-    async fn start_attempt(
-        &self,
-        id: TaskInstanceId,
-        attempt: i32,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Ends the attempt (exit code, error, outcome) and moves the task, fenced
-    /// on (from, attempt): a report for a superseded attempt changes nothing
-    /// and returns `TaskConflict`.
-    async fn finish_attempt(
-        &self,
-        report: FinishAttempt,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Every attempt of a task instance, oldest first.
-    async fn attempts(&self, id: TaskInstanceId) -> Result<Vec<Attempt>>;
-    /// Every attempt of every task of a run.
-    async fn run_attempts(&self, run_id: RunId) -> Result<Vec<Attempt>>;
-    /// Attempts a worker holds now (their task is `assigned` or `running`).
-    async fn attempts_held_by_worker(&self, worker_id: WorkerId) -> Result<Vec<HeldAttempt>>;
-
-    // ------------------------------------------------------------ workers
-    /// Registers or re-registers (same id) a worker as active, heartbeat = now.
-    async fn register_worker(&self, worker: NewWorker, now: DateTime<Utc>) -> Result<Worker>;
-    /// Records a heartbeat; returns the worker's state (a `lost` worker stays
-    /// lost until it registers again).
-    async fn heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState>;
-    async fn set_worker_state(
-        &self,
-        id: WorkerId,
-        state: WorkerState,
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Marks the worker lost and, in the same transaction, every attempt it held
-    /// (`assigned`/`running` → `lost`, attempt outcome `lost`). Returns those
-    /// attempts so the engine can retry or fail them.
-    async fn mark_worker_lost(
-        &self,
-        id: WorkerId,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<HeldAttempt>>;
-    async fn list_workers(&self) -> Result<Vec<Worker>>;
-    /// Active or draining workers whose last heartbeat is before `cutoff`.
-    async fn stale_workers(&self, cutoff: DateTime<Utc>) -> Result<Vec<Worker>>;
-
-    // ------------------------------------------------------------ metrics
-    /// Stores metrics of one attempt (a repeated name overwrites its value).
-    async fn record_metrics(
-        &self,
-        id: TaskInstanceId,
-        attempt: i32,
-        metrics: &[(String, f64)],
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    async fn run_metrics(&self, run_id: RunId) -> Result<Vec<MetricPoint>>;
-    /// One metric of one task across the DAG's latest `limit` runs, oldest first
-    /// (the latest attempt's value per run).
-    async fn metric_series(
-        &self,
-        dag_id: &DagId,
-        task_id: &TaskId,
-        name: &str,
-        limit: u32,
-    ) -> Result<Vec<SeriesPoint>>;
-
-    // ------------------------------------------------------------ artifacts
-    /// Records what an attempt produced (idempotent per run and key).
-    async fn record_artifacts(
-        &self,
-        producer: &AttemptOf,
-        artifacts: &[NewArtifact],
-        now: DateTime<Utc>,
-    ) -> Result<()>;
-    /// Records that an attempt consumed the run's artifacts with these keys;
-    /// keys no recorded artifact has are ignored. Returns the links made.
-    async fn record_artifact_inputs(
-        &self,
-        consumer: &AttemptOf,
-        keys: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<u64>;
-    /// Every artifact of a run with its consumers, by producer then key.
-    async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>>;
-    /// Where the attempt's full log was archived (a URI in the artifact store).
-    async fn set_attempt_log_location(
-        &self,
-        id: TaskInstanceId,
-        attempt: i32,
-        location: &str,
-    ) -> Result<()>;
 }
+
+/// Every store trait at once: what `store::connect` opens and what the code
+/// that wires a process (`app.rs`, the CLI, tests) hands out, each consumer
+/// getting only the trait it needs.
+pub trait Store: StoreAdmin + EngineStore + DagCatalog + Coordination {}
+
+impl<T: StoreAdmin + EngineStore + DagCatalog + Coordination + ?Sized> Store for T {}

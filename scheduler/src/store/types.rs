@@ -237,15 +237,6 @@ impl TaskTransition {
     }
 }
 
-/// Which ready tasks a generic claim may take.
-#[derive(Debug, Clone, Default)]
-pub struct ClaimFilter {
-    /// Empty = any pool.
-    pub pools: Vec<String>,
-    /// Empty = any DAG.
-    pub dag_ids: Vec<DagId>,
-}
-
 /// Place one ready task (at its current attempt number) on a worker's GPUs.
 #[derive(Debug, Clone)]
 pub struct Assignment {

@@ -1,5 +1,5 @@
-//! A test-only [`Store`] wrapper that counts every call and can fail the
-//! N-th write: before it reaches the database (the write never happened) or
+//! A test-only [`EngineStore`] wrapper (the one trait the engine takes) that
+//! counts every call and can fail the N-th write: before it reaches the database (the write never happened) or
 //! after it committed (the caller is told it failed although it landed — the
 //! ambiguous case a lost connection produces). In the spirit of Temporal's
 //! persistence fault injection: the engine must end every run exactly as it
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, WorkerId};
-use trainyard_core::state::{TaskState, WorkerState};
+use trainyard_core::state::TaskState;
 use trainyard_scheduler::store::*;
 
 /// Where the injected fault strikes.
@@ -33,7 +33,7 @@ enum Kind {
 
 #[derive(Debug)]
 pub struct FaultyStore {
-    inner: Arc<dyn Store>,
+    inner: Arc<dyn EngineStore>,
     writes: AtomicU64,
     reads: AtomicU64,
     calls: Mutex<BTreeMap<&'static str, u64>>,
@@ -42,7 +42,7 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
-    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(inner: Arc<dyn EngineStore>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             writes: AtomicU64::new(0),
@@ -112,7 +112,7 @@ impl FaultyStore {
 }
 
 #[async_trait]
-impl Store for FaultyStore {
+impl StoreBase for FaultyStore {
     fn backend(&self) -> Backend {
         self.inner.backend()
     }
@@ -125,61 +125,13 @@ impl Store for FaultyStore {
         self.inner.transactions_committed()
     }
 
-    async fn commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()> {
-        let fail = self.before(Kind::Write, "commit_batch")?;
-        let r = self.inner.commit_batch(batch, actor).await;
-        self.after(fail, r)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        self.inner.migrate().await
-    }
-
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
         self.inner.migration_status().await
     }
+}
 
-    async fn close(&self) {
-        self.inner.close().await
-    }
-
-    async fn upsert_dag_version(
-        &self,
-        version: NewDagVersion,
-        now: DateTime<Utc>,
-    ) -> Result<UpsertedVersion> {
-        let fail = self.before(Kind::Write, "upsert_dag_version")?;
-        let r = self.inner.upsert_dag_version(version, now).await;
-        self.after(fail, r)
-    }
-
-    async fn record_parse_error(
-        &self,
-        dag_id: &DagId,
-        file_path: Option<&str>,
-        error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "record_parse_error")?;
-        let r = self
-            .inner
-            .record_parse_error(dag_id, file_path, error, now)
-            .await;
-        self.after(fail, r)
-    }
-
-    async fn set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()> {
-        let fail = self.before(Kind::Write, "set_dag_paused")?;
-        let r = self.inner.set_dag_paused(dag_id, paused, now).await;
-        self.after(fail, r)
-    }
-
-    async fn deactivate_dag(&self, dag_id: &DagId, now: DateTime<Utc>) -> Result<()> {
-        let fail = self.before(Kind::Write, "deactivate_dag")?;
-        let r = self.inner.deactivate_dag(dag_id, now).await;
-        self.after(fail, r)
-    }
-
+#[async_trait]
+impl ReadStore for FaultyStore {
     async fn get_dag(&self, dag_id: &DagId) -> Result<Dag> {
         let fail = self.before(Kind::Read, "get_dag")?;
         let r = self.inner.get_dag(dag_id).await;
@@ -198,42 +150,6 @@ impl Store for FaultyStore {
         self.after(fail, r)
     }
 
-    async fn create_run(
-        &self,
-        run: NewRun,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<RunCreation> {
-        let fail = self.before(Kind::Write, "create_run")?;
-        let r = self.inner.create_run(run, actor, now).await;
-        self.after(fail, r)
-    }
-
-    async fn create_run_and_wake(
-        &self,
-        run: NewRun,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<RunCreation> {
-        let fail = self.before(Kind::Write, "create_run_and_wake")?;
-        let r = self.inner.create_run_and_wake(run, actor, now).await;
-        self.after(fail, r)
-    }
-
-    async fn set_dag_paused_and_wake(
-        &self,
-        dag_id: &DagId,
-        paused: bool,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "set_dag_paused_and_wake")?;
-        let r = self
-            .inner
-            .set_dag_paused_and_wake(dag_id, paused, now)
-            .await;
-        self.after(fail, r)
-    }
-
     async fn get_run(&self, id: RunId) -> Result<Run> {
         let fail = self.before(Kind::Read, "get_run")?;
         let r = self.inner.get_run(id).await;
@@ -249,17 +165,6 @@ impl Store for FaultyStore {
     async fn active_runs(&self) -> Result<Vec<Run>> {
         let fail = self.before(Kind::Read, "active_runs")?;
         let r = self.inner.active_runs().await;
-        self.after(fail, r)
-    }
-
-    async fn transition_run(
-        &self,
-        transition: RunTransition,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Run> {
-        let fail = self.before(Kind::Write, "transition_run")?;
-        let r = self.inner.transition_run(transition, actor, now).await;
         self.after(fail, r)
     }
 
@@ -308,96 +213,6 @@ impl Store for FaultyStore {
         self.after(fail, r)
     }
 
-    async fn transition_task(
-        &self,
-        transition: TaskTransition,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "transition_task")?;
-        let r = self.inner.transition_task(transition, actor, now).await;
-        self.after(fail, r)
-    }
-
-    async fn transition_tasks(
-        &self,
-        transitions: &[TaskTransition],
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "transition_tasks")?;
-        let r = self.inner.transition_tasks(transitions, actor, now).await;
-        self.after(fail, r)
-    }
-
-    async fn claim_ready(
-        &self,
-        filter: &ClaimFilter,
-        limit: u32,
-        worker_id: Option<WorkerId>,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedTask>> {
-        let fail = self.before(Kind::Write, "claim_ready")?;
-        let r = self
-            .inner
-            .claim_ready(filter, limit, worker_id, actor, now)
-            .await;
-        self.after(fail, r)
-    }
-
-    async fn assign_tasks(
-        &self,
-        assignments: &[Assignment],
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedTask>> {
-        let fail = self.before(Kind::Write, "assign_tasks")?;
-        let r = self.inner.assign_tasks(assignments, actor, now).await;
-        self.after(fail, r)
-    }
-
-    async fn ready_tasks(&self, filter: &ClaimFilter, limit: u32) -> Result<Vec<TaskInstance>> {
-        let fail = self.before(Kind::Read, "ready_tasks")?;
-        let r = self.inner.ready_tasks(filter, limit).await;
-        self.after(fail, r)
-    }
-
-    async fn due_retries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskInstance>> {
-        let fail = self.before(Kind::Read, "due_retries")?;
-        let r = self.inner.due_retries(now, limit).await;
-        self.after(fail, r)
-    }
-
-    async fn next_retry_time(&self) -> Result<Option<DateTime<Utc>>> {
-        let fail = self.before(Kind::Read, "next_retry_time")?;
-        let r = self.inner.next_retry_time().await;
-        self.after(fail, r)
-    }
-
-    async fn start_attempt(
-        &self,
-        id: TaskInstanceId,
-        attempt: i32,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "start_attempt")?;
-        let r = self.inner.start_attempt(id, attempt, actor, now).await;
-        self.after(fail, r)
-    }
-
-    async fn finish_attempt(
-        &self,
-        report: FinishAttempt,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "finish_attempt")?;
-        let r = self.inner.finish_attempt(report, actor, now).await;
-        self.after(fail, r)
-    }
-
     async fn attempts(&self, id: TaskInstanceId) -> Result<Vec<Attempt>> {
         let fail = self.before(Kind::Read, "attempts")?;
         let r = self.inner.attempts(id).await;
@@ -416,61 +231,9 @@ impl Store for FaultyStore {
         self.after(fail, r)
     }
 
-    async fn register_worker(&self, worker: NewWorker, now: DateTime<Utc>) -> Result<Worker> {
-        let fail = self.before(Kind::Write, "register_worker")?;
-        let r = self.inner.register_worker(worker, now).await;
-        self.after(fail, r)
-    }
-
-    async fn heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState> {
-        let fail = self.before(Kind::Write, "heartbeat_worker")?;
-        let r = self.inner.heartbeat_worker(id, now).await;
-        self.after(fail, r)
-    }
-
-    async fn set_worker_state(
-        &self,
-        id: WorkerId,
-        state: WorkerState,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "set_worker_state")?;
-        let r = self.inner.set_worker_state(id, state, now).await;
-        self.after(fail, r)
-    }
-
-    async fn mark_worker_lost(
-        &self,
-        id: WorkerId,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<HeldAttempt>> {
-        let fail = self.before(Kind::Write, "mark_worker_lost")?;
-        let r = self.inner.mark_worker_lost(id, reason, now).await;
-        self.after(fail, r)
-    }
-
     async fn list_workers(&self) -> Result<Vec<Worker>> {
         let fail = self.before(Kind::Read, "list_workers")?;
         let r = self.inner.list_workers().await;
-        self.after(fail, r)
-    }
-
-    async fn stale_workers(&self, cutoff: DateTime<Utc>) -> Result<Vec<Worker>> {
-        let fail = self.before(Kind::Read, "stale_workers")?;
-        let r = self.inner.stale_workers(cutoff).await;
-        self.after(fail, r)
-    }
-
-    async fn record_metrics(
-        &self,
-        id: TaskInstanceId,
-        attempt: i32,
-        metrics: &[(String, f64)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "record_metrics")?;
-        let r = self.inner.record_metrics(id, attempt, metrics, now).await;
         self.after(fail, r)
     }
 
@@ -492,45 +255,35 @@ impl Store for FaultyStore {
         self.after(fail, r)
     }
 
-    async fn record_artifacts(
-        &self,
-        producer: &AttemptOf,
-        artifacts: &[NewArtifact],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "record_artifacts")?;
-        let r = self.inner.record_artifacts(producer, artifacts, now).await;
-        self.after(fail, r)
-    }
-
-    async fn record_artifact_inputs(
-        &self,
-        consumer: &AttemptOf,
-        keys: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        let fail = self.before(Kind::Write, "record_artifact_inputs")?;
-        let r = self.inner.record_artifact_inputs(consumer, keys, now).await;
-        self.after(fail, r)
-    }
-
     async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>> {
         let fail = self.before(Kind::Read, "run_artifacts")?;
         let r = self.inner.run_artifacts(run_id).await;
         self.after(fail, r)
     }
+}
 
-    async fn set_attempt_log_location(
+#[async_trait]
+impl EngineStore for FaultyStore {
+    async fn commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()> {
+        let fail = self.before(Kind::Write, "commit_batch")?;
+        let r = self.inner.commit_batch(batch, actor).await;
+        self.after(fail, r)
+    }
+
+    async fn create_run(
         &self,
-        id: TaskInstanceId,
-        attempt: i32,
-        location: &str,
-    ) -> Result<()> {
-        let fail = self.before(Kind::Write, "set_attempt_log_location")?;
-        let r = self
-            .inner
-            .set_attempt_log_location(id, attempt, location)
-            .await;
+        run: NewRun,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RunCreation> {
+        let fail = self.before(Kind::Write, "create_run")?;
+        let r = self.inner.create_run(run, actor, now).await;
+        self.after(fail, r)
+    }
+
+    async fn set_dag_paused(&self, dag_id: &DagId, paused: bool, now: DateTime<Utc>) -> Result<()> {
+        let fail = self.before(Kind::Write, "set_dag_paused")?;
+        let r = self.inner.set_dag_paused(dag_id, paused, now).await;
         self.after(fail, r)
     }
 }

@@ -28,7 +28,7 @@ use trainyard_scheduler::engine::{
     Assignment, Engine, EngineEvent, EngineHandle, EngineOptions, GpuInventory, TaskResult,
     WorkerCommand, WorkerRegistration,
 };
-use trainyard_scheduler::store::{NewDagVersion, Store, TaskInstance};
+use trainyard_scheduler::store::{EngineStore, NewDagVersion, Store, TaskInstance};
 
 pub use harness::TestDb;
 
@@ -67,14 +67,17 @@ impl Harness {
         Self::start_on(db, store, clock, tweak).await
     }
 
-    /// Like [`Harness::start`], with the engine on `store` (e.g. a wrapper of `db.store`).
+    /// Like [`Harness::start`], with the engine on `engine_store` (e.g. a
+    /// wrapper of `db.store`); the harness's own reads and DAG registrations
+    /// go to `db.store`.
     pub async fn start_on(
         db: TestDb,
-        store: Arc<dyn Store>,
+        engine_store: Arc<dyn EngineStore>,
         clock: ManualClock,
         tweak: impl FnOnce(&mut EngineOptions),
     ) -> Self {
-        let mut opts = EngineOptions::new(store.clone(), Arc::new(clock.clone()));
+        let store = db.store.clone();
+        let mut opts = EngineOptions::new(engine_store, Arc::new(clock.clone()));
         // Tests that advance time by days would otherwise lose their silent fake workers.
         opts.lost_worker_timeout = Duration::from_secs(365 * 86_400);
         opts.timeout_grace = Duration::from_secs(10);

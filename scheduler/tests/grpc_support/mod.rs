@@ -23,7 +23,7 @@ use trainyard_scheduler::clock::{Clock, SystemClock};
 use trainyard_scheduler::engine::{Engine, EngineEvent, EngineHandle, EngineOptions};
 use trainyard_scheduler::grpc::{self, GrpcOptions, WorkerServiceImpl};
 use trainyard_scheduler::logs::LogStore;
-use trainyard_scheduler::store::{NewDagVersion, Store, TaskInstance};
+use trainyard_scheduler::store::{EngineStore, NewDagVersion, Store, TaskInstance};
 use trainyard_worker::agent::{Agent, AgentHandle, AgentOptions, Backoff};
 use trainyard_worker::gpu::GpuInfo;
 
@@ -58,8 +58,9 @@ impl Scheduler {
 
     /// Like [`Scheduler::start`], with the engine and the service on
     /// `wrap(store)` and, with `artifacts`, an artifact store in the temp dir.
+    /// The harness's own reads and DAG registrations use the unwrapped store.
     pub async fn start_with(
-        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn EngineStore>,
         artifacts: bool,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -67,16 +68,17 @@ impl Scheduler {
             "sqlite:{}?mode=rwc",
             dir.path().join("trainyard.db").display()
         );
-        let store = wrap(trainyard_scheduler::store::connect(&url).await.unwrap());
+        let store = trainyard_scheduler::store::connect(&url).await.unwrap();
+        let wrapped = wrap(store.clone());
         let artifacts = artifacts.then(|| {
             let root = dir.path().join("artifacts");
             std::fs::create_dir_all(&root).unwrap();
             trainyard_scheduler::grpc::ArtifactContext {
-                store: store.clone(),
+                store: wrapped.clone(),
                 url: format!("file://{}", root.display()),
             }
         });
-        let mut opts = EngineOptions::new(store.clone(), Arc::new(SystemClock));
+        let mut opts = EngineOptions::new(wrapped, Arc::new(SystemClock));
         opts.heartbeat_interval = Duration::from_millis(200);
         opts.lost_worker_timeout = Duration::from_secs(60);
         let (engine, handle) = Engine::build(opts).await.unwrap();

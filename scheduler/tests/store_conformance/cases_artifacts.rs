@@ -2,9 +2,9 @@
 
 use trainyard_core::ids::TaskId;
 use trainyard_core::state::TaskState;
-use trainyard_scheduler::store::{AttemptOf, ClaimFilter, NewArtifact, StoreError};
+use trainyard_scheduler::store::{AttemptOf, NewArtifact, StoreError, Write};
 
-use crate::harness::{TestDb, seed_run, t0};
+use crate::harness::{TestDb, Writes, seed_run, t0};
 
 fn file(run: &str, task: &str, name: &str, size: u64) -> NewArtifact {
     let key = format!("runs/{run}/{task}/1/out/{name}");
@@ -19,11 +19,9 @@ fn file(run: &str, task: &str, name: &str, size: u64) -> NewArtifact {
 pub async fn artifacts_record_producer_and_consumers_once(db: &TestDb) {
     let s = &*db.store;
     let (run, tasks) = seed_run(s, "churn", 3, TaskState::Ready).await;
-    let claimed = s
-        .claim_ready(&ClaimFilter::default(), 3, None, "scheduler", t0())
+    s.assign(&tasks.iter().collect::<Vec<_>>(), None, "scheduler", t0())
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 3);
     let of = |i: usize| AttemptOf {
         run_id: run.id,
         task_id: tasks[i].task_id.clone(),
@@ -35,25 +33,29 @@ pub async fn artifacts_record_producer_and_consumers_once(db: &TestDb) {
         file(&r, "t0000", "model.json", 10),
         file(&r, "t0000", "big.bin", 5 << 30),
     ];
-    s.record_artifacts(&of(0), &produced, t0()).await.unwrap();
+    let outputs = |i| Write::Artifacts {
+        producer: of(i),
+        artifacts: produced.clone(),
+    };
+    s.commit_one(outputs(0), "worker", t0()).await.unwrap();
     // A report re-sent after a reconnect records nothing twice.
-    s.record_artifacts(&of(0), &produced, t0()).await.unwrap();
+    s.commit_one(outputs(0), "worker", t0()).await.unwrap();
     let keys: Vec<String> = produced.iter().map(|a| a.key.clone()).collect();
-    assert_eq!(
-        s.record_artifact_inputs(&of(1), &keys, t0()).await.unwrap(),
-        2
-    );
-    assert_eq!(
-        s.record_artifact_inputs(&of(1), &keys, t0()).await.unwrap(),
-        0
-    );
+    let inputs = |i, keys: &[String]| Write::ArtifactInputs {
+        consumer: of(i),
+        keys: keys.to_vec(),
+    };
+    s.commit_one(inputs(1, &keys), "worker", t0())
+        .await
+        .unwrap();
+    s.commit_one(inputs(1, &keys), "worker", t0())
+        .await
+        .unwrap();
+    // A key no artifact has links nothing (and fails nothing).
     let only_model = vec![keys[0].clone(), "runs/elsewhere/x/1/out/nope".to_owned()];
-    assert_eq!(
-        s.record_artifact_inputs(&of(2), &only_model, t0())
-            .await
-            .unwrap(),
-        1
-    );
+    s.commit_one(inputs(2, &only_model), "worker", t0())
+        .await
+        .unwrap();
 
     let listed = s.run_artifacts(run.id).await.unwrap();
     assert_eq!(listed.len(), 2, "{listed:#?}");
@@ -82,10 +84,15 @@ pub async fn artifacts_record_producer_and_consumers_once(db: &TestDb) {
 pub async fn an_archived_log_location_is_recorded_on_its_attempt(db: &TestDb) {
     let s = &*db.store;
     let (run, tasks) = seed_run(s, "churn", 1, TaskState::Ready).await;
-    s.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
+    s.assign(&[&tasks[0]], None, "scheduler", t0())
         .await
         .unwrap();
-    s.set_attempt_log_location(tasks[0].id, 1, "s3://b/runs/x/t0000/1/log.txt")
+    let location = |attempt, location: &str| Write::LogLocation {
+        id: tasks[0].id,
+        attempt,
+        location: location.to_owned(),
+    };
+    s.commit_one(location(1, "s3://b/runs/x/t0000/1/log.txt"), "worker", t0())
         .await
         .unwrap();
     let attempts = s.run_attempts(run.id).await.unwrap();
@@ -94,7 +101,7 @@ pub async fn an_archived_log_location_is_recorded_on_its_attempt(db: &TestDb) {
         Some("s3://b/runs/x/t0000/1/log.txt")
     );
     let err = s
-        .set_attempt_log_location(tasks[0].id, 9, "s3://b/none")
+        .commit_one(location(9, "s3://b/none"), "worker", t0())
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");

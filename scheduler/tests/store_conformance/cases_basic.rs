@@ -6,8 +6,8 @@ use serde_json::json;
 use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState, TriggerKind, WorkerState};
 use trainyard_scheduler::store::{
-    Assignment, Backend, ClaimFilter, ConnectOptions, EventEntity, FinishAttempt, NewDagVersion,
-    NewWorker, RunCreation, RunFilter, RunTransition, StoreError, TaskTransition, connect_with,
+    Assignment, Backend, ConnectOptions, EventEntity, FinishAttempt, NewDagVersion, NewWorker,
+    RunCreation, RunFilter, RunTransition, StoreError, TaskTransition, Write, connect_with,
 };
 
 use crate::harness::*;
@@ -417,100 +417,9 @@ pub async fn batch_transitions_are_all_or_nothing(db: &TestDb) {
     assert_eq!(events.iter().filter(|e| e.to_state == "ready").count(), 99);
 }
 
-pub async fn claims_take_highest_priority_then_oldest_ready(db: &TestDb) {
+pub async fn assignments_place_on_gpus_and_a_taken_task_fails_the_batch(db: &TestDb) {
     let s = &*db.store;
-    let version = seed_dag(s, "d").await;
-    let mut r = manual_run("d", version, vec![]);
-    for (name, prio, pool) in [
-        ("low", 0, "default"),
-        ("high", 10, "default"),
-        ("gpu", 5, "gpu"),
-        ("low2", 0, "default"),
-    ] {
-        let mut t = task(name, TaskState::Pending);
-        t.priority = prio;
-        t.pool = pool.to_owned();
-        r.tasks.push(t);
-    }
-    let tasks = match s.create_run(r, "api", t0()).await.unwrap() {
-        RunCreation::Created { tasks, .. } => tasks,
-        other => panic!("{other:?}"),
-    };
-    // low2 becomes ready before low: FIFO among equal priorities.
-    for (i, name) in ["low2", "low", "high", "gpu"].iter().enumerate() {
-        let t = tasks.iter().find(|t| t.task_id.as_str() == *name).unwrap();
-        s.transition_task(
-            TaskTransition::new(t.id, TaskState::Pending, TaskState::Ready, 0),
-            "x",
-            t0() + secs(i as i64),
-        )
-        .await
-        .unwrap();
-    }
-    let ready = s.ready_tasks(&ClaimFilter::default(), 10).await.unwrap();
-    let names: Vec<_> = ready.iter().map(|t| t.task_id.as_str()).collect();
-    assert_eq!(names, ["high", "gpu", "low2", "low"]);
-
-    let gpu_only = ClaimFilter {
-        pools: vec!["gpu".to_owned()],
-        ..Default::default()
-    };
-    let claimed = s
-        .claim_ready(&gpu_only, 10, None, "scheduler", t0() + secs(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        claimed
-            .iter()
-            .map(|c| c.task_id.as_str())
-            .collect::<Vec<_>>(),
-        ["gpu"]
-    );
-    let worker = WorkerId::new();
-    let claimed = s
-        .claim_ready(
-            &ClaimFilter::default(),
-            2,
-            Some(worker),
-            "scheduler",
-            t0() + secs(10),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        claimed
-            .iter()
-            .map(|c| c.task_id.as_str())
-            .collect::<Vec<_>>(),
-        ["high", "low2"]
-    );
-    assert!(
-        claimed
-            .iter()
-            .all(|c| c.attempt == 1 && c.worker_id == Some(worker))
-    );
-    let attempts = s.attempts(claimed[0].id).await.unwrap();
-    assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].id, claimed[0].attempt_id);
-    assert_eq!(
-        s.get_task_instance(claimed[0].id).await.unwrap().state,
-        TaskState::Assigned
-    );
-    let other_dag = ClaimFilter {
-        dag_ids: vec![DagId::new("other")],
-        ..Default::default()
-    };
-    assert!(
-        s.claim_ready(&other_dag, 10, None, "scheduler", t0())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-}
-
-pub async fn assign_tasks_places_on_gpus_and_skips_taken_ones(db: &TestDb) {
-    let s = &*db.store;
-    let (_, tasks) = seed_run(s, "d", 3, TaskState::Ready).await;
+    let (run, tasks) = seed_run(s, "d", 3, TaskState::Ready).await;
     let worker = WorkerId::new();
     let assign = |i: usize, gpus: Vec<u32>| Assignment {
         id: tasks[i].id,
@@ -519,39 +428,67 @@ pub async fn assign_tasks_places_on_gpus_and_skips_taken_ones(db: &TestDb) {
         gpus,
     };
     // Another replica takes task 1 first.
-    let first = s
-        .assign_tasks(&[assign(1, vec![3])], "replica-b", t0())
+    s.commit_one(Write::Assign(vec![assign(1, vec![3])]), "replica-b", t0())
         .await
         .unwrap();
-    assert_eq!(first.len(), 1);
-    let got = s
-        .assign_tasks(
-            &[assign(0, vec![0, 1]), assign(1, vec![2]), assign(2, vec![])],
-            "replica-a",
-            t0(),
-        )
+    // This replica's view is stale: its whole batch fails and writes nothing.
+    let all = vec![assign(0, vec![0, 1]), assign(1, vec![2]), assign(2, vec![])];
+    let err = s
+        .commit_one(Write::Assign(all), "replica-a", t0())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(err.conflict_task(), Some(tasks[1].id), "{err}");
+    for i in [0, 2] {
+        let t = s.get_task_instance(tasks[i].id).await.unwrap();
+        assert_eq!((t.state, t.attempt), (TaskState::Ready, 0));
+        assert!(s.attempts(tasks[i].id).await.unwrap().is_empty());
+    }
+    assert_eq!(s.run_attempts(run.id).await.unwrap().len(), 1);
+
+    // Without the taken task it goes through: attempt 1, one attempt row on
+    // the worker's GPUs, an `assigned` event each.
+    let rest = vec![assign(0, vec![0, 1]), assign(2, vec![])];
+    s.commit_one(Write::Assign(rest), "replica-a", t0())
         .await
         .unwrap();
-    let mut got_ids: Vec<_> = got.iter().map(|c| c.id).collect();
-    got_ids.sort();
-    assert_eq!(got_ids, vec![tasks[0].id, tasks[2].id]);
-    let c0 = got.iter().find(|c| c.id == tasks[0].id).unwrap();
-    assert_eq!(c0.gpus, vec![0, 1]);
-    assert_eq!(s.attempts(tasks[0].id).await.unwrap()[0].gpus, vec![0, 1]);
+    let t = s.get_task_instance(tasks[0].id).await.unwrap();
+    assert_eq!((t.state, t.attempt), (TaskState::Assigned, 1));
+    let attempts = s.attempts(tasks[0].id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (
+            attempts[0].attempt,
+            attempts[0].worker_id,
+            &attempts[0].gpus
+        ),
+        (1, Some(worker), &vec![0, 1])
+    );
     assert_eq!(s.attempts(tasks[1].id).await.unwrap()[0].gpus, vec![3]);
     let held = s.attempts_held_by_worker(worker).await.unwrap();
     assert_eq!(held.len(), 3);
+    let events = s.run_events(run.id, None, 10_000).await.unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.to_state == "assigned").count(),
+        3
+    );
+    // The same assignment again (attempt 0 is gone): refused, nothing written.
+    let err = s
+        .commit_one(Write::Assign(vec![assign(0, vec![0])]), "replica-a", t0())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(s.attempts(tasks[0].id).await.unwrap().len(), 1);
 }
 
 pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
     let s = &*db.store;
     let (run, tasks) = seed_run(s, "d", 1, TaskState::Ready).await;
     let id = tasks[0].id;
-    let c = s
-        .claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
+    s.assign(&[&tasks[0]], None, "scheduler", t0())
         .await
         .unwrap();
-    assert_eq!(c[0].attempt, 1);
+    assert_eq!(s.get_task_instance(id).await.unwrap().attempt, 1);
     s.start_attempt(id, 1, "worker", t0() + secs(1))
         .await
         .unwrap();
@@ -569,10 +506,11 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
     s.finish_attempt(fail, "worker", t0() + secs(2))
         .await
         .unwrap();
-    assert!(s.due_retries(t0() + secs(59), 10).await.unwrap().is_empty());
-    assert_eq!(s.next_retry_time().await.unwrap(), Some(t0() + secs(60)));
-    let due = s.due_retries(t0() + secs(60), 10).await.unwrap();
-    assert_eq!(due.iter().map(|t| t.id).collect::<Vec<_>>(), vec![id]);
+    let waiting = s.get_task_instance(id).await.unwrap();
+    assert_eq!(
+        (waiting.state, waiting.next_retry_at),
+        (TaskState::UpForRetry, Some(t0() + secs(60)))
+    );
     s.transition_task(
         TaskTransition::new(id, TaskState::UpForRetry, TaskState::Ready, 1),
         "scheduler",
@@ -580,17 +518,12 @@ pub async fn retry_flow_and_stale_report_is_fenced_off(db: &TestDb) {
     )
     .await
     .unwrap();
-    let c = s
-        .claim_ready(
-            &ClaimFilter::default(),
-            1,
-            None,
-            "scheduler",
-            t0() + secs(61),
-        )
+    let retry = s.get_task_instance(id).await.unwrap();
+    assert_eq!(retry.next_retry_at, None);
+    s.assign(&[&retry], None, "scheduler", t0() + secs(61))
         .await
         .unwrap();
-    assert_eq!(c[0].attempt, 2);
+    assert_eq!(s.get_task_instance(id).await.unwrap().attempt, 2);
     s.start_attempt(id, 2, "worker", t0() + secs(62))
         .await
         .unwrap();
@@ -678,8 +611,8 @@ pub async fn lost_worker_attempts_become_lost(db: &TestDb) {
     };
     let worker = s.register_worker(w.clone(), t0()).await.unwrap();
     assert_eq!(worker.state, WorkerState::Active);
-    let claimed = s
-        .claim_ready(&ClaimFilter::default(), 2, Some(w.id), "scheduler", t0())
+    let claimed = [&tasks[0], &tasks[1]];
+    s.assign(&claimed, Some(w.id), "scheduler", t0())
         .await
         .unwrap();
     s.start_attempt(claimed[0].id, 1, "worker", t0())
@@ -689,15 +622,20 @@ pub async fn lost_worker_attempts_become_lost(db: &TestDb) {
         s.heartbeat_worker(w.id, t0() + secs(5)).await.unwrap(),
         WorkerState::Active
     );
-    assert!(s.stale_workers(t0() + secs(5)).await.unwrap().is_empty());
-    assert_eq!(s.stale_workers(t0() + secs(6)).await.unwrap().len(), 1);
+    assert_eq!(
+        s.worker(w.id).await.unwrap().last_heartbeat_at,
+        t0() + secs(5)
+    );
+    assert_eq!(s.attempts_held_by_worker(w.id).await.unwrap().len(), 2);
 
-    let lost = s
-        .mark_worker_lost(w.id, "no heartbeat for 30s", t0() + secs(40))
+    let lost = Write::WorkerLost {
+        id: w.id,
+        reason: "no heartbeat for 30s".to_owned(),
+    };
+    s.commit_one(lost, "scheduler", t0() + secs(40))
         .await
         .unwrap();
-    assert_eq!(lost.len(), 2);
-    for c in &claimed {
+    for c in claimed {
         let t = s.get_task_instance(c.id).await.unwrap();
         assert_eq!(t.state, TaskState::Lost);
         assert_eq!(
@@ -740,20 +678,18 @@ pub async fn metrics_are_stored_per_attempt_and_charted_across_runs(db: &TestDb)
     for (i, auc) in [0.81, 0.86, 0.9].iter().enumerate() {
         let (run, tasks) = seed_run(s, "churn", 1, TaskState::Ready).await;
         let id = tasks[0].id;
-        s.claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
+        s.assign(&[&tasks[0]], None, "scheduler", t0())
             .await
             .unwrap();
-        s.record_metrics(
+        let metrics = Write::Metrics {
             id,
-            1,
-            &[
+            attempt: 1,
+            metrics: vec![
                 ("auc".to_owned(), *auc),
                 ("loss".to_owned(), 0.1 * i as f64),
             ],
-            t0(),
-        )
-        .await
-        .unwrap();
+        };
+        s.commit_one(metrics, "worker", t0()).await.unwrap();
         runs.push(run.id);
     }
     let m = s.run_metrics(runs[1]).await.unwrap();
@@ -771,9 +707,11 @@ pub async fn metrics_are_stored_per_attempt_and_charted_across_runs(db: &TestDb)
         vec![(runs[1], 0.86), (runs[2], 0.9)]
     );
     let tasks = s.task_instances(runs[0]).await.unwrap();
-    let err = s
-        .record_metrics(tasks[0].id, 5, &[("auc".to_owned(), 1.0)], t0())
-        .await
-        .unwrap_err();
+    let too_new = Write::Metrics {
+        id: tasks[0].id,
+        attempt: 5,
+        metrics: vec![("auc".to_owned(), 1.0)],
+    };
+    let err = s.commit_one(too_new, "worker", t0()).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
 }

@@ -6,35 +6,61 @@ use std::sync::Arc;
 
 use trainyard_core::ids::RunId;
 use trainyard_core::state::{AttemptOutcome, TaskState};
-use trainyard_scheduler::store::{ClaimFilter, FinishAttempt, RunCreation, StoreError};
+use trainyard_scheduler::store::{Assignment, FinishAttempt, RunCreation, StoreError, Write};
 
 use crate::harness::*;
 
 pub async fn concurrent_claimers_claim_each_task_exactly_once(db: &TestDb) {
     const TASKS: usize = 1_000;
-    let (run, _) = seed_run(&*db.store, "wide", TASKS, TaskState::Ready).await;
+    const CHUNK: usize = 7;
+    let (run, tasks) = seed_run(&*db.store, "wide", TASKS, TaskState::Ready).await;
+    let chunks: Arc<Vec<Vec<Assignment>>> = Arc::new(
+        tasks
+            .chunks(CHUNK)
+            .map(|c| {
+                c.iter()
+                    .map(|t| Assignment {
+                        id: t.id,
+                        attempt: 0,
+                        worker_id: None,
+                        gpus: Vec::new(),
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
     // Eight independent stores (as eight scheduler replicas would be), each
-    // claiming small batches until nothing is left.
+    // assigning every chunk of the same tasks (half of them walking the list
+    // backwards, so they collide) through `Write::Assign`, the engine's claim.
+    // A chunk another replica took (or holds locked) fails whole; a replica
+    // then looks whether it was taken and tries again later if not.
     let mut claimers = Vec::new();
     for i in 0..8 {
         let store = db.replica().await;
+        let chunks = chunks.clone();
         claimers.push(tokio::spawn(async move {
+            let mut order: Vec<usize> = (0..chunks.len()).collect();
+            if i % 2 == 1 {
+                order.reverse();
+            }
+            order.rotate_left(i * chunks.len() / 8);
             let mut mine = Vec::new();
-            loop {
-                let got = store
-                    .claim_ready(
-                        &ClaimFilter::default(),
-                        7,
-                        None,
-                        &format!("replica-{i}"),
-                        t0(),
-                    )
-                    .await
-                    .unwrap();
-                if got.is_empty() {
-                    break;
+            while !order.is_empty() {
+                let mut left = Vec::new();
+                for c in order {
+                    let write = Write::Assign(chunks[c].clone());
+                    match store.commit_one(write, &format!("replica-{i}"), t0()).await {
+                        Ok(()) => mine.extend(chunks[c].iter().map(|a| a.id)),
+                        Err(e) if e.is_conflict() => {
+                            let first = store.get_task_instance(chunks[c][0].id).await.unwrap();
+                            if first.state == TaskState::Ready {
+                                left.push(c);
+                            }
+                        }
+                        Err(e) => panic!("replica-{i}: {e}"),
+                    }
                 }
-                mine.extend(got.into_iter().map(|c| (c.id, c.attempt)));
+                order = left;
             }
             store.close().await;
             mine
@@ -44,7 +70,7 @@ pub async fn concurrent_claimers_claim_each_task_exactly_once(db: &TestDb) {
     for c in claimers {
         all.extend(c.await.unwrap());
     }
-    let unique: HashSet<_> = all.iter().map(|(id, _)| *id).collect();
+    let unique: HashSet<_> = all.iter().collect();
     assert_eq!(
         all.len(),
         TASKS,
@@ -52,8 +78,14 @@ pub async fn concurrent_claimers_claim_each_task_exactly_once(db: &TestDb) {
         all.len()
     );
     assert_eq!(unique.len(), TASKS);
-    assert!(all.iter().all(|(_, attempt)| *attempt == 1));
     let s = &*db.store;
+    assert!(
+        s.task_instances(run.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.attempt == 1)
+    );
     assert_eq!(s.run_attempts(run.id).await.unwrap().len(), TASKS);
     let events = s.run_events(run.id, None, 10_000).await.unwrap();
     assert_eq!(
@@ -73,7 +105,7 @@ pub async fn concurrent_reporters_exactly_one_wins(db: &TestDb) {
     let (run, tasks) = seed_run(&*db.store, "d", 1, TaskState::Ready).await;
     let id = tasks[0].id;
     db.store
-        .claim_ready(&ClaimFilter::default(), 1, None, "scheduler", t0())
+        .assign(&[&tasks[0]], None, "scheduler", t0())
         .await
         .unwrap();
     db.store.start_attempt(id, 1, "worker", t0()).await.unwrap();

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 use trainyard_core::ids::{DagId, RunId, TaskId};
+use trainyard_core::ids::{TaskInstanceId, WorkerId};
+use trainyard_core::state::WorkerState;
 use trainyard_core::state::{RunState, TaskState, TriggerKind};
 use trainyard_scheduler::store::{
-    Backend, ConnectOptions, NewDagVersion, NewRun, NewTaskInstance, Run, RunCreation, Store,
-    TaskInstance, connect_with,
+    Assignment, Backend, ConnectOptions, EngineStore, FinishAttempt, NewDagVersion, NewRun,
+    NewTaskInstance, NewWorker, Result, Run, RunCreation, RunTransition, Store, StoreError,
+    TaskInstance, TaskTransition, Worker, Write, WriteBatch, connect_with,
 };
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -208,3 +211,117 @@ pub async fn seed_run(
         RunCreation::AlreadyExists(r) => panic!("run {} already existed", r.id),
     }
 }
+
+/// The writes the suite makes, each as a one-write [`WriteBatch`] through
+/// [`EngineStore::commit_batch`]: the store has no other way to change a
+/// task, an attempt, a worker or a run's state, so the invariants proven here
+/// are those of the SQL the engine's turns run.
+#[allow(async_fn_in_trait)]
+pub trait Writes: EngineStore {
+    async fn commit_one(&self, write: Write, actor: &str, at: DateTime<Utc>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.push(write, at);
+        self.commit_batch(&batch, actor).await
+    }
+
+    /// A run's compare-and-set, then the run as it is now.
+    async fn transition_run(
+        &self,
+        t: RunTransition,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Run> {
+        let id = t.id;
+        self.commit_one(Write::Run(t), actor, now).await?;
+        self.get_run(id).await
+    }
+
+    async fn transition_task(
+        &self,
+        t: TaskTransition,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.commit_one(Write::Transitions(vec![t]), actor, now)
+            .await
+    }
+
+    async fn transition_tasks(
+        &self,
+        ts: &[TaskTransition],
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.commit_one(Write::Transitions(ts.to_vec()), actor, now)
+            .await
+    }
+
+    /// `ready → assigned` for these tasks at the attempt they were read with.
+    async fn assign(
+        &self,
+        tasks: &[&TaskInstance],
+        worker: Option<WorkerId>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let list = tasks
+            .iter()
+            .map(|t| Assignment {
+                id: t.id,
+                attempt: t.attempt,
+                worker_id: worker,
+                gpus: Vec::new(),
+            })
+            .collect();
+        self.commit_one(Write::Assign(list), actor, now).await
+    }
+
+    async fn start_attempt(
+        &self,
+        id: TaskInstanceId,
+        attempt: i32,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.commit_one(Write::StartAttempt { id, attempt }, actor, now)
+            .await
+    }
+
+    async fn finish_attempt(
+        &self,
+        report: FinishAttempt,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.commit_one(Write::FinishAttempt(report), actor, now)
+            .await
+    }
+
+    /// Registers the worker, then reads it back.
+    async fn register_worker(&self, w: NewWorker, now: DateTime<Utc>) -> Result<Worker> {
+        let id = w.id;
+        self.commit_one(Write::RegisterWorker(w), "test", now)
+            .await?;
+        self.worker(id).await
+    }
+
+    /// Records a heartbeat, then reads the worker's state back.
+    async fn heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState> {
+        self.commit_one(Write::Heartbeat { id }, "test", now)
+            .await?;
+        Ok(self.worker(id).await?.state)
+    }
+
+    async fn worker(&self, id: WorkerId) -> Result<Worker> {
+        self.list_workers()
+            .await?
+            .into_iter()
+            .find(|w| w.id == id)
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "worker",
+                id: id.to_string(),
+            })
+    }
+}
+
+impl<S: EngineStore + ?Sized> Writes for S {}

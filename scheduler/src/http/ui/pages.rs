@@ -19,7 +19,7 @@ use super::{UiError, UiResult, svg};
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::read::{self, DagSummary};
-use crate::store::{Run, RunFilter, Store, TaskInstance};
+use crate::store::{ReadStore, Run, RunFilter, TaskInstance};
 
 type Who = Option<Extension<Caller>>;
 
@@ -99,7 +99,7 @@ pub(super) struct Grid {
 }
 
 pub(super) async fn load_grid(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     spec: Option<&DagSpec>,
     dag: &str,
     limit: u32,
@@ -284,7 +284,7 @@ fn gates(spec: &DagSpec) -> Vec<(String, String, String, f64)> {
 }
 
 async fn metric_charts(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     spec: Option<&DagSpec>,
     dag: &str,
     grid: &Grid,
@@ -443,7 +443,7 @@ pub(super) async fn runs_page(
     Ok(ctx.page("Runs", body))
 }
 
-async fn worker_names(store: &dyn Store) -> UiResult<BTreeMap<WorkerId, String>> {
+async fn worker_names(store: &dyn ReadStore) -> UiResult<BTreeMap<WorkerId, String>> {
     Ok(store
         .list_workers()
         .await

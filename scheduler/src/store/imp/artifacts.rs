@@ -7,20 +7,6 @@
 macro_rules! artifact_impl {
     ($Store:ty, $Db:ty, $rows:ident) => {
         impl $Store {
-            pub(crate) async fn sql_record_artifacts(
-                &self,
-                producer: &AttemptOf,
-                artifacts: &[NewArtifact],
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                if artifacts.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                Self::tx_record_artifacts(&mut tx, producer, artifacts, now).await?;
-                self.commit(tx).await
-            }
-
             /// Records what an attempt produced, inside `tx`.
             pub(crate) async fn tx_record_artifacts(
                 tx: &mut sqlx::Transaction<'static, $Db>,
@@ -61,21 +47,6 @@ macro_rules! artifact_impl {
                     qb.build().execute(&mut **tx).await?;
                 }
                 Ok(())
-            }
-
-            pub(crate) async fn sql_record_artifact_inputs(
-                &self,
-                consumer: &AttemptOf,
-                keys: &[String],
-                now: DateTime<Utc>,
-            ) -> Result<u64> {
-                if keys.is_empty() {
-                    return Ok(0);
-                }
-                let mut tx = self.begin_write().await?;
-                let linked = Self::tx_record_artifact_inputs(&mut tx, consumer, keys, now).await?;
-                self.commit(tx).await?;
-                Ok(linked)
             }
 
             /// Links an attempt to the run's artifacts it consumed, inside `tx`.
@@ -125,24 +96,13 @@ macro_rules! artifact_impl {
                 for r in &rows {
                     let id: i64 = r.try_get("id")?;
                     if out.last().is_none_or(|a| a.id != id) {
-                        out.push($rows::artifact(r)?);
+                        out.push(Rows::<$Db>::artifact(r)?);
                     }
-                    if let (Some(consumer), Some(last)) = ($rows::artifact_consumer(r)?, out.last_mut()) {
+                    if let (Some(consumer), Some(last)) = (Rows::<$Db>::artifact_consumer(r)?, out.last_mut()) {
                         last.consumers.push(consumer);
                     }
                 }
                 Ok(out)
-            }
-
-            pub(crate) async fn sql_set_attempt_log_location(
-                &self,
-                id: TaskInstanceId,
-                attempt: i32,
-                location: &str,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                Self::tx_set_attempt_log_location(&mut tx, id, attempt, location).await?;
-                self.commit(tx).await
             }
 
             /// Where an attempt's archived log lives, inside `tx`.
@@ -175,7 +135,7 @@ use trainyard_core::ids::{RunId, TaskInstanceId};
 
 use super::common;
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{pg, sqlite};
+use crate::store::rows::Rows;
 use crate::store::types::*;
 
 artifact_impl!(crate::store::PgStore, sqlx::Postgres, pg);

@@ -17,20 +17,14 @@ use trainyard_core::state::TaskState;
 use super::common::{self, EventSink, NewEvent};
 use crate::store::Backend;
 use crate::store::error::Result;
-use crate::store::rows::{TI_COLS, pg, sqlite};
+use crate::store::rows::{Rows, TI_COLS};
 use crate::store::types::*;
-
-/// What the claim picks: the generic "best N ready" or an explicit list.
-enum Pick<'a> {
-    Best { filter: &'a ClaimFilter, limit: i64 },
-    Exactly(&'a [Assignment]),
-}
 
 /// Pushes the claim statement for `backend`; `RETURNING` gives the claimed rows.
 fn push_claim<'a, DB: sqlx::Database>(
     qb: &mut QueryBuilder<'a, DB>,
     backend: Backend,
-    pick: &Pick<'a>,
+    list: &'a [Assignment],
     now: DateTime<Utc>,
 ) where
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -40,45 +34,21 @@ fn push_claim<'a, DB: sqlx::Database>(
 {
     let push_candidates = |qb: &mut QueryBuilder<'a, DB>| {
         qb.push("SELECT id FROM task_instances WHERE state = 'ready'");
-        match pick {
-            Pick::Best { filter, limit } => {
-                if !filter.pools.is_empty() {
-                    qb.push(" AND pool IN (");
-                    let mut s = qb.separated(", ");
-                    for p in &filter.pools {
-                        s.push_bind(p.clone());
-                    }
-                    qb.push(")");
-                }
-                if !filter.dag_ids.is_empty() {
-                    qb.push(" AND dag_id IN (");
-                    let mut s = qb.separated(", ");
-                    for d in &filter.dag_ids {
-                        s.push_bind(d.as_str().to_owned());
-                    }
-                    qb.push(")");
-                }
-                qb.push(" ORDER BY priority DESC, ready_at, id LIMIT ")
-                    .push_bind(*limit);
-            }
-            Pick::Exactly(list) => {
-                qb.push(" AND id IN (");
-                let mut s = qb.separated(", ");
-                for a in list.iter() {
-                    s.push_bind(a.id.get());
-                }
-                qb.push(") AND (id, attempt) IN (VALUES ");
-                let mut s = qb.separated(", ");
-                for a in list.iter() {
-                    s.push("(");
-                    s.push_bind_unseparated(a.id.get());
-                    s.push_unseparated(", ");
-                    s.push_bind_unseparated(a.attempt);
-                    s.push_unseparated(")");
-                }
-                qb.push(")");
-            }
+        qb.push(" AND id IN (");
+        let mut s = qb.separated(", ");
+        for a in list.iter() {
+            s.push_bind(a.id.get());
         }
+        qb.push(") AND (id, attempt) IN (VALUES ");
+        let mut s = qb.separated(", ");
+        for a in list.iter() {
+            s.push("(");
+            s.push_bind_unseparated(a.id.get());
+            s.push_unseparated(", ");
+            s.push_bind_unseparated(a.attempt);
+            s.push_unseparated(")");
+        }
+        qb.push(")");
     };
     let returning = TI_COLS
         .split(", ")
@@ -112,52 +82,30 @@ fn push_claim<'a, DB: sqlx::Database>(
 macro_rules! claim_impl {
     ($Store:ty, $Db:ty, $rows:ident) => {
         impl $Store {
-            async fn claim(
-                &self,
-                pick: Pick<'_>,
-                worker_id: Option<WorkerId>,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Vec<ClaimedTask>> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                let claimed =
-                    Self::tx_claim(&mut tx, &mut sink, self.backend_kind(), pick, worker_id, actor, now).await?;
-                if !claimed.is_empty() {
-                    Self::insert_sink(&mut tx, sink).await?;
-                    self.commit(tx).await?;
-                }
-                Ok(claimed)
-            }
-
             /// The claim inside `tx` (nothing is written when nothing matched).
             #[allow(clippy::too_many_arguments)]
             async fn tx_claim(
                 tx: &mut sqlx::Transaction<'static, $Db>,
                 sink: &mut EventSink,
                 backend: Backend,
-                pick: Pick<'_>,
-                worker_id: Option<WorkerId>,
+                list: &[Assignment],
                 actor: &str,
                 now: DateTime<Utc>,
             ) -> Result<Vec<ClaimedTask>> {
-                let placements: HashMap<i64, (Option<WorkerId>, Vec<u32>)> = match &pick {
-                    Pick::Exactly(list) => list
-                        .iter()
-                        .map(|a| (a.id.get(), (a.worker_id, a.gpus.clone())))
-                        .collect(),
-                    Pick::Best { .. } => HashMap::new(),
-                };
+                let placements: HashMap<i64, (Option<WorkerId>, Vec<u32>)> = list
+                    .iter()
+                    .map(|a| (a.id.get(), (a.worker_id, a.gpus.clone())))
+                    .collect();
                 let mut qb = QueryBuilder::<$Db>::new("");
-                push_claim(&mut qb, backend, &pick, now);
+                push_claim(&mut qb, backend, list, now);
                 let rows = qb.build().fetch_all(&mut **tx).await?;
-                let mut tasks = rows.iter().map($rows::task).collect::<Result<Vec<_>>>()?;
+                let mut tasks = rows.iter().map(Rows::<$Db>::task).collect::<Result<Vec<_>>>()?;
                 if tasks.is_empty() {
                     return Ok(Vec::new());
                 }
                 tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
                 let place = |t: &TaskInstance| {
-                    placements.get(&t.id.get()).cloned().unwrap_or((worker_id, Vec::new()))
+                    placements.get(&t.id.get()).cloned().unwrap_or((None, Vec::new()))
                 };
                 let mut attempt_ids = HashMap::with_capacity(tasks.len());
                 for chunk in tasks.chunks(common::CHUNK) {
@@ -213,18 +161,6 @@ macro_rules! claim_impl {
                     .collect())
             }
 
-            pub(crate) async fn sql_claim_ready(
-                &self,
-                filter: &ClaimFilter,
-                limit: u32,
-                worker_id: Option<WorkerId>,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Vec<ClaimedTask>> {
-                let pick = Pick::Best { filter, limit: common::clamp_limit(limit) };
-                self.claim(pick, worker_id, actor, now).await
-            }
-
             /// Claims exactly these assignments inside `tx`; fewer rows than asked
             /// is a conflict (the engine's memory and the store disagree).
             pub(crate) async fn tx_assign_exactly(
@@ -236,7 +172,7 @@ macro_rules! claim_impl {
                 now: DateTime<Utc>,
             ) -> Result<()> {
                 for chunk in assignments.chunks(common::CHUNK) {
-                    let claimed = Self::tx_claim(tx, sink, backend, Pick::Exactly(chunk), None, actor, now).await?;
+                    let claimed = Self::tx_claim(tx, sink, backend, chunk, actor, now).await?;
                     if claimed.len() < chunk.len() {
                         let missed = chunk
                             .iter()
@@ -251,43 +187,6 @@ macro_rules! claim_impl {
                 Ok(())
             }
 
-            pub(crate) async fn sql_assign_tasks(
-                &self,
-                assignments: &[Assignment],
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Vec<ClaimedTask>> {
-                let mut out = Vec::with_capacity(assignments.len());
-                for chunk in assignments.chunks(common::CHUNK) {
-                    out.extend(self.claim(Pick::Exactly(chunk), None, actor, now).await?);
-                }
-                Ok(out)
-            }
-
-            pub(crate) async fn sql_ready_tasks(&self, filter: &ClaimFilter, limit: u32) -> Result<Vec<TaskInstance>> {
-                let mut qb = QueryBuilder::<$Db>::new(format!(
-                    "SELECT {TI_COLS} FROM task_instances WHERE state = 'ready'"
-                ));
-                if !filter.pools.is_empty() {
-                    qb.push(" AND pool IN (");
-                    let mut s = qb.separated(", ");
-                    for p in &filter.pools {
-                        s.push_bind(p.clone());
-                    }
-                    qb.push(")");
-                }
-                if !filter.dag_ids.is_empty() {
-                    qb.push(" AND dag_id IN (");
-                    let mut s = qb.separated(", ");
-                    for d in &filter.dag_ids {
-                        s.push_bind(d.as_str().to_owned());
-                    }
-                    qb.push(")");
-                }
-                qb.push(" ORDER BY priority DESC, ready_at, id LIMIT ").push_bind(common::clamp_limit(limit));
-                let rows = qb.build().fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::task).collect()
-            }
         }
     };
 }

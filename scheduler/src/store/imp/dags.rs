@@ -126,7 +126,7 @@ macro_rules! dag_impl {
             pub(crate) async fn sql_get_dag(&self, dag_id: &DagId) -> Result<Dag> {
                 let sql = format!("SELECT {DAG_COLS} FROM dags WHERE id = $1");
                 match sqlx::query(&sql).bind(dag_id.as_str()).fetch_optional(self.read_pool()).await? {
-                    Some(r) => $rows::dag(&r),
+                    Some(r) => Rows::<$Db>::dag(&r),
                     None => Err(StoreError::not_found("dag", dag_id)),
                 }
             }
@@ -134,7 +134,7 @@ macro_rules! dag_impl {
             pub(crate) async fn sql_list_dags(&self) -> Result<Vec<Dag>> {
                 let sql = format!("SELECT {DAG_COLS} FROM dags ORDER BY id");
                 let rows = sqlx::query(&sql).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::dag).collect()
+                rows.iter().map(Rows::<$Db>::dag).collect()
             }
 
             pub(crate) async fn sql_get_dag_version(&self, id: DagVersionId) -> Result<DagVersion> {
@@ -145,7 +145,7 @@ macro_rules! dag_impl {
                 .fetch_optional(self.read_pool())
                 .await?;
                 match row {
-                    Some(r) => $rows::dag_version(&r),
+                    Some(r) => Rows::<$Db>::dag_version(&r),
                     None => Err(StoreError::not_found("dag version", id)),
                 }
             }
@@ -159,7 +159,7 @@ use trainyard_core::ids::{DagId, DagVersionId};
 
 use crate::store::Wakeup;
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{DAG_COLS, pg, sqlite};
+use crate::store::rows::{DAG_COLS, Rows};
 use crate::store::types::*;
 
 dag_impl!(crate::store::PgStore, sqlx::Postgres, pg);

@@ -52,11 +52,11 @@ macro_rules! run_impl {
                         .fetch_optional(&mut *tx)
                         .await?;
                     return match existing {
-                        Some(r) => Ok(RunCreation::AlreadyExists($rows::run(&r)?)),
+                        Some(r) => Ok(RunCreation::AlreadyExists(Rows::<$Db>::run(&r)?)),
                         None => Err(StoreError::InvalidArgument(format!("run id {} already exists", run.id))),
                     };
                 };
-                let created = $rows::run(&row)?;
+                let created = Rows::<$Db>::run(&row)?;
                 let mut tasks = Vec::with_capacity(run.tasks.len());
                 for chunk in run.tasks.chunks(common::CHUNK) {
                     let mut qb = QueryBuilder::<$Db>::new(
@@ -79,7 +79,7 @@ macro_rules! run_impl {
                     });
                     qb.push(" RETURNING ").push(TI_COLS);
                     for r in qb.build().fetch_all(&mut *tx).await? {
-                        tasks.push($rows::task(&r)?);
+                        tasks.push(Rows::<$Db>::task(&r)?);
                     }
                 }
                 tasks.sort_by_key(|t| t.id);
@@ -104,7 +104,7 @@ macro_rules! run_impl {
             pub(crate) async fn sql_get_run(&self, id: RunId) -> Result<Run> {
                 let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = $1");
                 match sqlx::query(&sql).bind(id.as_uuid()).fetch_optional(self.read_pool()).await? {
-                    Some(r) => $rows::run(&r),
+                    Some(r) => Rows::<$Db>::run(&r),
                     None => Err(StoreError::not_found("run", id)),
                 }
             }
@@ -129,7 +129,7 @@ macro_rules! run_impl {
                 // One extra row tells whether another page exists.
                 qb.push(" ORDER BY id DESC LIMIT ").push_bind(limit + 1);
                 let rows = qb.build().fetch_all(self.read_pool()).await?;
-                let mut runs = rows.iter().map($rows::run).collect::<Result<Vec<_>>>()?;
+                let mut runs = rows.iter().map(Rows::<$Db>::run).collect::<Result<Vec<_>>>()?;
                 let more = runs.len() as i64 > limit;
                 runs.truncate(limit as usize);
                 let next_cursor = if more { runs.last().map(|r| r.id) } else { None };
@@ -139,21 +139,7 @@ macro_rules! run_impl {
             pub(crate) async fn sql_active_runs(&self) -> Result<Vec<Run>> {
                 let sql = format!("SELECT {RUN_COLS} FROM runs WHERE state IN ('queued', 'running') ORDER BY id");
                 let rows = sqlx::query(&sql).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::run).collect()
-            }
-
-            pub(crate) async fn sql_transition_run(
-                &self,
-                t: RunTransition,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Run> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                let run = Self::tx_transition_run(&mut tx, &mut sink, &t, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await?;
-                Ok(run)
+                rows.iter().map(Rows::<$Db>::run).collect()
             }
 
             /// CAS on one run's state inside `tx`, with its event row.
@@ -196,7 +182,7 @@ macro_rules! run_impl {
                         None => Err(StoreError::not_found("run", t.id)),
                     };
                 };
-                let run = $rows::run(&row)?;
+                let run = Rows::<$Db>::run(&row)?;
                 let event = NewEvent {
                     run_id: t.id,
                     entity: EventEntity::Run,
@@ -216,7 +202,7 @@ macro_rules! run_impl {
                     "SELECT {RUN_COLS} FROM runs WHERE dag_id = $1 AND state = 'success' ORDER BY id DESC LIMIT 1"
                 );
                 let row = sqlx::query(&sql).bind(dag_id.as_str()).fetch_optional(self.read_pool()).await?;
-                row.as_ref().map($rows::run).transpose()
+                row.as_ref().map(Rows::<$Db>::run).transpose()
             }
 
             pub(crate) async fn sql_last_scheduled_logical_date(
@@ -246,7 +232,7 @@ macro_rules! run_impl {
                     .bind(common::clamp_limit(limit))
                     .fetch_all(self.read_pool())
                     .await?;
-                rows.iter().map($rows::event).collect()
+                rows.iter().map(Rows::<$Db>::event).collect()
             }
         }
     };
@@ -263,7 +249,7 @@ use trainyard_core::state::{RunState, TaskState, TriggerKind};
 use super::common::{self, EventSink, NewEvent};
 use crate::store::Wakeup;
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{EVENT_COLS, RUN_COLS, TI_COLS, parse, pg, sqlite};
+use crate::store::rows::{EVENT_COLS, RUN_COLS, Rows, TI_COLS, parse};
 use crate::store::types::*;
 
 /// Refuses a run the schema would refuse, with a message that says why.

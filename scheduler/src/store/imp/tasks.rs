@@ -157,37 +157,6 @@ macro_rules! task_impl {
                 decoded.unwrap_or_else(|e| e)
             }
 
-            pub(crate) async fn sql_transition_tasks(
-                &self,
-                transitions: &[TaskTransition],
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                common::validate(transitions, false)?;
-                if transitions.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                Self::apply_transitions(&mut tx, &mut sink, transitions, OnConflict::Fail, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
-            }
-
-            pub(crate) async fn sql_start_attempt(
-                &self,
-                id: TaskInstanceId,
-                attempt: i32,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                Self::tx_start_attempt(&mut tx, &mut sink, id, attempt, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
-            }
-
             /// `assigned → running` for one attempt, inside `tx`.
             pub(crate) async fn tx_start_attempt(
                 tx: &mut sqlx::Transaction<'static, $Db>,
@@ -208,19 +177,6 @@ macro_rules! task_impl {
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
-            }
-
-            pub(crate) async fn sql_finish_attempt(
-                &self,
-                report: FinishAttempt,
-                actor: &str,
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                Self::tx_finish_attempt(&mut tx, &mut sink, &report, actor, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
             }
 
             /// Ends one attempt and moves its task, fenced on (from, attempt), inside `tx`.
@@ -343,7 +299,7 @@ macro_rules! task_impl {
                 let sql = format!("SELECT {TI_COLS} FROM task_instances WHERE id = $1");
                 let row = sqlx::query(&sql).bind(id.get()).fetch_optional(self.read_pool()).await?;
                 match row {
-                    Some(r) => $rows::task(&r),
+                    Some(r) => Rows::<$Db>::task(&r),
                     None => Err(StoreError::not_found("task instance", id)),
                 }
             }
@@ -351,7 +307,7 @@ macro_rules! task_impl {
             pub(crate) async fn sql_task_instances(&self, run_id: RunId) -> Result<Vec<TaskInstance>> {
                 let sql = format!("SELECT {TI_COLS} FROM task_instances WHERE run_id = $1 ORDER BY id");
                 let rows = sqlx::query(&sql).bind(run_id.as_uuid()).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::task).collect()
+                rows.iter().map(Rows::<$Db>::task).collect()
             }
 
             pub(crate) async fn sql_task_instances_in_state(
@@ -367,42 +323,19 @@ macro_rules! task_impl {
                     .bind(common::clamp_limit(limit))
                     .fetch_all(self.read_pool())
                     .await?;
-                rows.iter().map($rows::task).collect()
-            }
-
-            pub(crate) async fn sql_due_retries(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<TaskInstance>> {
-                let sql = format!(
-                    "SELECT {TI_COLS} FROM task_instances WHERE state = 'up_for_retry' \
-                     AND next_retry_at <= $1 ORDER BY next_retry_at, id LIMIT $2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(now)
-                    .bind(common::clamp_limit(limit))
-                    .fetch_all(self.read_pool())
-                    .await?;
-                rows.iter().map($rows::task).collect()
-            }
-
-            pub(crate) async fn sql_next_retry_time(&self) -> Result<Option<DateTime<Utc>>> {
-                Ok(sqlx::query_scalar(
-                    "SELECT next_retry_at FROM task_instances WHERE state = 'up_for_retry' \
-                     ORDER BY next_retry_at LIMIT 1",
-                )
-                .fetch_optional(self.read_pool())
-                .await?
-                .flatten())
+                rows.iter().map(Rows::<$Db>::task).collect()
             }
 
             pub(crate) async fn sql_attempts(&self, id: TaskInstanceId) -> Result<Vec<Attempt>> {
                 let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE task_instance_id = $1 ORDER BY attempt");
                 let rows = sqlx::query(&sql).bind(id.get()).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::attempt).collect()
+                rows.iter().map(Rows::<$Db>::attempt).collect()
             }
 
             pub(crate) async fn sql_run_attempts(&self, run_id: RunId) -> Result<Vec<Attempt>> {
                 let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE run_id = $1 ORDER BY id");
                 let rows = sqlx::query(&sql).bind(run_id.as_uuid()).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::attempt).collect()
+                rows.iter().map(Rows::<$Db>::attempt).collect()
             }
 
             pub(crate) async fn sql_attempts_held_by_worker(&self, worker_id: WorkerId) -> Result<Vec<HeldAttempt>> {
@@ -410,7 +343,7 @@ macro_rules! task_impl {
                     .bind(worker_id.as_uuid())
                     .fetch_all(self.read_pool())
                     .await?;
-                rows.iter().map($rows::held).collect()
+                rows.iter().map(Rows::<$Db>::held).collect()
             }
         }
     };
@@ -424,7 +357,7 @@ use uuid::Uuid;
 
 use super::common::{self, EventSink, NewEvent, OnConflict};
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{ATTEMPT_COLS, TI_COLS, parse, pg, sqlite};
+use crate::store::rows::{ATTEMPT_COLS, Rows, TI_COLS, parse};
 use crate::store::types::*;
 
 task_impl!(crate::store::PgStore, sqlx::Postgres, pg);

@@ -4,13 +4,6 @@
 macro_rules! worker_impl {
     ($Store:ty, $Db:ty, $rows:ident) => {
         impl $Store {
-            pub(crate) async fn sql_register_worker(&self, w: NewWorker, now: DateTime<Utc>) -> Result<Worker> {
-                let mut tx = self.begin_write().await?;
-                let worker = Self::tx_register_worker(&mut tx, &w, now).await?;
-                self.commit(tx).await?;
-                Ok(worker)
-            }
-
             /// Inserts or re-registers a worker inside `tx`.
             pub(crate) async fn tx_register_worker(
                 tx: &mut sqlx::Transaction<'static, $Db>,
@@ -34,15 +27,8 @@ macro_rules! worker_impl {
                     .bind(now)
                     .fetch_one(&mut **tx)
                     .await?;
-                let worker = $rows::worker(&row)?;
+                let worker = Rows::<$Db>::worker(&row)?;
                 Ok(worker)
-            }
-
-            pub(crate) async fn sql_heartbeat_worker(&self, id: WorkerId, now: DateTime<Utc>) -> Result<WorkerState> {
-                let mut tx = self.begin_write().await?;
-                let state = Self::tx_heartbeat_worker(&mut tx, id, now).await?;
-                self.commit(tx).await?;
-                Ok(state)
             }
 
             /// Records a heartbeat time inside `tx`.
@@ -64,12 +50,6 @@ macro_rules! worker_impl {
                 }
             }
 
-            pub(crate) async fn sql_set_worker_state(&self, id: WorkerId, state: WorkerState, now: DateTime<Utc>) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                Self::tx_set_worker_state(&mut tx, id, state, now).await?;
-                self.commit(tx).await
-            }
-
             pub(crate) async fn tx_set_worker_state(
                 tx: &mut sqlx::Transaction<'static, $Db>,
                 id: WorkerId,
@@ -86,20 +66,6 @@ macro_rules! worker_impl {
                     return Err(StoreError::not_found("worker", id));
                 }
                 Ok(())
-            }
-
-            pub(crate) async fn sql_mark_worker_lost(
-                &self,
-                id: WorkerId,
-                reason: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Vec<HeldAttempt>> {
-                let mut tx = self.begin_write().await?;
-                let mut sink = common::EventSink::default();
-                let lost = Self::tx_mark_worker_lost(&mut tx, &mut sink, id, reason, now).await?;
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await?;
-                Ok(lost)
             }
 
             /// Marks a worker lost and its held attempts `lost`, inside `tx`.
@@ -122,7 +88,7 @@ macro_rules! worker_impl {
                     .bind(id.as_uuid())
                     .fetch_all(&mut **tx)
                     .await?;
-                let held = rows.iter().map($rows::held).collect::<Result<Vec<_>>>()?;
+                let held = rows.iter().map(Rows::<$Db>::held).collect::<Result<Vec<_>>>()?;
                 let transitions: Vec<TaskTransition> = held
                     .iter()
                     .map(|h| {
@@ -143,31 +109,7 @@ macro_rules! worker_impl {
             pub(crate) async fn sql_list_workers(&self) -> Result<Vec<Worker>> {
                 let sql = format!("SELECT {WORKER_COLS} FROM workers ORDER BY name, id");
                 let rows = sqlx::query(&sql).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::worker).collect()
-            }
-
-            pub(crate) async fn sql_stale_workers(&self, cutoff: DateTime<Utc>) -> Result<Vec<Worker>> {
-                let sql = format!(
-                    "SELECT {WORKER_COLS} FROM workers WHERE state IN ('active', 'draining') \
-                     AND last_heartbeat_at < $1 ORDER BY last_heartbeat_at"
-                );
-                let rows = sqlx::query(&sql).bind(cutoff).fetch_all(self.read_pool()).await?;
-                rows.iter().map($rows::worker).collect()
-            }
-
-            pub(crate) async fn sql_record_metrics(
-                &self,
-                id: TaskInstanceId,
-                attempt: i32,
-                metrics: &[(String, f64)],
-                now: DateTime<Utc>,
-            ) -> Result<()> {
-                if metrics.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                Self::tx_record_metrics(&mut tx, id, attempt, metrics, now).await?;
-                self.commit(tx).await
+                rows.iter().map(Rows::<$Db>::worker).collect()
             }
 
             /// Stores one attempt's metrics inside `tx`.
@@ -224,7 +166,7 @@ macro_rules! worker_impl {
                 .bind(run_id.as_uuid())
                 .fetch_all(self.read_pool())
                 .await?;
-                rows.iter().map($rows::metric).collect()
+                rows.iter().map(Rows::<$Db>::metric).collect()
             }
 
             pub(crate) async fn sql_metric_series(
@@ -241,7 +183,7 @@ macro_rules! worker_impl {
                     .bind(common::clamp_limit(limit))
                     .fetch_all(self.read_pool())
                     .await?;
-                let mut points = rows.iter().map($rows::series).collect::<Result<Vec<_>>>()?;
+                let mut points = rows.iter().map(Rows::<$Db>::series).collect::<Result<Vec<_>>>()?;
                 points.reverse();
                 Ok(points)
             }
@@ -258,7 +200,7 @@ use uuid::Uuid;
 
 use super::common::{self, OnConflict};
 use crate::store::error::{Result, StoreError};
-use crate::store::rows::{WORKER_COLS, parse, pg, sqlite};
+use crate::store::rows::{Rows, WORKER_COLS, parse};
 use crate::store::types::*;
 
 worker_impl!(crate::store::PgStore, sqlx::Postgres, pg);
