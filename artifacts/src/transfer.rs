@@ -35,8 +35,21 @@ pub(crate) struct Transferred {
 }
 
 /// Reads up to `chunk_size` bytes; fewer only at end of file.
-async fn read_chunk(file: &mut tokio::fs::File, path: &Path, chunk_size: usize) -> Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(chunk_size);
+///
+/// `expected` is how many bytes the file should still hold: the buffer
+/// starts at that size (and grows if the file grew), so a small file — most
+/// task logs — costs a small allocation rather than a whole chunk (8 MiB by
+/// default, which also made tokio's file reader stage 2 MiB per read).
+async fn read_chunk(
+    file: &mut tokio::fs::File,
+    path: &Path,
+    chunk_size: usize,
+    expected: u64,
+) -> Result<Bytes> {
+    let capacity = usize::try_from(expected.saturating_add(1))
+        .unwrap_or(usize::MAX)
+        .min(chunk_size);
+    let mut buf = BytesMut::with_capacity(capacity);
     while buf.len() < chunk_size {
         let remaining = (chunk_size - buf.len()) as u64;
         let n = (&mut *file)
@@ -64,8 +77,13 @@ pub(crate) async fn upload_file(
         .await
         .map_err(|e| Error::io(local_file, e))?;
     let mut hasher = Sha256::new();
+    // A size hint only: a file that grows meanwhile is still read to its end.
+    let expected = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(_) => chunk_size as u64,
+    };
 
-    let first = read_chunk(&mut file, local_file, chunk_size).await?;
+    let first = read_chunk(&mut file, local_file, chunk_size, expected).await?;
     hasher.update(&first);
     let mut size = first.len() as u64;
 
@@ -87,6 +105,7 @@ pub(crate) async fn upload_file(
             local_file,
             uri,
             chunk_size,
+            expected.saturating_sub(size),
             &mut hasher,
         )
         .await;
@@ -115,6 +134,7 @@ async fn stream_rest(
     local_file: &Path,
     uri: &str,
     chunk_size: usize,
+    expected: u64,
     hasher: &mut Sha256,
 ) -> Result<u64> {
     let mut size = 0u64;
@@ -123,7 +143,7 @@ async fn stream_rest(
             .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
             .await
             .map_err(|e| Error::store(uri, e))?;
-        let chunk = read_chunk(file, local_file, chunk_size).await?;
+        let chunk = read_chunk(file, local_file, chunk_size, expected.saturating_sub(size)).await?;
         if chunk.is_empty() {
             return Ok(size);
         }
