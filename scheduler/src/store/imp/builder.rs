@@ -155,3 +155,79 @@ impl<'q, DB: Database> Separated<'_, 'q, DB> {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Arguments, Database, Encode, Postgres, QueryBuilder, Sqlite, Type};
+
+    use super::SqlBuilder;
+
+    /// The same statement through `SqlBuilder` and sqlx's `QueryBuilder`:
+    /// (ours, theirs, our argument count), using every call the store uses.
+    fn both<DB: Database>() -> (String, String, usize)
+    where
+        for<'q> i64: Encode<'q, DB> + Type<DB>,
+        for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    {
+        let rows = [(1_i64, "a"), (2, "b"), (3, "c")];
+        let mut ours = SqlBuilder::<DB>::new("INSERT INTO t (x, y) ");
+        let mut theirs = QueryBuilder::<DB>::new("INSERT INTO t (x, y) ");
+        ours.push_values(&rows, |mut b, (x, y)| {
+            b.push_bind(*x).push_bind(*y);
+        });
+        theirs.push_values(&rows, |mut b, (x, y)| {
+            b.push_bind(*x).push_bind(*y);
+        });
+        ours.push(" WHERE x IN (");
+        theirs.push(" WHERE x IN (");
+        let mut s = ours.separated(", ");
+        for (x, _) in &rows {
+            s.push_bind(*x);
+        }
+        let mut s = theirs.separated(", ");
+        for (x, _) in &rows {
+            s.push_bind(*x);
+        }
+        ours.push(") AND (x, y) IN (VALUES ");
+        theirs.push(") AND (x, y) IN (VALUES ");
+        let mut s = ours.separated(", ");
+        for (x, y) in &rows {
+            s.push("(");
+            s.push_bind_unseparated(*x);
+            s.push_unseparated(", ");
+            s.push_bind_unseparated(*y);
+            s.push_unseparated(")");
+        }
+        let mut s = theirs.separated(", ");
+        for (x, y) in &rows {
+            s.push("(");
+            s.push_bind_unseparated(*x);
+            s.push_unseparated(", ");
+            s.push_bind_unseparated(*y);
+            s.push_unseparated(")");
+        }
+        ours.push(")");
+        theirs.push(")");
+        let (sql, args) = ours.finish().expect("every value encodes");
+        (sql, theirs.sql().to_owned(), args.len())
+    }
+
+    #[test]
+    fn writes_the_same_text_as_query_builder_on_postgres() {
+        let (ours, theirs, args) = both::<Postgres>();
+        assert_eq!(ours, theirs);
+        assert!(
+            ours.contains("VALUES ($1, $2), ($3, $4), ($5, $6)"),
+            "{ours}"
+        );
+        assert_eq!(args, 15);
+    }
+
+    #[test]
+    fn writes_the_same_text_as_query_builder_on_sqlite() {
+        let (ours, theirs, args) = both::<Sqlite>();
+        assert_eq!(ours, theirs);
+        assert!(ours.contains("VALUES (?, ?), (?, ?), (?, ?)"), "{ours}");
+        assert_eq!(args, 15);
+    }
+}
