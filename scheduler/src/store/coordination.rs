@@ -11,13 +11,13 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener, PgPoolOptions};
-use sqlx::{Connection, Postgres, Sqlite, Transaction};
 use trainyard_core::ids::{DagId, RunId};
 
+use super::ConnectOptions;
 use super::error::{Result, StoreError};
 use super::postgres::connect_options;
-use super::{ConnectOptions, PgStore, SqliteStore};
 
 /// The `LISTEN`/`NOTIFY` channel of wake-ups.
 pub const WAKEUP_CHANNEL: &str = "trainyard_wakeup";
@@ -57,26 +57,11 @@ impl FromStr for Wakeup {
     }
 }
 
-impl PgStore {
-    /// Queues the wake-up in the transaction: Postgres delivers it at commit
-    /// (and drops it on rollback), so the leader never hears of a run that
-    /// was not written.
-    pub(crate) async fn wake_in(tx: &mut Transaction<'static, Postgres>, w: &Wakeup) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WAKEUP_CHANNEL)
-            .bind(w.to_string())
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-}
-
-impl SqliteStore {
-    /// One process: the engine that matters is this one, told directly.
-    pub(crate) async fn wake_in(_tx: &mut Transaction<'static, Sqlite>, _w: &Wakeup) -> Result<()> {
-        Ok(())
-    }
-}
+/// Queues a wake-up inside a transaction (`$1` the channel, `$2` the
+/// payload): Postgres delivers it at commit and drops it on rollback, so the
+/// leader never hears of a run that was not written. The store runs it from
+/// `SqlStore::wake_in` (`SqlBackend::NOTIFY`).
+pub(crate) const PG_NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// A dedicated connection holding (or trying for) a session-level advisory
 /// lock. The lock lives exactly as long as the connection's session, so a

@@ -50,6 +50,7 @@ use trainyard_core::state::TaskState;
 
 pub use coordination::{LeaderLock, ListenEvent, WAKEUP_CHANNEL, Wakeup, WakeupListener};
 pub use error::{Result, StoreError};
+pub use imp::SqlStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::*;

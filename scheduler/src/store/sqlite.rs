@@ -11,27 +11,40 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Sqlite;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
+    SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
 
 use super::error::Result;
-use super::migrations::{check_not_newer, status_of};
-use super::{Backend, ConnectOptions, MigrationStatus};
+use super::imp::{SqlBackend, SqlStore};
+use super::{Backend, ConnectOptions};
 
 pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    /// Exactly one connection: writes are serialised in-process.
-    writer: SqlitePool,
-    /// Read-only connections (the writer itself for in-memory databases, which
-    /// cannot be shared between connections).
-    reader: SqlitePool,
-    /// Committed write transactions (shared by clones).
-    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+/// The embedded backend: [`SqlStore`] on SQLite, a one-connection write
+/// pool and a read pool.
+pub type SqliteStore = SqlStore<Sqlite>;
+
+impl SqlBackend for Sqlite {
+    const KIND: Backend = Backend::Sqlite;
+    /// Takes the write lock up front (see the module doc).
+    const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    /// One process: nobody to wake.
+    const NOTIFY: Option<&'static str> = None;
+    /// A count, read as a `bool` (SQLite integers decode as booleans).
+    const MIGRATIONS_TABLE_EXISTS: &'static str =
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn rows_affected(result: &SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
 }
 
 impl SqliteStore {
@@ -43,11 +56,14 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // Exactly one connection: writes are serialised in-process.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(base.clone())
             .await?;
+        // Read-only connections (the writer itself for in-memory databases,
+        // which cannot be shared between connections).
         let reader = if in_memory {
             writer.clone()
         } else {
@@ -57,96 +73,12 @@ impl SqliteStore {
                 .connect_with(base.read_only(true))
                 .await?
         };
-        let store = Self {
-            writer,
-            reader,
-            committed: Default::default(),
-        };
+        let store = Self::from_pools(writer, Some(reader));
         if options.migrate {
             store.migrate_now().await?;
         } else {
             store.refuse_newer_schema().await?;
         }
         Ok(store)
-    }
-
-    /// The write pool (tests use it for raw checks).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.writer
-    }
-
-    pub(crate) fn backend_kind(&self) -> Backend {
-        Backend::Sqlite
-    }
-
-    pub(crate) fn pool_usage_now(&self) -> super::PoolUsage {
-        let pools = [&self.writer, &self.reader];
-        super::PoolUsage {
-            open: pools.iter().map(|p| p.size()).sum(),
-            idle: pools
-                .iter()
-                .map(|p| u32::try_from(p.num_idle()).unwrap_or(u32::MAX))
-                .sum(),
-            max: pools
-                .iter()
-                .map(|p| p.options().get_max_connections())
-                .sum(),
-        }
-    }
-
-    pub(crate) fn read_pool(&self) -> &SqlitePool {
-        &self.reader
-    }
-
-    /// Commits a write transaction and counts it (`trainyard_store_transactions_total`).
-    pub(crate) async fn commit(&self, tx: Transaction<'static, Sqlite>) -> Result<()> {
-        tx.commit().await?;
-        self.committed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Write transactions committed since the store was opened.
-    pub(crate) fn transactions_committed_now(&self) -> u64 {
-        self.committed.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    async fn applied_versions(&self) -> Result<Vec<i64>> {
-        let exists: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_one(&self.writer)
-        .await?;
-        if exists == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(sqlx::query_scalar(
-            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
-        )
-        .fetch_all(&self.writer)
-        .await?)
-    }
-
-    async fn refuse_newer_schema(&self) -> Result<()> {
-        check_not_newer(&MIGRATOR, &self.applied_versions().await?)
-    }
-
-    pub(crate) async fn migrate_now(&self) -> Result<()> {
-        self.refuse_newer_schema().await?;
-        MIGRATOR.run(&self.writer).await?;
-        Ok(())
-    }
-
-    pub(crate) async fn migration_status_now(&self) -> Result<Vec<MigrationStatus>> {
-        Ok(status_of(&MIGRATOR, &self.applied_versions().await?))
-    }
-
-    pub(crate) async fn close_now(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
     }
 }

@@ -254,8 +254,7 @@ async fn trigger(
                 logical_date: None,
             },
         )
-        .await
-        .map_err(ApiError::from)?;
+        .await?;
     Ok(Redirect::to(&format!("/runs/{run}")).into_response())
 }
 
@@ -268,11 +267,7 @@ async fn set_paused(
 ) -> UiResult<Response> {
     check_csrf(&headers, &form.csrf)?;
     let dag = parse_dag_id(&raw)?;
-    state
-        .control
-        .set_paused(&dag, paused)
-        .await
-        .map_err(ApiError::from)?;
+    state.control.set_paused(&dag, paused).await?;
     Ok(Redirect::to(back(&headers, &format!("/dags/{raw}")).as_str()).into_response())
 }
 
@@ -322,11 +317,7 @@ async fn cancel_run(
 ) -> UiResult<Response> {
     check_csrf(&headers, &form.csrf)?;
     let run = parse_run(&raw)?;
-    state
-        .control
-        .cancel_run(run)
-        .await
-        .map_err(ApiError::from)?;
+    state.control.cancel_run(run).await?;
     Ok(Redirect::to(&format!("/runs/{run}")).into_response())
 }
 
@@ -347,10 +338,6 @@ async fn clear_task(
     check_csrf(&headers, &form.csrf)?;
     let run = parse_run(&raw)?;
     let downstream = form.downstream.as_deref() != Some("false");
-    state
-        .control
-        .clear_task(run, &task, downstream)
-        .await
-        .map_err(ApiError::from)?;
+    state.control.clear_task(run, &task, downstream).await?;
     Ok(Redirect::to(&format!("/runs/{run}")).into_response())
 }

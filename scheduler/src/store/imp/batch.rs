@@ -4,112 +4,18 @@
 //! rolls the whole batch back, so the engine can keep its memory as it was
 //! and try the turn again.
 
-macro_rules! batch_impl {
-    ($Store:ty, $Db:ty) => {
-        impl $Store {
-            pub(crate) async fn sql_commit_batch(
-                &self,
-                batch: &WriteBatch,
-                actor: &str,
-            ) -> Result<()> {
-                if batch.is_empty() {
-                    return Ok(());
-                }
-                let backend = self.backend_kind();
-                let mut tx = self.begin_write().await?;
-                let mut sink = EventSink::default();
-                let fused = fuse_starts(batch);
-                for (i, (write, at)) in batch.writes.iter().enumerate() {
-                    let now = *at;
-                    match write {
-                        Write::StartAttempt { .. } if fused.skip.contains(&i) => {}
-                        Write::StartAttempt { id, attempt } => {
-                            Self::tx_start_attempt(&mut tx, &mut sink, *id, *attempt, actor, now)
-                                .await?;
-                        }
-                        Write::FinishAttempt(report) => match fused.start_of.get(&i) {
-                            Some(started) => {
-                                Self::tx_start_and_finish(
-                                    &mut tx, &mut sink, report, *started, actor, now,
-                                )
-                                .await?;
-                            }
-                            None => {
-                                Self::tx_finish_attempt(&mut tx, &mut sink, report, actor, now)
-                                    .await?;
-                            }
-                        },
-                        Write::Metrics {
-                            id,
-                            attempt,
-                            metrics,
-                        } => {
-                            Self::tx_record_metrics(&mut tx, *id, *attempt, metrics, now).await?;
-                        }
-                        Write::Transitions(ts) => {
-                            common::validate(ts, false)?;
-                            Self::apply_transitions(
-                                &mut tx,
-                                &mut sink,
-                                ts,
-                                OnConflict::Fail,
-                                actor,
-                                now,
-                            )
-                            .await?;
-                        }
-                        Write::Run(t) => {
-                            Self::tx_transition_run(&mut tx, &mut sink, t, actor, now).await?;
-                        }
-                        Write::Assign(list) => {
-                            Self::tx_assign_exactly(&mut tx, &mut sink, backend, list, actor, now)
-                                .await?;
-                        }
-                        Write::RegisterWorker(w) => {
-                            Self::tx_register_worker(&mut tx, w, now).await?;
-                        }
-                        Write::Heartbeat { id } => {
-                            Self::tx_heartbeat_worker(&mut tx, *id, now).await?;
-                        }
-                        Write::WorkerState { id, state } => {
-                            Self::tx_set_worker_state(&mut tx, *id, *state, now).await?;
-                        }
-                        Write::WorkerLost { id, reason } => {
-                            Self::tx_mark_worker_lost(&mut tx, &mut sink, *id, reason, now).await?;
-                        }
-                        Write::Artifacts {
-                            producer,
-                            artifacts,
-                        } => {
-                            Self::tx_record_artifacts(&mut tx, producer, artifacts, now).await?;
-                        }
-                        Write::ArtifactInputs { consumer, keys } => {
-                            Self::tx_record_artifact_inputs(&mut tx, consumer, keys, now).await?;
-                        }
-                        Write::LogLocation {
-                            id,
-                            attempt,
-                            location,
-                        } => {
-                            Self::tx_set_attempt_log_location(&mut tx, *id, *attempt, location)
-                                .await?;
-                        }
-                    }
-                }
-                // Every event of the turn in one insert, then one commit.
-                Self::insert_sink(&mut tx, sink).await?;
-                self.commit(tx).await
-            }
-        }
-    };
-}
-
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::migrate::Migrate;
+use sqlx::types::Json;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Type};
 use trainyard_core::ids::TaskInstanceId;
+use uuid::Uuid;
 
 use super::common::{self, EventSink, OnConflict};
+use super::{SqlBackend, SqlStore};
 use crate::store::error::Result;
 use crate::store::types::{Write, WriteBatch};
 
@@ -156,5 +62,105 @@ fn fuse_starts(batch: &WriteBatch) -> Fused {
     fused
 }
 
-batch_impl!(crate::store::PgStore, sqlx::Postgres);
-batch_impl!(crate::store::SqliteStore, sqlx::Sqlite);
+impl<DB> SqlStore<DB>
+where
+    DB: SqlBackend,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<Vec<u32>>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+{
+    pub(crate) async fn sql_commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut sink = EventSink::default();
+        let fused = fuse_starts(batch);
+        for (i, (write, at)) in batch.writes.iter().enumerate() {
+            let now = *at;
+            match write {
+                Write::StartAttempt { .. } if fused.skip.contains(&i) => {}
+                Write::StartAttempt { id, attempt } => {
+                    Self::tx_start_attempt(&mut tx, &mut sink, *id, *attempt, actor, now).await?;
+                }
+                Write::FinishAttempt(report) => match fused.start_of.get(&i) {
+                    Some(started) => {
+                        Self::tx_start_and_finish(&mut tx, &mut sink, report, *started, actor, now)
+                            .await?;
+                    }
+                    None => {
+                        Self::tx_finish_attempt(&mut tx, &mut sink, report, actor, now).await?;
+                    }
+                },
+                Write::Metrics {
+                    id,
+                    attempt,
+                    metrics,
+                } => {
+                    Self::tx_record_metrics(&mut tx, *id, *attempt, metrics, now).await?;
+                }
+                Write::Transitions(ts) => {
+                    common::validate(ts, false)?;
+                    Self::apply_transitions(&mut tx, &mut sink, ts, OnConflict::Fail, actor, now)
+                        .await?;
+                }
+                Write::Run(t) => {
+                    Self::tx_transition_run(&mut tx, &mut sink, t, actor, now).await?;
+                }
+                Write::Assign(list) => {
+                    Self::tx_assign_exactly(&mut tx, &mut sink, list, actor, now).await?;
+                }
+                Write::RegisterWorker(w) => {
+                    Self::tx_register_worker(&mut tx, w, now).await?;
+                }
+                Write::Heartbeat { id } => {
+                    Self::tx_heartbeat_worker(&mut tx, *id, now).await?;
+                }
+                Write::WorkerState { id, state } => {
+                    Self::tx_set_worker_state(&mut tx, *id, *state, now).await?;
+                }
+                Write::WorkerLost { id, reason } => {
+                    Self::tx_mark_worker_lost(&mut tx, &mut sink, *id, reason, now).await?;
+                }
+                Write::Artifacts {
+                    producer,
+                    artifacts,
+                } => {
+                    Self::tx_record_artifacts(&mut tx, producer, artifacts, now).await?;
+                }
+                Write::ArtifactInputs { consumer, keys } => {
+                    Self::tx_record_artifact_inputs(&mut tx, consumer, keys, now).await?;
+                }
+                Write::LogLocation {
+                    id,
+                    attempt,
+                    location,
+                } => {
+                    Self::tx_set_attempt_log_location(&mut tx, *id, *attempt, location).await?;
+                }
+            }
+        }
+        // Every event of the turn in one insert, then one commit.
+        Self::insert_sink(&mut tx, sink).await?;
+        self.commit(tx).await
+    }
+}

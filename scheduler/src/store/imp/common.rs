@@ -4,9 +4,16 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::migrate::Migrate;
+use sqlx::types::Json;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Transaction, Type};
 use trainyard_core::ids::{RunId, TaskId, TaskInstanceId};
 use trainyard_core::state::{AttemptOutcome, TaskState};
+use uuid::Uuid;
 
+use super::builder::SqlBuilder;
+use super::{SqlBackend, SqlStore};
 use crate::store::error::{Result, StoreError};
 use crate::store::types::{EventEntity, TaskTransition};
 
@@ -135,50 +142,69 @@ pub(crate) fn group(transitions: &[TaskTransition]) -> Vec<Vec<&TaskTransition>>
     groups.into_iter().map(|(_, g)| g).collect()
 }
 
-macro_rules! common_impl {
-    ($Store:ty, $Db:ty, $rows:ident) => {
-        impl $Store {
-            /// Appends events in one multi-row insert per chunk.
-            pub(crate) async fn insert_events(
-                tx: &mut sqlx::Transaction<'static, $Db>,
-                events: &[crate::store::imp::common::NewEvent],
-                actor: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> crate::store::error::Result<()> {
-                let mut sink = crate::store::imp::common::EventSink::default();
-                sink.add(events, actor, now);
-                Self::insert_sink(tx, sink).await
-            }
+impl<DB> SqlStore<DB>
+where
+    DB: SqlBackend,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<Vec<u32>>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+{
+    /// Appends events in one multi-row insert per chunk.
+    pub(crate) async fn insert_events(
+        tx: &mut Transaction<'static, DB>,
+        events: &[crate::store::imp::common::NewEvent],
+        actor: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::store::error::Result<()> {
+        let mut sink = crate::store::imp::common::EventSink::default();
+        sink.add(events, actor, now);
+        Self::insert_sink(tx, sink).await
+    }
 
-            /// Writes what `sink` collected (each row with its own actor and time).
-            pub(crate) async fn insert_sink(
-                tx: &mut sqlx::Transaction<'static, $Db>,
-                sink: crate::store::imp::common::EventSink,
-            ) -> crate::store::error::Result<()> {
-                for chunk in sink.rows.chunks(crate::store::imp::common::CHUNK) {
-                    let mut qb = sqlx::QueryBuilder::<$Db>::new(
-                        "INSERT INTO events (run_id, entity, task_instance_id, task_id, from_state, \
-                         to_state, attempt, actor, reason, at) ",
-                    );
-                    qb.push_values(chunk, |mut b, (e, actor, at)| {
-                        b.push_bind(e.run_id.as_uuid())
-                            .push_bind(e.entity.as_str())
-                            .push_bind(e.task_instance_id.map(|i| i.get()))
-                            .push_bind(e.task_id.as_ref().map(|t| t.as_str().to_owned()))
-                            .push_bind(e.from_state)
-                            .push_bind(e.to_state)
-                            .push_bind(e.attempt)
-                            .push_bind(actor.clone())
-                            .push_bind(e.reason.clone())
-                            .push_bind(*at);
-                    });
-                    qb.build().execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
+    /// Writes what `sink` collected (each row with its own actor and time).
+    pub(crate) async fn insert_sink(
+        tx: &mut Transaction<'static, DB>,
+        sink: crate::store::imp::common::EventSink,
+    ) -> crate::store::error::Result<()> {
+        for chunk in sink.rows.chunks(crate::store::imp::common::CHUNK) {
+            let mut qb = SqlBuilder::<DB>::new(
+                "INSERT INTO events (run_id, entity, task_instance_id, task_id, from_state, \
+                 to_state, attempt, actor, reason, at) ",
+            );
+            qb.push_values(chunk, |mut b, (e, actor, at)| {
+                b.push_bind(e.run_id.as_uuid())
+                    .push_bind(e.entity.as_str())
+                    .push_bind(e.task_instance_id.map(|i| i.get()))
+                    .push_bind(e.task_id.as_ref().map(|t| t.as_str().to_owned()))
+                    .push_bind(e.from_state)
+                    .push_bind(e.to_state)
+                    .push_bind(e.attempt)
+                    .push_bind(actor.clone())
+                    .push_bind(e.reason.clone())
+                    .push_bind(*at);
+            });
+            let (sql, args) = qb.finish()?;
+            sqlx::query_with(&sql, args).execute(&mut **tx).await?;
         }
-    };
+        Ok(())
+    }
 }
-
-common_impl!(crate::store::PgStore, sqlx::Postgres, pg);
-common_impl!(crate::store::SqliteStore, sqlx::Sqlite, sqlite);
