@@ -139,7 +139,7 @@ async fn render_dag_list_500_dags_and_grid_1000_runs() {
                     dag_id: dag.clone(),
                     content_hash: format!("hash-{id}"),
                     source: toml.clone(),
-                    spec: serde_json::to_value(&spec).unwrap(),
+                    spec: trainyard_scheduler::store::SpecJson::encode(&spec).unwrap(),
                     file_path: Some(format!("dags/{id}.toml")),
                 },
                 now,

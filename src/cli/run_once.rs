@@ -31,7 +31,12 @@ pub async fn run_once(
             record.parse_error.unwrap_or_default()
         )
     })?;
-    let spec: DagSpec = serde_json::from_value(app.store.get_dag_version(version).await?.spec)
+    let spec: DagSpec = app
+        .store
+        .get_dag_version(version)
+        .await?
+        .spec
+        .decode()
         .context("the stored DAG spec cannot be read")?;
     let params = cli_params_to_json(&spec.params, raw_params)?;
     let run_id = app.engine.trigger(dag_id, params, None, None).await?;

@@ -340,7 +340,7 @@ impl DagLoader {
             report.errors.push((path.to_path_buf(), error));
             return;
         }
-        let spec = match serde_json::to_value(&spec) {
+        let spec = match crate::store::SpecJson::encode(&spec) {
             Ok(spec) => spec,
             Err(source) => {
                 let path = path.to_path_buf();

@@ -616,7 +616,7 @@ impl Core {
             return Ok(spec.clone());
         }
         let row = self.store.get_dag_version(version).await?;
-        let spec: DagSpec = serde_json::from_value(row.spec).map_err(|e| EngineError::BadSpec {
+        let spec: DagSpec = row.spec.decode().map_err(|e| EngineError::BadSpec {
             version,
             message: e.to_string(),
         })?;

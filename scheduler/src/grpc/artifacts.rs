@@ -72,7 +72,7 @@ pub(super) async fn secrets_from_spec(
     let spec = async {
         let run = store.get_run(run).await.ok()?;
         let version = store.get_dag_version(run.version_id).await.ok()?;
-        serde_json::from_value::<DagSpec>(version.spec).ok()
+        version.spec.decode::<DagSpec>().ok()
     }
     .await;
     let Some(spec) = spec else {

@@ -77,8 +77,10 @@ impl HaControl {
             .get_dag_version(version)
             .await
             .map_err(store_error)?;
-        let spec: DagSpec =
-            serde_json::from_value(version_row.spec).map_err(|e| EngineError::BadSpec {
+        let spec: DagSpec = version_row
+            .spec
+            .decode()
+            .map_err(|e| EngineError::BadSpec {
                 version,
                 message: e.to_string(),
             })?;

@@ -118,9 +118,7 @@ pub async fn dag_summary(
         Some(v) => Some(store.get_dag_version(v).await?),
         None => None,
     };
-    let spec: Option<DagSpec> = version
-        .as_ref()
-        .and_then(|v| serde_json::from_value(v.spec.clone()).ok());
+    let spec: Option<DagSpec> = version.as_ref().and_then(|v| v.spec.decode().ok());
     let page = store
         .list_runs(RunFilter {
             dag_id: Some(dag.id.clone()),
@@ -166,7 +164,7 @@ pub async fn dag_summary(
     };
     let raw = version.map(|v| {
         (
-            masked_spec(v.spec),
+            masked_spec(v.spec.to_value().unwrap_or(Value::Null)),
             VersionInfo {
                 id: v.id.get(),
                 content_hash: v.content_hash,

@@ -105,7 +105,7 @@ async fn new_run(
                 dag_id: dag.clone(),
                 content_hash: "bench".to_owned(),
                 source: String::new(),
-                spec: json!({}),
+                spec: json!({}).into(),
                 file_path: None,
             },
             Utc::now(),

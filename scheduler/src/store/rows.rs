@@ -67,6 +67,7 @@ where
     for<'r> Uuid: Decode<'r, DB> + Type<DB>,
     for<'r> Ts: Decode<'r, DB> + Type<DB>,
     for<'r> Json<Value>: Decode<'r, DB> + Type<DB>,
+    for<'r> Json<SpecJson>: Decode<'r, DB> + Type<DB>,
     for<'r> Json<Vec<u32>>: Decode<'r, DB> + Type<DB>,
 {
     pub(crate) fn run(r: &DB::Row) -> Result<Run> {
@@ -130,7 +131,7 @@ where
             dag_id: DagId::new(r.try_get::<String, _>("dag_id")?),
             content_hash: r.try_get("content_hash")?,
             source: r.try_get("source")?,
-            spec: r.try_get::<Json<Value>, _>("spec")?.0,
+            spec: r.try_get::<Json<SpecJson>, _>("spec")?.0,
             created_at: r.try_get("created_at")?,
         })
     }

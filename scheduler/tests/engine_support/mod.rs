@@ -126,7 +126,7 @@ impl Harness {
                     dag_id: id.clone(),
                     content_hash: hash,
                     source: toml.to_owned(),
-                    spec: serde_json::to_value(&spec).unwrap(),
+                    spec: trainyard_scheduler::store::SpecJson::encode(&spec).unwrap(),
                     file_path: None,
                 },
                 self.clock.now_utc(),

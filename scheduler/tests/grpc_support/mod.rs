@@ -171,7 +171,7 @@ impl Scheduler {
                     dag_id: id.clone(),
                     content_hash: format!("{:x}", md5ish(toml)),
                     source: toml.to_owned(),
-                    spec: serde_json::to_value(&spec).unwrap(),
+                    spec: trainyard_scheduler::store::SpecJson::encode(&spec).unwrap(),
                     file_path: None,
                 },
                 SystemClock.now(),

@@ -53,7 +53,7 @@ pub async fn dag_versions_register_once_per_content_hash(db: &TestDb) {
         dag_id: dag.clone(),
         content_hash: hash.to_owned(),
         source: format!("# {hash}"),
-        spec: json!({"hash": hash}),
+        spec: json!({"hash": hash}).into(),
         file_path: Some("dags/churn.toml".to_owned()),
     };
     let a = s.upsert_dag_version(v("a"), t0()).await.unwrap();
@@ -68,7 +68,12 @@ pub async fn dag_versions_register_once_per_content_hash(db: &TestDb) {
         Some(b.version_id)
     );
     assert_eq!(
-        s.get_dag_version(a.version_id).await.unwrap().spec,
+        s.get_dag_version(a.version_id)
+            .await
+            .unwrap()
+            .spec
+            .to_value()
+            .unwrap(),
         json!({"hash": "a"})
     );
 

@@ -154,7 +154,7 @@ pub async fn seed_dag(store: &dyn Store, dag: &str) -> trainyard_core::ids::DagV
                 dag_id: DagId::new(dag),
                 content_hash: format!("hash-{dag}"),
                 source: format!("id = \"{dag}\""),
-                spec: json!({"id": dag}),
+                spec: json!({"id": dag}).into(),
                 file_path: Some(format!("dags/{dag}.toml")),
             },
             t0(),

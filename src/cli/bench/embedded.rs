@@ -152,6 +152,7 @@ impl Instance {
         // Subscribe before triggering so the end event cannot be missed.
         let mut events = self.app.engine.subscribe();
         let tx_before = self.app.store.transactions_committed();
+        reset_peak_rss();
         let started = Instant::now();
         let run_id = self
             .app
@@ -188,6 +189,7 @@ impl Instance {
             }
         };
         let transactions = self.app.store.transactions_committed() - tx_before;
+        let memory = trainyard_scheduler::metrics::memory_status();
         let run = self.store().get_run(run_id).await?;
         let server_wall_s = run
             .ended_at
@@ -200,10 +202,14 @@ impl Instance {
             server_wall_s,
             times: self.task_times(run_id).await?,
             transactions: Some(transactions),
+            memory,
         })
     }
 
     /// The latest attempt of every task of the run, keyed by task id.
+    ///
+    /// Loads every task and attempt row of the run: the bench's own memory,
+    /// which is why [`RunFigures::memory`] is read before it.
     async fn task_times(&self, run_id: RunId) -> anyhow::Result<BTreeMap<String, TaskTimes>> {
         let tasks = self.store().task_instances(run_id).await?;
         let attempts = self.store().run_attempts(run_id).await?;
@@ -251,5 +257,15 @@ impl Instance {
         if let Some(pg) = self.pg.take() {
             pg.drop_database().await;
         }
+    }
+}
+
+/// Restarts this process's peak-RSS counter (`VmHWM`) so that a run's peak
+/// is its own, not an earlier run's or the bench's measuring (Linux:
+/// writing `5` to `/proc/self/clear_refs`). Where that is not possible the
+/// peak counts from the process start, which the figure then overstates.
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        tracing::debug!(error = %e, "cannot reset the peak RSS; it counts from the process start");
     }
 }

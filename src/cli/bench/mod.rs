@@ -77,6 +77,10 @@ pub struct RunFigures {
     /// Store transactions committed from the trigger to the run's end
     /// (embedded instances; a remote server is not asked).
     pub transactions: Option<u64>,
+    /// This process's memory when the run ended, its peak counted from the
+    /// trigger (embedded instances): read before the bench loads the run's
+    /// attempts for its own figures, so it is the system's, not the bench's.
+    pub memory: Option<trainyard_scheduler::metrics::MemoryStatus>,
 }
 
 const CEILING_THREADS: usize = 8;
@@ -231,7 +235,7 @@ async fn bench_workload(
             }
         };
         let mut line = figures_line(&plan, &figures, ceiling, backend, i);
-        let mem = trainyard_scheduler::metrics::memory_status();
+        let mem = figures.memory;
         line.insert(
             "scheduler_rss_mb".into(),
             json!(mem.map(|m| round(m.rss_bytes as f64 / 1048576.0, 1))),
@@ -244,7 +248,7 @@ async fn bench_workload(
         line.insert("slots".into(), json!(fleet.slots));
         line.insert(
             "note".into(),
-            json!("embedded: RSS (VmRSS; peak = VmHWM) is this whole process: scheduler, workers and the bench"),
+            json!("embedded: RSS (VmRSS at the run's end; peak = VmHWM from the trigger to the run's end) is this whole process: scheduler, workers and the idle bench"),
         );
         ok &= figures.state == "success";
         emit(&Value::Object(line));

@@ -72,6 +72,7 @@ impl Remote {
                     server_wall_s: server_wall_s(&body),
                     times: task_times(&body),
                     transactions: None,
+                    memory: None,
                 });
             }
             if started.elapsed() > RUN_DEADLINE {

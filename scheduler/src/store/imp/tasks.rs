@@ -41,6 +41,8 @@ where
     for<'q> DateTime<Utc>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Json<Value>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Json<&'q Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q crate::store::SpecJson>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<crate::store::SpecJson>: Decode<'q, DB> + Type<DB>,
     for<'q> Json<Vec<u32>>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i32>: Encode<'q, DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
