@@ -152,6 +152,8 @@ impl Instance {
         // Subscribe before triggering so the end event cannot be missed.
         let mut events = self.app.engine.subscribe();
         let tx_before = self.app.store.transactions_committed();
+        // The peak before this run: start-up, the DAG load, earlier runs.
+        let before = trainyard_scheduler::metrics::memory_status();
         reset_peak_rss();
         let started = Instant::now();
         let run_id = self
@@ -203,6 +205,7 @@ impl Instance {
             times: self.task_times(run_id).await?,
             transactions: Some(transactions),
             memory,
+            peak_before: before.map(|m| m.hwm_bytes),
         })
     }
 

@@ -81,6 +81,9 @@ pub struct RunFigures {
     /// trigger (embedded instances): read before the bench loads the run's
     /// attempts for its own figures, so it is the system's, not the bench's.
     pub memory: Option<trainyard_scheduler::metrics::MemoryStatus>,
+    /// Peak RSS (bytes) from the process start to this run's trigger: the
+    /// scheduler's start-up and DAG load, and earlier runs.
+    pub peak_before: Option<u64>,
 }
 
 const CEILING_THREADS: usize = 8;
@@ -243,6 +246,10 @@ async fn bench_workload(
         line.insert(
             "scheduler_peak_rss_mb".into(),
             json!(mem.map(|m| round(m.hwm_bytes as f64 / 1048576.0, 1))),
+        );
+        line.insert(
+            "peak_rss_before_run_mb".into(),
+            json!(figures.peak_before.map(|b| round(b as f64 / 1048576.0, 1))),
         );
         line.insert("workers".into(), json!(fleet.workers));
         line.insert("slots".into(), json!(fleet.slots));

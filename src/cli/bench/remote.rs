@@ -73,6 +73,7 @@ impl Remote {
                     times: task_times(&body),
                     transactions: None,
                     memory: None,
+                    peak_before: None,
                 });
             }
             if started.elapsed() > RUN_DEADLINE {
