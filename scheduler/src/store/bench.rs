@@ -142,9 +142,9 @@ async fn new_run(
 
 /// Commits one write as its own batch (its own transaction).
 async fn commit_one(store: &dyn Store, write: Write) -> Result<()> {
-    let mut batch = WriteBatch::default();
-    batch.push(write, Utc::now());
-    store.commit_batch(&batch, "bench").await
+    store
+        .commit_batch(&WriteBatch::one(write, Utc::now()), "bench")
+        .await
 }
 
 /// Assigns `tasks` (ready, never attempted) in batches of `per_batch`,

@@ -535,6 +535,13 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// A batch of one write: its own transaction (tests, `bench store`).
+    pub fn one(write: Write, at: DateTime<Utc>) -> Self {
+        let mut batch = Self::default();
+        batch.push(write, at);
+        batch
+    }
+
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }

@@ -219,9 +219,7 @@ pub async fn seed_run(
 #[allow(async_fn_in_trait)]
 pub trait Writes: EngineStore {
     async fn commit_one(&self, write: Write, actor: &str, at: DateTime<Utc>) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.push(write, at);
-        self.commit_batch(&batch, actor).await
+        self.commit_batch(&WriteBatch::one(write, at), actor).await
     }
 
     /// A run's compare-and-set, then the run as it is now.
