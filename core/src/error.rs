@@ -15,6 +15,9 @@ use std::fmt;
 pub enum ErrorKind {
     /// The thing named does not exist (an unknown run, DAG, task, worker).
     NotFound,
+    /// The caller did not prove who it is (a missing or wrong worker
+    /// credential): it must fix its credentials, not retry.
+    Unauthenticated,
     /// The request itself is wrong (bad params, malformed id or message);
     /// sending it again unchanged fails again.
     Invalid,
@@ -33,8 +36,9 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, for exhaustive tests of the transport mappings.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::NotFound,
+        ErrorKind::Unauthenticated,
         ErrorKind::Invalid,
         ErrorKind::Conflict,
         ErrorKind::FailedPrecondition,
@@ -46,6 +50,7 @@ impl ErrorKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Invalid => "invalid",
             ErrorKind::Conflict => "conflict",
             ErrorKind::FailedPrecondition => "failed_precondition",
@@ -60,6 +65,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::NotFound
+                | ErrorKind::Unauthenticated
                 | ErrorKind::Invalid
                 | ErrorKind::Conflict
                 | ErrorKind::FailedPrecondition

@@ -54,6 +54,14 @@ pub struct SchedulerConfig {
     /// API tokens and UI sessions; open (no tokens) by default, which the
     /// CLI allows only on loopback.
     pub auth: http::AuthConfig,
+    /// Join tokens workers must present (open when empty, which the CLI
+    /// allows only on loopback or with mTLS).
+    pub worker_auth: crate::grpc::WorkerAuth,
+    /// Serve HTTP and gRPC over TLS (and require worker certificates with a
+    /// client CA); `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Most GPUs one worker may register.
+    pub max_worker_gpus: u32,
 }
 
 impl SchedulerConfig {
@@ -68,6 +76,9 @@ impl SchedulerConfig {
             catchup_limit: 100,
             artifacts_url: None,
             auth: http::AuthConfig::open(),
+            worker_auth: crate::grpc::WorkerAuth::open(),
+            tls: None,
+            max_worker_gpus: 64,
         }
     }
 }
@@ -86,6 +97,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Ha(#[from] crate::ha::HaError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A started scheduler: its parts, for callers that drive or observe it.
@@ -137,6 +150,14 @@ impl SchedulerApp {
         shutdown: CancellationToken,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
+        // Bad certificate files stop the start here, with their names.
+        let (http_tls, grpc_tls) = match &config.tls {
+            Some(files) => (
+                Some(files.rustls_config(false)?),
+                Some(files.grpc_config()?),
+            ),
+            None => (None, None),
+        };
         let store = store::connect(&config.db_url).await?;
         let artifacts = open_artifacts(&config)?;
         info!(store = %artifacts.base_uri(), "artifact store");
@@ -166,7 +187,9 @@ impl SchedulerApp {
         {
             let token = shutdown.clone();
             tasks.spawn(async move {
-                if let Err(err) = http::serve(http_listener, state, token.cancelled_owned()).await {
+                if let Err(err) =
+                    http::serve(http_listener, state, http_tls, token.cancelled_owned()).await
+                {
                     tracing::error!(error = %err, "http server stopped");
                 }
             });
@@ -180,6 +203,7 @@ impl SchedulerApp {
             logs: logs.clone(),
             artifacts: artifacts.clone(),
             grpc_listener: grpc_listener.into_std()?,
+            grpc_tls,
             shutdown: shutdown.clone(),
         };
         // Lead from the start when the lock is free (always on SQLite), so a

@@ -9,3 +9,4 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod store;
+pub mod tls;

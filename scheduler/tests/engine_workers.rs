@@ -207,7 +207,8 @@ async fn lost_worker_is_retried_elsewhere(mut h: Harness) {
         .handle
         .connect_worker(w1.id, vec![(a.task_instance_id, 1)])
         .await
-        .unwrap();
+        .unwrap()
+        .commands;
     assert!(matches!(
         rx.recv().await,
         Some(WorkerCommand::Kill { attempt: 1, .. })
@@ -259,7 +260,8 @@ async fn restart_mid_run(db: TestDb) {
         .handle
         .connect_worker(w.id, vec![(b.task_instance_id, b.attempt)])
         .await
-        .unwrap();
+        .unwrap()
+        .commands;
     w.rx = rx;
     w.handle = h.handle.clone();
     w.finish(&b, TaskResult::succeeded()).await;

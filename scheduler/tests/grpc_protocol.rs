@@ -107,6 +107,7 @@ async fn malformed_registrations_and_streams_get_invalid_argument_and_the_server
     tx.send(wm(Out::Hello(v1::Hello {
         worker_id: "garbage".into(),
         running: vec![],
+        session_credential: String::new(),
     })))
     .await
     .unwrap();
@@ -117,6 +118,7 @@ async fn malformed_registrations_and_streams_get_invalid_argument_and_the_server
     tx.send(wm(Out::Hello(v1::Hello {
         worker_id: trainyard_core::ids::WorkerId::new().to_string(),
         running: vec![],
+        session_credential: String::new(),
     })))
     .await
     .unwrap();
@@ -154,6 +156,7 @@ impl RawWorker {
         tx.send(wm(Out::Hello(v1::Hello {
             worker_id: resp.worker_id,
             running: vec![],
+            session_credential: resp.session_credential,
         })))
         .await
         .unwrap();

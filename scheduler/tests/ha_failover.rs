@@ -134,6 +134,7 @@ fn registration() -> WorkerRegistration {
         memory_bytes: 16 << 30,
         slots: 4,
         gpus: vec![],
+        credential: None,
     }
 }
 
@@ -192,7 +193,15 @@ async fn standby_trigger_is_started_by_the_leader_and_survives_failover_once() {
 
     let mut worker_rx = {
         let id = a.app.engine.register_worker(registration()).await.unwrap();
-        (id, a.app.engine.connect_worker(id, vec![]).await.unwrap())
+        (
+            id,
+            a.app
+                .engine
+                .connect_worker(id, vec![])
+                .await
+                .unwrap()
+                .commands,
+        )
     };
     let mut events = a.app.engine.subscribe();
     let run = trigger_via(&b).await;
@@ -220,7 +229,8 @@ async fn standby_trigger_is_started_by_the_leader_and_survives_failover_once() {
     let mut rx = engine
         .connect_worker(wid, vec![(first.task_instance_id, first.attempt)])
         .await
-        .unwrap();
+        .unwrap()
+        .commands;
     engine
         .task_finished(
             wid,

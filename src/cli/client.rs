@@ -17,9 +17,14 @@ pub struct ServerArgs {
         global = true
     )]
     pub server: String,
-    /// API token (bearer), when the server requires one.
+    /// API token (bearer) for the HTTP API, when the server requires one
+    /// (`--api-token` on the scheduler; not a worker join token).
     #[arg(long, env = "TRAINYARD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate, for an
+    /// `https://` server whose certificate is not from a public CA.
+    #[arg(long, env = "TRAINYARD_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 pub struct Client {
@@ -34,12 +39,21 @@ impl Client {
         if !base.starts_with("http://") && !base.starts_with("https://") {
             base = format!("http://{base}");
         }
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("trainyard-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert {} is not a PEM certificate", path.display()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
         Ok(Self {
             base,
             token: args.token.clone(),
-            http: reqwest::Client::builder()
-                .user_agent(concat!("trainyard-cli/", env!("CARGO_PKG_VERSION")))
-                .build()?,
+            http: http.build()?,
         })
     }
 

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trainyard_core::resources::ByteSize;
 use trainyard_scheduler::app::{SchedulerApp, SchedulerConfig};
-use trainyard_worker::agent::{Agent, AgentOptions};
+use trainyard_worker::agent::{Agent, AgentOptions, IdentityFile};
 use trainyard_worker::gpu::{self, DiscoveryOptions, GpuSource, GpuSpec, UsageSampler};
 use trainyard_worker::host::HostResources;
 
@@ -60,9 +60,49 @@ pub struct SchedulerArgs {
         value_name = "LIST"
     )]
     pub api_tokens_list: Option<String>,
-    /// Serve the API and UI without authentication on a non-loopback address.
+    /// Serve the API and UI, or the worker endpoint, without authentication
+    /// on a non-loopback address.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Worker join token (≥ 16 chars; workers pass it as their `--token`);
+    /// repeat for several (e.g. while rotating). With any token, a worker
+    /// without one is refused. Kept only as a SHA-256 digest.
+    #[arg(
+        long = "worker-token",
+        env = "TRAINYARD_WORKER_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "TOKEN"
+    )]
+    pub worker_tokens: Vec<String>,
+    /// PEM certificate (chain) to serve HTTP and gRPC over TLS; needs --tls-key.
+    #[arg(
+        long,
+        env = "TRAINYARD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "TRAINYARD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: workers must present a client certificate it signed (mTLS on
+    /// the worker endpoint); needs --tls-cert.
+    #[arg(
+        long,
+        env = "TRAINYARD_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+    /// Most GPUs one worker may register (a worker claiming more is refused).
+    #[arg(long, env = "TRAINYARD_MAX_WORKER_GPUS", default_value_t = 64)]
+    pub max_worker_gpus: u32,
     /// Where artifacts and archived logs are kept: `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a path
     /// (default: `<data dir>/artifacts`). Credentials and endpoints come from
@@ -113,7 +153,42 @@ impl SchedulerArgs {
             tokens.extend(trainyard_scheduler::http::parse_token_list(list)?);
         }
         config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens);
+        config.worker_auth =
+            trainyard_scheduler::grpc::WorkerAuth::with_tokens(&self.worker_tokens)?;
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(trainyard_scheduler::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            }),
+            _ => None,
+        };
+        config.max_worker_gpus = self.max_worker_gpus;
         Ok(config)
+    }
+
+    /// `https`/`http`, for the addresses printed at start.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Refuses an unauthenticated worker endpoint beyond loopback (unless
+    /// join tokens, mTLS or --insecure-no-auth).
+    pub fn check_worker_auth(
+        &self,
+        config: &SchedulerConfig,
+        grpc: &TcpListener,
+    ) -> anyhow::Result<()> {
+        config.worker_auth.check_bind(
+            grpc.local_addr()?,
+            self.client_ca.is_some(),
+            self.insecure_no_auth,
+        )?;
+        Ok(())
     }
 
     /// Refuses an unauthenticated HTTP API beyond loopback (unless --insecure-no-auth).
@@ -168,14 +243,45 @@ pub struct SchedulerCmd {
 /// Settings of one worker (`trainyard worker`; `standalone` shares some).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// The scheduler's gRPC address.
+    /// The scheduler's gRPC address (`https://…` when it serves TLS).
     #[arg(
         long,
         env = "TRAINYARD_SCHEDULER",
         default_value = "http://127.0.0.1:50051"
     )]
     pub scheduler: String,
-    /// Name shown in the UI (default: the hostname).
+    /// Worker join token: one of the scheduler's `--worker-token` values
+    /// (not an API token), sent on every call.
+    #[arg(
+        long,
+        env = "TRAINYARD_WORKER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// PEM CA that signed the scheduler's certificate (`https://` URLs).
+    #[arg(long, env = "TRAINYARD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// This worker's PEM client certificate, for a scheduler that requires
+    /// mTLS (`--client-ca`); needs --key.
+    #[arg(
+        long,
+        env = "TRAINYARD_WORKER_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(
+        long,
+        env = "TRAINYARD_WORKER_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// Name shown in the UI (default: the hostname). The worker's id and
+    /// session credential are kept per name in the work dir, so a restart
+    /// is the same worker; two live workers may not share a name and work dir.
     #[arg(long)]
     pub name: Option<String>,
     #[command(flatten)]
@@ -244,9 +350,11 @@ pub fn scheduler(cmd: SchedulerCmd) -> anyhow::Result<ExitCode> {
         let http = bind(&args.http, "HTTP API").await?;
         args.check_http_auth(&config, &http)?;
         let grpc = bind(&args.grpc, "worker gRPC endpoint").await?;
+        args.check_worker_auth(&config, &grpc)?;
         let app = SchedulerApp::start(config, http, grpc, shutdown.clone()).await?;
+        let scheme = args.scheme();
         eprintln!(
-            "trainyard scheduler: API and UI on http://{}, workers connect to http://{}",
+            "trainyard scheduler: API and UI on {scheme}://{}, workers connect to {scheme}://{}",
             app.http_addr, app.grpc_addr
         );
         if let Some(path) = &cmd.ready_file {
@@ -299,6 +407,31 @@ async fn agent_options(
     Ok(opts)
 }
 
+/// The worker's TLS settings from `--ca-cert`, `--cert`, `--key`.
+fn worker_tls(args: &WorkerArgs) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    if args.ca_cert.is_none() && args.cert.is_none() {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    tls = match &args.ca_cert {
+        Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(
+            "--ca-cert",
+            ca,
+        )?)),
+        None => tls.with_webpki_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            read("--cert", cert)?,
+            read("--key", key)?,
+        ));
+    }
+    Ok(Some(tls))
+}
+
 pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     super::runtime_multi()?.block_on(async {
         std::fs::create_dir_all(&args.work_dir)
@@ -308,14 +441,30 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             &args.scheduler,
             args.name.clone(),
             &args.resources,
-            work_dir,
+            work_dir.clone(),
         )
         .await?;
         opts.queues = args.queues.clone();
         opts.labels = args.labels.iter().cloned().collect();
         opts.drain_grace = args.drain_grace;
         opts.artifact_url = args.artifacts.clone();
-        let agent = Agent::build(opts)?;
+        opts.join_token = args.token.clone();
+        opts.tls = worker_tls(&args)?;
+        let identity = match IdentityFile::open(&work_dir, &opts.name) {
+            Ok(identity) => identity,
+            Err(e) => {
+                eprintln!("trainyard worker: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        opts.identity = Some(std::sync::Arc::new(identity));
+        let agent = match Agent::build(opts) {
+            Ok(agent) => agent,
+            Err(e) => {
+                eprintln!("trainyard worker: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
         let handle = agent.handle();
         // SIGTERM/SIGINT drain: no new work, running tasks finish (up to the grace).
         let shutdown = CancellationToken::new();
@@ -327,8 +476,15 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 handle.drain();
             });
         }
-        agent.run(std::future::pending::<()>()).await?;
-        Ok(ExitCode::SUCCESS)
+        match agent.run(std::future::pending::<()>()).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            // Refused (wrong join token or credential, protocol, a bad
+            // registration): retrying cannot help, so say why and stop.
+            Err(e) => {
+                eprintln!("trainyard worker: {e}");
+                Ok(ExitCode::from(2))
+            }
+        }
     })
 }
 
@@ -359,6 +515,13 @@ pub struct StandaloneArgs {
 }
 
 pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
+    if args.scheduler.tls_cert.is_some() {
+        anyhow::bail!(
+            "standalone serves plaintext on loopback for one machine; for TLS run \
+             `trainyard scheduler --tls-cert … --tls-key …` and `trainyard worker` (see README, \
+             \"Running it for real\")"
+        );
+    }
     super::runtime_multi()?.block_on(async {
         let config = args.scheduler.config()?;
         // Stop order: workers drain first (their last results reach the
@@ -369,8 +532,11 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         let http = bind(&args.scheduler.http, "HTTP API").await?;
         args.scheduler.check_http_auth(&config, &http)?;
         let grpc = bind(&args.scheduler.grpc, "worker gRPC endpoint").await?;
+        args.scheduler.check_worker_auth(&config, &grpc)?;
         let app = SchedulerApp::start(config, http, grpc, shutdown.clone()).await?;
         let grpc_url = format!("http://{}", app.grpc_addr);
+        // In-process workers join with the scheduler's own first token.
+        let join_token = args.scheduler.worker_tokens.first().cloned();
         let work_root = args.scheduler.data_dir.join("work");
         std::fs::create_dir_all(&work_root)?;
         let work_root = std::fs::canonicalize(&work_root)?;
@@ -383,6 +549,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             // Workers of one process share the host: each gets an even share.
             opts.cpus = (opts.cpus / workers).max(1);
             opts.memory_bytes /= u64::from(workers);
+            opts.join_token = join_token.clone();
             let agent = Agent::build(opts)?;
             let handle = agent.handle();
             let token = stop_workers.clone();

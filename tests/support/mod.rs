@@ -117,6 +117,9 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Extra environment for every process this cluster starts (e.g. `AWS_*`).
     pub env: Vec<(&'static str, String)>,
+    /// `http`, or `https` for a scheduler started with `--tls-cert` (set
+    /// [`Cluster::http`] to a client that trusts its CA).
+    pub scheme: &'static str,
 }
 
 /// Copies the repository's example DAGs and their jobs into `dir/dags`.
@@ -166,6 +169,11 @@ impl Cluster {
             workers: Vec::new(),
             http: reqwest::Client::new(),
             env,
+            scheme: if extra.contains(&"--tls-cert") {
+                "https"
+            } else {
+                "http"
+            },
         };
         cluster.start_scheduler(extra);
         cluster
@@ -239,7 +247,7 @@ impl Cluster {
         let mut args: Vec<String> = [
             "worker",
             "--scheduler",
-            &format!("http://{}", self.addrs.grpc),
+            &format!("{}://{}", self.scheme, self.addrs.grpc),
             "--name",
             name,
             "--gpus",
@@ -261,7 +269,7 @@ impl Cluster {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addrs.http)
+        format!("{}://{}{path}", self.scheme, self.addrs.http)
     }
 
     pub async fn get(&self, path: &str) -> Value {

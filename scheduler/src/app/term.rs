@@ -42,6 +42,8 @@ pub(super) struct Term {
     /// The bound gRPC socket; each term (and each standby spell) serves a
     /// duplicate of it, so the port stays bound across terms.
     pub grpc_listener: std::net::TcpListener,
+    /// TLS for the worker endpoint, checked once at start.
+    pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// The app's shutdown; a term's token is its child.
     pub shutdown: CancellationToken,
 }
@@ -196,6 +198,9 @@ impl Term {
             self.logs.clone(),
             GrpcOptions {
                 heartbeat_interval: config.heartbeat_interval,
+                auth: config.worker_auth.clone(),
+                tls: self.grpc_tls.clone(),
+                max_worker_gpus: config.max_worker_gpus,
                 ..GrpcOptions::default()
             },
         )

@@ -41,6 +41,30 @@ pub struct WorkerRegistration {
     /// Tasks it runs at once.
     pub slots: u32,
     pub gpus: Vec<GpuInventory>,
+    /// The session credential this registration brings (digests only, see
+    /// `grpc::auth`); `None` for in-process callers that need none.
+    #[serde(default)]
+    pub credential: Option<CredentialClaim>,
+}
+
+/// A registration's session credential, as SHA-256 digests (hex).
+///
+/// A known id registers again only with the credential bound to it; an id
+/// the engine does not know yet (or knows without a credential) is bound to
+/// `presented` when the worker brought one (it kept it from an earlier
+/// scheduler), else to `issued`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialClaim {
+    pub presented: Option<String>,
+    pub issued: String,
+}
+
+/// A worker's open command stream and the attempts it holds that stay its
+/// own, with their run and task (what its logs and reports may name).
+#[derive(Debug)]
+pub struct WorkerLink {
+    pub commands: mpsc::Receiver<WorkerCommand>,
+    pub held: Vec<((TaskInstanceId, i32), (RunId, TaskId))>,
 }
 
 /// One GPU's live figures, sent with heartbeats.
@@ -233,10 +257,12 @@ pub(crate) enum Command {
         reply: Reply<()>,
     },
     RegisterWorker(WorkerRegistration, Reply<WorkerId>),
+    /// Checks a Hello's session credential (a digest) against the worker's.
+    AuthenticateWorker(WorkerId, Option<String>, Reply<()>),
     ConnectWorker {
         worker: WorkerId,
         still_running: Vec<(TaskInstanceId, i32)>,
-        reply: Reply<mpsc::Receiver<WorkerCommand>>,
+        reply: Reply<WorkerLink>,
     },
     Heartbeat(WorkerId, Vec<GpuUsage>, Reply<()>),
     TaskStarted(WorkerId, TaskInstanceId, i32, Reply<()>),
@@ -256,7 +282,7 @@ pub(crate) enum Answer {
     Run(Result<RunId>),
     Runs(Result<Vec<RunId>>),
     Worker(Result<WorkerId>),
-    Stream(Result<mpsc::Receiver<WorkerCommand>>),
+    Stream(Result<WorkerLink>),
     Count(Result<usize>),
 }
 
@@ -289,6 +315,7 @@ impl Command {
                 | Command::CancelRun(..)
                 | Command::CancelTask(..)
                 | Command::ClearTask { .. }
+                | Command::AuthenticateWorker(..)
         )
     }
 
@@ -311,6 +338,7 @@ impl Command {
                 | Command::WorkerDraining(_, r)
                 | Command::WorkerDisconnected(_, r)
                 | Command::RunCreatedElsewhere(_, r)
+                | Command::AuthenticateWorker(_, _, r)
                 | Command::Barrier(r),
                 Answer::Unit(a),
             ) => send(r, a),
@@ -446,13 +474,26 @@ impl EngineHandle {
             .await
     }
 
+    /// Whether `credential` (the digest of what a Hello presented) is the
+    /// one bound to `worker`: [`EngineError::WorkerCredential`] if not,
+    /// [`EngineError::WorkerNotFound`] for an unknown id. Changes nothing.
+    pub async fn authenticate_worker(
+        &self,
+        worker: WorkerId,
+        credential: Option<String>,
+    ) -> Result<()> {
+        self.call(|r| Command::AuthenticateWorker(worker, credential, r))
+            .await
+    }
+
     /// Opens the worker's command stream. `still_running` lists the attempts it
-    /// holds after a reconnect: those still its own continue, the others get a `Kill`.
+    /// holds after a reconnect: those still its own continue (listed in the
+    /// link with their run and task), the others get a `Kill`.
     pub async fn connect_worker(
         &self,
         worker: WorkerId,
         still_running: Vec<(TaskInstanceId, i32)>,
-    ) -> Result<mpsc::Receiver<WorkerCommand>> {
+    ) -> Result<WorkerLink> {
         self.call(|reply| Command::ConnectWorker {
             worker,
             still_running,

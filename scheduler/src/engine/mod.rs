@@ -55,8 +55,9 @@ use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, Wo
 use trainyard_core::state::TaskState;
 
 pub use handle::{
-    Assignment, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage, TaskLineage,
-    TaskOutcome, TaskResult, UpstreamAttempt, WaitReasons, WorkerCommand, WorkerRegistration,
+    Assignment, CredentialClaim, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage,
+    TaskLineage, TaskOutcome, TaskResult, UpstreamAttempt, WaitReasons, WorkerCommand, WorkerLink,
+    WorkerRegistration,
 };
 pub use memory::StoreHealth;
 
@@ -94,6 +95,12 @@ pub enum EngineError {
     TaskNotFound { run: RunId, task: TaskId },
     #[error("worker {0} is not registered")]
     WorkerNotFound(WorkerId),
+    #[error(
+        "worker id {0} belongs to another worker: the session credential presented does not \
+         match the one issued with this id (start this worker with a fresh work dir or \
+         another --name so it registers as a new worker)"
+    )]
+    WorkerCredential(WorkerId),
     /// A report about an attempt that is no longer current; nothing changed.
     #[error("task instance {ti} attempt {attempt} is no longer current on this worker")]
     Fenced { ti: TaskInstanceId, attempt: i32 },
@@ -118,6 +125,7 @@ impl trainyard_core::error::Classify for EngineError {
             | Self::TaskNotFound { .. }
             | Self::WorkerNotFound(_) => ErrorKind::NotFound,
             Self::InvalidParams { .. } => ErrorKind::Invalid,
+            Self::WorkerCredential(_) => ErrorKind::Unauthenticated,
             // A report for an attempt that is no longer current: someone
             // (a retry, a timeout, a lost-worker decision) moved it first.
             Self::Fenced { .. } => ErrorKind::Conflict,
@@ -495,6 +503,9 @@ impl Core {
                 ..
             } => Answer::Unit(self.clear_task(*run_id, task_id, *downstream).await),
             Command::RegisterWorker(reg, _) => Answer::Worker(self.register_worker(reg.clone())),
+            Command::AuthenticateWorker(worker, credential, _) => {
+                Answer::Unit(self.authenticate_worker(*worker, credential.as_deref()))
+            }
             Command::ConnectWorker {
                 worker,
                 still_running,

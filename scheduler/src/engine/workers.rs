@@ -18,7 +18,10 @@ use trainyard_core::state::{TaskState, WorkerState};
 
 use super::placement::{GpuCapacity, WorkerCapacity};
 use super::timers::TimerKind;
-use super::{Core, EngineError, GpuInventory, GpuUsage, Result, WorkerCommand, WorkerRegistration};
+use super::{
+    Core, EngineError, GpuInventory, GpuUsage, Result, WorkerCommand, WorkerLink,
+    WorkerRegistration,
+};
 use crate::store::{NewWorker, Worker, Write};
 
 /// Commands buffered per worker before a slow stream counts as broken.
@@ -56,6 +59,9 @@ pub struct WorkerEntry {
     /// The heartbeat time last written to the store (liveness itself lives
     /// in memory; the row is refreshed every `lost_worker_timeout / 3`).
     pub heartbeat_persisted: DateTime<Utc>,
+    /// SHA-256 (hex) of the session credential bound to this id; `None` for
+    /// workers registered in-process or before credentials existed.
+    pub credential: Option<String>,
 }
 
 impl WorkerEntry {
@@ -75,6 +81,7 @@ impl WorkerEntry {
             tx: None,
             last_heartbeat: now,
             heartbeat_persisted: now,
+            credential: None,
         }
     }
 
@@ -100,6 +107,7 @@ impl WorkerEntry {
             // A restarted scheduler gives every worker a full timeout to reconnect.
             last_heartbeat: now,
             heartbeat_persisted: w.last_heartbeat_at,
+            credential: w.credential_sha256.clone(),
         }
     }
 
@@ -159,8 +167,9 @@ impl WorkerEntry {
     }
 }
 
-fn new_worker_row(id: WorkerId, reg: &WorkerRegistration) -> NewWorker {
+fn new_worker_row(id: WorkerId, reg: &WorkerRegistration, credential: Option<&str>) -> NewWorker {
     NewWorker {
+        credential_sha256: credential.map(str::to_owned),
         id,
         name: reg.name.clone(),
         resources: json!({
@@ -193,7 +202,24 @@ impl Core {
         }
         let id = reg.id.unwrap_or_default();
         let now = self.clock.now();
-        self.write(Write::RegisterWorker(new_worker_row(id, &reg)));
+        let bound = self.workers.get(&id).and_then(|w| w.credential.clone());
+        let credential = match (&bound, &reg.credential) {
+            // A known id with a credential: only its holder registers it again.
+            (Some(bound), claim) => {
+                if claim.as_ref().and_then(|c| c.presented.as_ref()) != Some(bound) {
+                    warn!(%id, name = %reg.name, "registration refused: wrong session credential for a known worker id");
+                    return Err(EngineError::WorkerCredential(id));
+                }
+                Some(bound.clone())
+            }
+            (None, Some(claim)) => Some(claim.presented.clone().unwrap_or(claim.issued.clone())),
+            (None, None) => None,
+        };
+        self.write(Write::RegisterWorker(new_worker_row(
+            id,
+            &reg,
+            credential.as_deref(),
+        )));
         match self.workers.get_mut(&id) {
             Some(w) => {
                 // A re-registration keeps what it holds and its stream.
@@ -202,10 +228,12 @@ impl Core {
                 *w = WorkerEntry::from_registration(id, reg, now);
                 w.held = held;
                 w.tx = tx;
+                w.credential = credential;
             }
             None => {
-                self.workers
-                    .insert(id, WorkerEntry::from_registration(id, reg, now));
+                let mut entry = WorkerEntry::from_registration(id, reg, now);
+                entry.credential = credential;
+                self.workers.insert(id, entry);
             }
         }
         self.arm_heartbeat(id, now);
@@ -214,12 +242,31 @@ impl Core {
         Ok(id)
     }
 
+    /// Whether `credential` (a digest) is the one bound to `worker`.
+    pub(super) fn authenticate_worker(
+        &self,
+        worker: WorkerId,
+        credential: Option<&str>,
+    ) -> Result<()> {
+        let w = self
+            .workers
+            .get(&worker)
+            .ok_or(EngineError::WorkerNotFound(worker))?;
+        match &w.credential {
+            Some(bound) if Some(bound.as_str()) != credential => {
+                warn!(%worker, "stream refused: wrong session credential for a known worker id");
+                Err(EngineError::WorkerCredential(worker))
+            }
+            _ => Ok(()),
+        }
+    }
+
     #[instrument(skip(self, still_running), fields(reported = still_running.len()), err)]
     pub(super) async fn connect_worker(
         &mut self,
         worker: WorkerId,
         still_running: Vec<(TaskInstanceId, i32)>,
-    ) -> Result<mpsc::Receiver<WorkerCommand>> {
+    ) -> Result<WorkerLink> {
         let (tx, rx) = mpsc::channel(WORKER_CHANNEL);
         let reported: HashSet<(TaskInstanceId, i32)> = still_running.iter().copied().collect();
         let w = self
@@ -235,6 +282,11 @@ impl Core {
         let foreign: Vec<(TaskInstanceId, i32)> = still_running
             .iter()
             .filter(|k| !w.held.contains_key(k))
+            .copied()
+            .collect();
+        let kept: Vec<(TaskInstanceId, i32)> = still_running
+            .iter()
+            .filter(|k| w.held.contains_key(k))
             .copied()
             .collect();
         // Attempts the engine thinks it holds but it does not report are gone
@@ -255,13 +307,21 @@ impl Core {
                 },
             );
         }
+        let held = kept
+            .into_iter()
+            .filter_map(|(ti, attempt)| {
+                let (run, index) = self.locate(ti)?;
+                let task = self.runs.get(&run)?.tasks.get(index)?.task_id.clone();
+                Some(((ti, attempt), (run, task)))
+            })
+            .collect();
         for (ti, attempt) in missing {
             self.release_hold(worker, ti, attempt);
             self.attempt_vanished(ti, attempt, "the worker reconnected without it")
                 .await;
         }
         self.dirty = true;
-        Ok(rx)
+        Ok(WorkerLink { commands: rx, held })
     }
 
     /// Liveness in memory; the store's `last_heartbeat_at` is refreshed in

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use trainyard_core::ids::{RunId, TaskInstanceId, WorkerId};
+use trainyard_core::ids::{TaskInstanceId, WorkerId};
 use trainyard_proto::v1;
 
 use crate::engine::{
@@ -30,8 +30,9 @@ pub mod limits {
     pub const MAX_MEMORY_BYTES: u64 = 64 << 40;
     pub const MAX_SLOTS: u32 = 10_000;
     pub const MAX_GPUS: usize = 256;
-    /// 4 TiB per GPU.
-    pub const MAX_GPU_MEMORY_BYTES: u64 = 4 << 40;
+    /// 1 TiB per GPU: several times the largest GPU sold today (288 GB),
+    /// so only a worker that lies about its inventory hits it.
+    pub const MAX_GPU_MEMORY_BYTES: u64 = 1 << 40;
     /// Attempts one worker may report as running (Hello, Heartbeat).
     pub const MAX_RUNNING: usize = 100_000;
     /// Metrics per TaskFinished.
@@ -70,6 +71,14 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConvertError {
 }
 
 fn check_str(field: &'static str, s: &str) -> Result<()> {
+    // A NUL cannot be stored (PostgreSQL refuses it in text) and control
+    // characters in names and labels only serve to spoof logs and the UI.
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(invalid(
+            field,
+            format!("contains the control character {c:?}; use printable text"),
+        ));
+    }
     if s.len() > limits::MAX_STRING {
         return Err(invalid(
             field,
@@ -155,7 +164,12 @@ fn gpu_from_proto(g: &v1::Gpu) -> Result<GpuInventory> {
 
 /// A registration, validated. The protocol version is checked by the caller
 /// (it is answered in the response, not as an error).
-pub fn registration_from_proto(r: &v1::RegisterRequest) -> Result<WorkerRegistration> {
+/// A registration as the engine takes it; `max_gpus` is the scheduler's
+/// `--max-worker-gpus`.
+pub fn registration_from_proto(
+    r: &v1::RegisterRequest,
+    max_gpus: u32,
+) -> Result<WorkerRegistration> {
     if r.name.trim().is_empty() {
         return Err(invalid("name", "must not be empty"));
     }
@@ -219,10 +233,17 @@ pub fn registration_from_proto(r: &v1::RegisterRequest) -> Result<WorkerRegistra
             format!("{} is not between 1 and {}", r.slots, limits::MAX_SLOTS),
         ));
     }
-    if r.gpus.len() > limits::MAX_GPUS {
+    let max_gpus = usize::try_from(max_gpus)
+        .unwrap_or(usize::MAX)
+        .min(limits::MAX_GPUS);
+    if r.gpus.len() > max_gpus {
         return Err(invalid(
             "gpus",
-            format!("{} GPUs, more than {}", r.gpus.len(), limits::MAX_GPUS),
+            format!(
+                "{} GPUs, more than the {max_gpus} this scheduler accepts from one worker \
+                 (raise the scheduler's --max-worker-gpus if the machine really has them)",
+                r.gpus.len()
+            ),
         ));
     }
     let gpus = r
@@ -250,6 +271,7 @@ pub fn registration_from_proto(r: &v1::RegisterRequest) -> Result<WorkerRegistra
         memory_bytes: r.memory_bytes,
         slots: r.slots,
         gpus,
+        credential: None,
     })
 }
 
@@ -363,20 +385,6 @@ fn truncate(s: &str, max_chars: usize) -> String {
     }
 }
 
-/// Where a batch of log lines belongs when the session does not know the
-/// attempt from an assignment (it was assigned on an earlier stream).
-pub fn log_place_from_proto(l: &v1::LogLines) -> Result<(RunId, String)> {
-    let run: RunId = l
-        .run_id
-        .parse()
-        .map_err(|e: trainyard_core::ids::IdError| invalid("run_id", e.to_string()))?;
-    if l.task_id.is_empty() {
-        return Err(ConvertError::Missing("task_id"));
-    }
-    check_str("task_id", &l.task_id)?;
-    Ok((run, l.task_id.clone()))
-}
-
 /// The lines of a batch for the log store. Lines the worker wrote itself go
 /// to stderr with a `[trainyard]` prefix so they stand out in the task log.
 pub fn log_lines_from_proto(l: &v1::LogLines) -> Result<Vec<(LogStream, String)>> {
@@ -390,12 +398,19 @@ pub fn log_lines_from_proto(l: &v1::LogLines) -> Result<Vec<(LogStream, String)>
             ),
         ));
     }
+    // Each stored line is one line: a worker that sends embedded newlines
+    // (an old or hostile one) cannot forge lines of its own choosing.
     Ok(l.lines
         .iter()
-        .map(|line| match v1::LogStream::try_from(line.stream) {
-            Ok(v1::LogStream::Stderr) => (LogStream::Stderr, line.text.clone()),
-            Ok(v1::LogStream::System) => (LogStream::Stderr, format!("[trainyard] {}", line.text)),
-            _ => (LogStream::Stdout, line.text.clone()),
+        .flat_map(|line| {
+            let (stream, prefix) = match v1::LogStream::try_from(line.stream) {
+                Ok(v1::LogStream::Stderr) => (LogStream::Stderr, ""),
+                Ok(v1::LogStream::System) => (LogStream::Stderr, "[trainyard] "),
+                _ => (LogStream::Stdout, ""),
+            };
+            line.text
+                .split('\n')
+                .map(move |part| (stream, format!("{prefix}{}", part.trim_end_matches('\r'))))
         })
         .collect())
 }
@@ -482,6 +497,7 @@ pub fn kill_to_proto(ti: TaskInstanceId, attempt: i32, reason: &str) -> v1::Sche
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use trainyard_core::ids::RunId;
 
     fn register() -> v1::RegisterRequest {
         v1::RegisterRequest {
@@ -502,13 +518,14 @@ mod tests {
             worker_version: "0.1.0".into(),
             hostname: "box".into(),
             worker_id: WorkerId::new().to_string(),
+            session_credential: String::new(),
         }
     }
 
     #[test]
     fn a_sane_registration_converts_field_by_field() {
         let r = register();
-        let reg = registration_from_proto(&r).unwrap();
+        let reg = registration_from_proto(&r, 64).unwrap();
         assert_eq!(reg.id.unwrap().to_string(), r.worker_id);
         assert_eq!(reg.cpus, 16.0);
         assert_eq!(reg.slots, 8);
@@ -520,7 +537,7 @@ mod tests {
     fn an_empty_worker_id_lets_the_scheduler_choose() {
         let mut r = register();
         r.worker_id.clear();
-        assert_eq!(registration_from_proto(&r).unwrap().id, None);
+        assert_eq!(registration_from_proto(&r, 64).unwrap().id, None);
     }
 
     #[test]
@@ -541,11 +558,33 @@ mod tests {
             ),
             ("gpus.index", Box::new(|r| r.gpus.push(r.gpus[0].clone()))),
             ("queues", Box::new(|r| r.queues.push(String::new()))),
+            ("name", Box::new(|r| r.name = "evil\0worker".into())),
+            (
+                "labels",
+                Box::new(|r| {
+                    r.labels.insert("zone".into(), "a\nb".into());
+                }),
+            ),
+            (
+                "gpus",
+                Box::new(|r| {
+                    r.gpus = (0..65)
+                        .map(|i| v1::Gpu {
+                            index: i,
+                            ..r.gpus[0].clone()
+                        })
+                        .collect()
+                }),
+            ),
+            (
+                "gpus.memory_bytes",
+                Box::new(|r| r.gpus[0].memory_bytes = 2 << 40),
+            ),
         ];
         for (field, mutate) in cases {
             let mut r = register();
             mutate(&mut r);
-            match registration_from_proto(&r) {
+            match registration_from_proto(&r, 64) {
                 Err(ConvertError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{field}: expected Invalid, got {other:?}"),
             }
@@ -655,6 +694,21 @@ mod tests {
             lines[1],
             (LogStream::Stderr, "[trainyard] timed out".to_owned())
         );
+    }
+
+    #[test]
+    fn a_line_with_embedded_newlines_is_stored_as_several_lines() {
+        let l = v1::LogLines {
+            lines: vec![v1::LogLine {
+                stream: v1::LogStream::Stdout as i32,
+                text: "one\r\ntwo\nthree".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let lines = log_lines_from_proto(&l).unwrap();
+        let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["one", "two", "three"]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const fn code_of(kind: ErrorKind) -> Code {
     match kind {
         // The worker re-registers on NOT_FOUND (see the .proto).
         ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
         ErrorKind::Invalid => Code::InvalidArgument,
         // gRPC's code for "a concurrency conflict; re-read and retry the sequence".
         ErrorKind::Conflict => Code::Aborted,

@@ -9,6 +9,12 @@
 //! [`ArtifactContext`]).
 //!
 //! Invariants:
+//! - With join tokens, every call is authenticated before its first message
+//!   is decoded (`auth`, a tonic interceptor); a worker id is usable only
+//!   with the session credential issued with it at Register.
+//! - A worker reports, logs and finishes only attempts assigned to it: a
+//!   report about anything else is refused, logged once at WARN, and
+//!   changes nothing (`session`).
 //! - Nothing a worker sends can panic the server: every id, number and string
 //!   is checked in `convert` and refused with `INVALID_ARGUMENT`; messages
 //!   over [`GrpcOptions::max_message_bytes`] are refused by tonic
@@ -22,6 +28,7 @@
 //! [`LogStore`]: crate::logs::LogStore
 
 mod artifacts;
+pub mod auth;
 pub mod convert;
 mod error;
 mod service;
@@ -38,6 +45,7 @@ use tracing::{info, instrument};
 use trainyard_proto::v1::worker_service_server::WorkerServiceServer;
 
 pub use artifacts::{ArtifactContext, mask_lines};
+pub use auth::{WorkerAuth, WorkerAuthError};
 pub use error::{GrpcError, Result, status_of};
 pub use service::WorkerServiceImpl;
 
@@ -55,6 +63,12 @@ pub struct GrpcOptions {
     /// unplugged worker) ends its stream instead of holding it forever.
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Join tokens required on every call (open when empty).
+    pub auth: WorkerAuth,
+    /// TLS (and with a client CA, mTLS) for the endpoint; `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Most GPUs one worker may register (a lying worker cannot claim 256).
+    pub max_worker_gpus: u32,
 }
 
 impl Default for GrpcOptions {
@@ -65,6 +79,9 @@ impl Default for GrpcOptions {
             hello_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(20),
+            auth: WorkerAuth::open(),
+            tls: None,
+            max_worker_gpus: 64,
         }
     }
 }
@@ -84,14 +101,25 @@ pub async fn serve(
     let svc = WorkerServiceServer::new(service)
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
+    let auth = opts.auth.clone();
+    let svc =
+        tonic::service::interceptor::InterceptedService::new(svc, move |req| auth.intercept(req));
     // Small messages on a latency-critical path: no Nagle delay.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|s| {
             let _ = s.set_nodelay(true);
         })
     });
-    info!("worker gRPC service listening");
-    Server::builder()
+    info!(
+        tls = opts.tls.is_some(),
+        join_tokens = opts.auth.is_required(),
+        "worker gRPC service listening"
+    );
+    let mut server = Server::builder();
+    if let Some(tls) = opts.tls.clone() {
+        server = server.tls_config(tls)?;
+    }
+    server
         .http2_keepalive_interval(Some(opts.keepalive_interval))
         .http2_keepalive_timeout(Some(opts.keepalive_timeout))
         .add_service(svc)

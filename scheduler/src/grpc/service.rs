@@ -14,6 +14,7 @@ use trainyard_proto::v1::{self, worker_message::Kind, worker_service_server::Wor
 
 use super::GrpcOptions;
 use super::artifacts::ArtifactContext;
+use super::auth::{credential_digest, issue_credential};
 use super::convert;
 use super::error::status_of;
 use super::session::{Session, Sessions};
@@ -71,11 +72,13 @@ impl WorkerServiceImpl {
         accepted: bool,
         reason: String,
         worker_id: String,
+        session_credential: String,
     ) -> v1::RegisterResponse {
         v1::RegisterResponse {
             accepted,
             reason,
             worker_id,
+            session_credential,
             heartbeat_interval_ms: u64::try_from(self.opts.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             protocol_version: v1::PROTOCOL_VERSION,
@@ -116,9 +119,18 @@ impl WorkerService for WorkerServiceImpl {
                 false,
                 reason,
                 String::new(),
+                String::new(),
             )));
         }
-        let registration = convert::registration_from_proto(&req)?;
+        let mut registration = convert::registration_from_proto(&req, self.opts.max_worker_gpus)?;
+        // The engine binds the presented credential to an id it does not
+        // know yet, else the fresh one; a known id needs its own.
+        let presented = (!req.session_credential.is_empty()).then_some(req.session_credential);
+        let issued = issue_credential();
+        registration.credential = Some(crate::engine::CredentialClaim {
+            presented: presented.as_deref().map(credential_digest),
+            issued: credential_digest(&issued),
+        });
         let id = self
             .engine
             .register_worker(registration)
@@ -129,6 +141,7 @@ impl WorkerService for WorkerServiceImpl {
             true,
             String::new(),
             id.to_string(),
+            presented.unwrap_or(issued),
         )))
     }
 
@@ -162,9 +175,17 @@ impl WorkerService for WorkerServiceImpl {
         };
         let worker = convert::worker_id(&hello.worker_id)?;
         let running = convert::running_from_proto(&hello.running)?;
+        // Before this stream may supersede the worker's current one: only
+        // the holder of the id's session credential speaks for it.
+        let credential = (!hello.session_credential.is_empty())
+            .then(|| credential_digest(&hello.session_credential));
+        self.engine
+            .authenticate_worker(worker, credential)
+            .await
+            .map_err(|e| status_of(&e))?;
         let generation = self.sessions.begin(worker);
-        let commands = match self.engine.connect_worker(worker, running.clone()).await {
-            Ok(rx) => rx,
+        let link = match self.engine.connect_worker(worker, running.clone()).await {
+            Ok(link) => link,
             Err(e) => {
                 self.sessions.end(worker, generation);
                 return Err(status_of(&e));
@@ -178,9 +199,8 @@ impl WorkerService for WorkerServiceImpl {
             worker,
             generation,
             self.sessions.clone(),
-            running,
+            link,
             out,
-            commands,
             self.artifacts.clone(),
         );
         tokio::spawn(session.run(inbound, self.stop.clone()));

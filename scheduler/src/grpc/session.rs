@@ -25,7 +25,7 @@ use trainyard_proto::v1::{self, worker_message::Kind};
 use super::artifacts::{self, ArtifactContext, SecretCache};
 use super::convert;
 use super::error::status_of;
-use crate::engine::{EngineError, EngineHandle, WorkerCommand};
+use crate::engine::{EngineError, EngineHandle, WorkerCommand, WorkerLink};
 use crate::logs::LogStore;
 
 type Attempt = (TaskInstanceId, i32);
@@ -77,9 +77,12 @@ pub(super) struct Session {
     /// reported plus those assigned since, minus finished, declined and killed
     /// ones. Listed to the engine when a declined assignment is handed back.
     held: HashSet<Attempt>,
-    /// Run and task of each attempt assigned on this stream, for its logs
-    /// (authoritative over what a LogLines batch claims).
+    /// Run and task of each attempt that is this worker's own: assigned on
+    /// this stream, or reported in its Hello and confirmed by the engine.
+    /// A report or log line about any other attempt is refused.
     places: HashMap<Attempt, (RunId, String)>,
+    /// Attempts already warned about (a refused report is logged once).
+    refused: HashSet<Attempt>,
     /// Artifact store and lineage (see `grpc::artifacts`).
     artifacts: Option<ArtifactContext>,
     /// Secret values per (run, task), masked in log lines before storing.
@@ -109,9 +112,8 @@ impl Session {
         worker: WorkerId,
         generation: u64,
         sessions: std::sync::Arc<Sessions>,
-        running: Vec<Attempt>,
+        link: WorkerLink,
         out: Out,
-        commands: mpsc::Receiver<WorkerCommand>,
         artifacts: Option<ArtifactContext>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -122,9 +124,14 @@ impl Session {
             generation,
             sessions,
             out,
-            commands,
-            held: running.into_iter().collect(),
-            places: HashMap::new(),
+            commands: link.commands,
+            held: link.held.iter().map(|(k, _)| *k).collect(),
+            places: link
+                .held
+                .into_iter()
+                .map(|(k, (run, task))| (k, (run, task.as_str().to_owned())))
+                .collect(),
+            refused: HashSet::new(),
             artifacts,
             secrets: SecretCache::default(),
             finished_tx,
@@ -279,9 +286,11 @@ impl Session {
             Kind::LogLines(l) => {
                 let key = convert::attempt_from_proto(l.attempt.as_ref()).map_err(bad)?;
                 let mut lines = convert::log_lines_from_proto(&l).map_err(bad)?;
-                let (run, task) = match self.places.get(&key) {
-                    Some(p) => p.clone(),
-                    None => convert::log_place_from_proto(&l).map_err(bad)?,
+                // Where the lines go is what the engine assigned, never what
+                // the batch claims: a worker writes only its own attempts' logs.
+                let Some((run, task)) = self.places.get(&key).cloned() else {
+                    self.refuse_lines(key);
+                    return Ok(());
                 };
                 let store = self.artifacts.as_ref().map(|a| a.store.as_ref());
                 let secrets = self.secrets.get(store, run, &task).await;
@@ -293,6 +302,9 @@ impl Session {
             }
             Kind::TaskFinished(f) => {
                 let (ti, attempt) = convert::attempt_from_proto(f.attempt.as_ref()).map_err(bad)?;
+                // Not one of this worker's current attempts: the engine
+                // fences it before writing anything (not even metrics) and
+                // `report` answers Kill; no log is archived for it.
                 let mut result = convert::result_from_proto(&f).map_err(bad)?;
                 self.held.remove(&(ti, attempt));
                 let place = self.places.remove(&(ti, attempt));
@@ -305,21 +317,11 @@ impl Session {
                 self.in_flight += 1;
                 tokio::spawn(async move {
                     // The log is archived first so its URI is committed with the end.
-                    if let Some(ctx) = &ctx {
-                        // An attempt assigned before this stream opened is looked up once.
-                        let place = match place {
-                            Some(p) => Some(p),
-                            None => ctx
-                                .store
-                                .get_task_instance(ti)
-                                .await
-                                .ok()
-                                .map(|t| (t.run_id, t.task_id.to_string())),
-                        };
-                        if let Some((run, task)) = place {
-                            result.lineage.log_location =
-                                artifacts::archive_log(&logs, run, &task, attempt).await;
-                        }
+                    if ctx.is_some()
+                        && let Some((run, task)) = place
+                    {
+                        result.lineage.log_location =
+                            artifacts::archive_log(&logs, run, &task, attempt).await;
                     }
                     let r = engine.task_finished(worker, ti, attempt, result).await;
                     let _ = answers.send((ti, attempt, r));
@@ -336,6 +338,15 @@ impl Session {
         }
     }
 
+    /// Logs once at WARN that lines about `key`, which is not one of this
+    /// worker's attempts, were refused (and nothing was written).
+    fn refuse_lines(&mut self, key: Attempt) {
+        // Bounded: a hostile worker cannot grow this past a few thousand.
+        if self.refused.len() < 4096 && self.refused.insert(key) {
+            warn!(ti = %key.0, attempt = key.1, "refused log lines about an attempt that is not assigned to this worker");
+        }
+    }
+
     /// The engine's answer to a task report: a fenced report is answered with
     /// Kill (when `kill_on_fence`), other client errors are logged, engine
     /// trouble ends the stream so the worker retries later.
@@ -349,7 +360,9 @@ impl Session {
         match r {
             Ok(()) => Ok(()),
             Err(EngineError::Fenced { .. }) => {
-                info!(%ti, attempt, "stale report fenced; telling the worker to kill the attempt");
+                if self.refused.len() < 4096 && self.refused.insert((ti, attempt)) {
+                    warn!(%ti, attempt, "refused a report about an attempt that is not current on this worker (stale, or not assigned to this worker); telling it to kill the attempt");
+                }
                 self.held.remove(&(ti, attempt));
                 if kill_on_fence {
                     let kill = convert::kill_to_proto(
@@ -397,7 +410,11 @@ impl Session {
             .connect_worker(self.worker, reported)
             .await
             .map_err(|e| End::Status(status_of(&e)))?;
-        let mut old = std::mem::replace(&mut self.commands, fresh);
+        // What the engine kept is all this worker may still report about.
+        let kept: HashSet<Attempt> = fresh.held.iter().map(|(k, _)| *k).collect();
+        self.places.retain(|k, _| kept.contains(k));
+        self.held.retain(|k| kept.contains(k));
+        let mut old = std::mem::replace(&mut self.commands, fresh.commands);
         // What the engine queued before the swap: assignments in it were not
         // listed, so the engine handed them back too; cancels and kills still count.
         while let Ok(cmd) = old.try_recv() {

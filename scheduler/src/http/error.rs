@@ -39,6 +39,7 @@ struct ErrorDetail<'a> {
 pub const fn http_of(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
         ErrorKind::FailedPrecondition => (StatusCode::CONFLICT, "failed_precondition"),

@@ -122,13 +122,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the app on a bound listener until `shutdown` completes.
+/// Serves the app on a bound listener until `shutdown` completes; over TLS
+/// when `tls` is given (see [`crate::tls`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    tls: Option<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

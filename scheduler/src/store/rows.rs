@@ -31,7 +31,7 @@ pub(crate) const ATTEMPT_COLS: &str = "id, task_instance_id, run_id, attempt, wo
      outcome, exit_code, error, log_location, assigned_at, started_at, ended_at";
 
 pub(crate) const WORKER_COLS: &str = "id, name, state, resources, gpus, labels, registered_at, \
-     last_heartbeat_at, updated_at";
+     last_heartbeat_at, updated_at, credential_sha256";
 
 pub(crate) const EVENT_COLS: &str = "id, run_id, entity, task_instance_id, task_id, from_state, \
      to_state, attempt, actor, reason, at";
@@ -180,6 +180,7 @@ where
             registered_at: r.try_get("registered_at")?,
             last_heartbeat_at: r.try_get("last_heartbeat_at")?,
             updated_at: r.try_get("updated_at")?,
+            credential_sha256: r.try_get("credential_sha256")?,
         })
     }
 

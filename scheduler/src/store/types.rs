@@ -360,6 +360,9 @@ pub struct HeldAttempt {
 pub struct NewWorker {
     pub id: WorkerId,
     pub name: String,
+    /// SHA-256 (hex) of the session credential bound to the id (see
+    /// `grpc::auth`); never the credential itself.
+    pub credential_sha256: Option<String>,
     /// CPUs, memory, queues… as the transport layer describes them.
     pub resources: Value,
     /// One entry per GPU (index, uuid, model, memory).
@@ -378,6 +381,10 @@ pub struct Worker {
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The digest of the worker's session credential: the engine checks
+    /// registrations and Hellos against it; never served by the API.
+    #[serde(skip)]
+    pub credential_sha256: Option<String>,
 }
 
 // ---------------------------------------------------------------- metrics and events

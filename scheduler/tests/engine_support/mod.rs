@@ -261,13 +261,14 @@ pub fn registration(name: &str, slots: u32, gpus: &[(&str, u64)]) -> WorkerRegis
                 healthy: true,
             })
             .collect(),
+        credential: None,
     }
 }
 
 impl FakeWorker {
     pub async fn join(handle: &EngineHandle, reg: WorkerRegistration) -> Self {
         let id = handle.register_worker(reg).await.unwrap();
-        let rx = handle.connect_worker(id, vec![]).await.unwrap();
+        let rx = handle.connect_worker(id, vec![]).await.unwrap().commands;
         Self {
             id,
             rx,

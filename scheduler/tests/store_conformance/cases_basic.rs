@@ -613,9 +613,12 @@ pub async fn lost_worker_attempts_become_lost(db: &TestDb) {
         resources: json!({"cpus": 16}),
         gpus: json!([{"index": 0, "model": "A100"}]),
         labels: json!({}),
+        credential_sha256: Some("ab".repeat(32)),
     };
     let worker = s.register_worker(w.clone(), t0()).await.unwrap();
     assert_eq!(worker.state, WorkerState::Active);
+    // The credential's digest survives for the next leader's engine.
+    assert_eq!(worker.credential_sha256, w.credential_sha256);
     let claimed = [&tasks[0], &tasks[1]];
     s.assign(&claimed, Some(w.id), "scheduler", t0())
         .await

@@ -28,6 +28,7 @@ impl Remote {
         let client = Client::new(&ServerArgs {
             server: server.to_owned(),
             token,
+            ca_cert: None,
         })?;
         Ok(Self { client })
     }

@@ -70,6 +70,8 @@ struct Conn {
 pub(super) struct AgentLoop {
     opts: AgentOptions,
     endpoint: Endpoint,
+    /// Join token and the session credential of `worker_id`.
+    credentials: dial::Credentials,
     /// The hook new attempts use; running ones keep the one they started with.
     artifacts: Arc<dyn ArtifactHook>,
     /// The scheduler's store URL `artifacts` was built from; `None` while the
@@ -154,8 +156,17 @@ impl AgentLoop {
         status: watch::Sender<AgentStatus>,
     ) -> Self {
         // Checked in Agent::build; a fallback keeps this infallible.
-        let endpoint = dial::endpoint(&opts.scheduler_url)
+        let endpoint = dial::endpoint(&opts.scheduler_url, opts.tls.as_ref())
             .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"));
+        // Both checked in Agent::build.
+        let credentials = dial::Credentials {
+            token: dial::JoinToken::new(opts.join_token.as_deref()).unwrap_or_default(),
+            session_credential: opts
+                .identity
+                .as_ref()
+                .and_then(|i| i.session_credential())
+                .unwrap_or_default(),
+        };
         let artifacts = opts
             .artifacts
             .clone()
@@ -171,6 +182,7 @@ impl AgentLoop {
             heartbeat_every: every,
             opts,
             endpoint,
+            credentials,
             artifacts,
             artifacts_from_scheduler: None,
             worker_id,
@@ -257,6 +269,7 @@ impl AgentLoop {
                             ticker = Some(every);
                             inbound = Some(est.inbound);
                             self.use_scheduler_store(&est.artifact_store_url);
+                            self.keep_identity(est.worker_id, &est.session_credential);
                             self.on_connected(est.worker_id, est.tx).await;
                         }
                         Err(e) if e.is_fatal() => break Err(e.into()),
@@ -340,6 +353,8 @@ impl AgentLoop {
             worker_version: env!("CARGO_PKG_VERSION").to_owned(),
             hostname: o.hostname.clone(),
             worker_id: self.worker_id.to_string(),
+            // Filled in by `establish` from the credentials.
+            session_credential: String::new(),
         };
         let mut running: Vec<v1::RunningAttempt> = self
             .tasks
@@ -354,11 +369,12 @@ impl AgentLoop {
             .collect();
         running.extend(self.unconfirmed.iter().map(|u| u.running.clone()));
         let endpoint = self.endpoint.clone();
+        let credentials = self.credentials.clone();
         let delay = self.delay;
         let max = o.max_message_bytes;
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            dial::establish(endpoint, request, running, max).await
+            dial::establish(endpoint, credentials, request, running, max).await
         })
     }
 
@@ -393,6 +409,17 @@ impl AgentLoop {
             }
         };
         self.artifacts_from_scheduler = Some(url.to_owned());
+    }
+
+    /// Keeps the id and session credential the scheduler answered, in
+    /// memory for the next Register and on disk for the next start.
+    fn keep_identity(&mut self, worker_id: WorkerId, credential: &str) {
+        self.credentials.session_credential = credential.to_owned();
+        if let Some(identity) = &self.opts.identity
+            && let Err(e) = identity.save(worker_id, credential)
+        {
+            warn!(error = %e, "cannot persist the worker identity; a restart will register as a new worker");
+        }
     }
 
     async fn on_connected(&mut self, worker_id: WorkerId, tx: mpsc::Sender<v1::WorkerMessage>) {

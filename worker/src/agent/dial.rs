@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Streaming};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
 use trainyard_core::ids::WorkerId;
 use trainyard_proto::v1::{self, worker_service_client::WorkerServiceClient};
 
@@ -33,13 +35,40 @@ pub enum DialError {
     },
     #[error("the scheduler answered an unusable worker id {0:?}")]
     BadWorkerId(String),
+    #[error("the worker join token cannot be sent: {0}")]
+    BadToken(String),
+    #[error(
+        "TLS with the scheduler at {url} failed: {reason} (check --ca-cert, and --cert/--key \
+         when the scheduler requires client certificates)"
+    )]
+    TlsRefused { url: String, reason: String },
+    #[error("TLS settings for {url} are not usable: {source}")]
+    Tls {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }
 
 impl DialError {
     /// Retrying the same request cannot help: stop the agent and say why.
     pub fn is_fatal(&self) -> bool {
         match self {
-            Self::BadUrl { .. } | Self::Rejected(_) => true,
+            Self::BadUrl { .. }
+            | Self::Rejected(_)
+            | Self::BadToken(_)
+            | Self::Tls { .. }
+            | Self::TlsRefused { .. } => true,
+            // A wrong join token or credential stays wrong: say so and stop
+            // rather than retry forever.
+            Self::Call { status, .. }
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated | Code::PermissionDenied
+                ) =>
+            {
+                true
+            }
             Self::Call { call, status } => {
                 *call == "Register"
                     && matches!(status.code(), Code::InvalidArgument | Code::Unimplemented)
@@ -47,6 +76,67 @@ impl DialError {
             _ => false,
         }
     }
+}
+
+/// The TLS failure somewhere in `err`'s chain, if any: a certificate the
+/// other side refuses stays refused, so retrying cannot help. tokio-rustls
+/// hands rustls errors up as `io::Error`s carrying only their text, so the
+/// text is what is recognised (an alert the scheduler sent, or a
+/// certificate this worker could not verify).
+fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        let text = e.to_string();
+        if text.starts_with("received fatal alert") || text.starts_with("invalid peer certificate")
+        {
+            return Some(text);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// Adds the join token (`authorization: Bearer <token>`) to every call.
+#[derive(Debug, Clone, Default)]
+pub struct JoinToken(Option<MetadataValue<Ascii>>);
+
+impl JoinToken {
+    pub fn new(token: Option<&str>) -> Result<Self, DialError> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| {
+                        DialError::BadToken(
+                            "it must be printable ASCII (no spaces or control characters)".into(),
+                        )
+                    })
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl Interceptor for JoinToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How this worker proves who it is: the join token on every call, and the
+/// session credential of its id (empty until the first Register answers).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub token: JoinToken,
+    pub session_credential: String,
 }
 
 /// A registered worker with an open stream.
@@ -58,6 +148,8 @@ pub struct Established {
     pub inbound: Streaming<v1::SchedulerMessage>,
     /// The scheduler's artifact store; empty when it configured none.
     pub artifact_store_url: String,
+    /// The session credential bound to `worker_id` (keep it for the next Register).
+    pub session_credential: String,
 }
 
 /// `host:port` becomes `http://host:port`.
@@ -69,9 +161,18 @@ pub fn normalise_url(url: &str) -> String {
     }
 }
 
-pub fn endpoint(url: &str) -> Result<Endpoint, DialError> {
+/// The scheduler's endpoint; `https://` URLs need `tls`, and `tls` needs
+/// an `https://` URL (so a typo never sends secrets in cleartext).
+pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, DialError> {
     let url = normalise_url(url);
-    Endpoint::from_shared(url.clone())
+    let https = url.starts_with("https://");
+    if tls.is_some() && !https {
+        return Err(DialError::BadUrl {
+            url,
+            reason: "TLS settings (--ca-cert, --cert) need an https:// scheduler URL".into(),
+        });
+    }
+    let endpoint = Endpoint::from_shared(url.clone())
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
@@ -80,33 +181,58 @@ pub fn endpoint(url: &str) -> Result<Endpoint, DialError> {
                 .keep_alive_while_idle(true)
         })
         .map_err(|e| DialError::BadUrl {
-            url,
+            url: url.clone(),
             reason: e.to_string(),
-        })
+        })?;
+    match (tls, https) {
+        (Some(tls), _) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|source| DialError::Tls { url, source }),
+        // The system's roots for a public certificate.
+        (None, true) => endpoint
+            .tls_config(ClientTlsConfig::new().with_enabled_roots())
+            .map_err(|source| DialError::Tls { url, source }),
+        (None, false) => Ok(endpoint),
+    }
 }
 
 /// Dials, registers with `request` and opens the stream with a Hello
 /// listing `running` (built with the id the scheduler answered).
 pub async fn establish(
     endpoint: Endpoint,
-    request: v1::RegisterRequest,
+    credentials: Credentials,
+    mut request: v1::RegisterRequest,
     running: Vec<v1::RunningAttempt>,
     max_message_bytes: usize,
 ) -> Result<Established, DialError> {
     let url = endpoint.uri().to_string();
-    let channel: Channel = endpoint
-        .connect()
-        .await
-        .map_err(|source| DialError::Unreachable { url, source })?;
-    let mut client = WorkerServiceClient::new(channel)
+    let channel: Channel =
+        endpoint
+            .connect()
+            .await
+            .map_err(|source| match tls_problem(&source) {
+                Some(reason) => DialError::TlsRefused {
+                    url: url.clone(),
+                    reason,
+                },
+                None => DialError::Unreachable {
+                    url: url.clone(),
+                    source,
+                },
+            })?;
+    request.session_credential = credentials.session_credential;
+    let mut client = WorkerServiceClient::with_interceptor(channel, credentials.token)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let resp = client
         .register(request)
         .await
-        .map_err(|status| DialError::Call {
-            call: "Register",
-            status,
+        .map_err(|status| match tls_problem(&status) {
+            Some(reason) => DialError::TlsRefused { url, reason },
+            None => DialError::Call {
+                call: "Register",
+                status,
+            },
         })?
         .into_inner();
     if !resp.accepted {
@@ -121,6 +247,7 @@ pub async fn establish(
         kind: Some(v1::worker_message::Kind::Hello(v1::Hello {
             worker_id: worker_id.to_string(),
             running,
+            session_credential: resp.session_credential.clone(),
         })),
     };
     // The buffer is empty, so this cannot wait.
@@ -139,12 +266,44 @@ pub async fn establish(
         tx,
         inbound,
         artifact_store_url: resp.artifact_store_url,
+        session_credential: resp.session_credential,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_refusals_are_recognised_through_io_errors() {
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        let status = tonic::Status::from_error(Box::new(alert));
+        assert!(tls_problem(&status).is_some());
+        let pipe = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        assert!(tls_problem(&pipe).is_none());
+    }
+
+    #[test]
+    fn tls_settings_need_an_https_url() {
+        let tls = ClientTlsConfig::new();
+        assert!(matches!(
+            endpoint("http://s:1", Some(&tls)),
+            Err(DialError::BadUrl { .. })
+        ));
+        assert!(endpoint("http://s:1", None).is_ok());
+    }
+
+    #[test]
+    fn a_token_with_control_characters_is_refused_up_front() {
+        assert!(JoinToken::new(Some("ok-token-0123456789")).is_ok());
+        assert!(matches!(
+            JoinToken::new(Some("bad\ntoken")),
+            Err(DialError::BadToken(_))
+        ));
+    }
 
     #[test]
     fn a_bare_host_port_gets_a_scheme() {
@@ -165,5 +324,10 @@ mod tests {
             status: tonic::Status::unavailable("restarting"),
         };
         assert!(!down.is_fatal());
+        let refused = DialError::Call {
+            call: "Connect",
+            status: tonic::Status::unauthenticated("wrong token"),
+        };
+        assert!(refused.is_fatal());
     }
 }

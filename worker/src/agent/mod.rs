@@ -35,6 +35,7 @@ mod agent_loop;
 mod artifacts;
 mod dial;
 mod error;
+mod identity;
 mod job;
 mod workdir;
 
@@ -51,6 +52,7 @@ use trainyard_core::ids::WorkerId;
 
 pub use artifacts::StoreArtifacts;
 pub use dial::DialError;
+pub use identity::{IdentityError, IdentityFile};
 pub use job::{LOG_BATCH_LINES, LOG_FLUSH_INTERVAL};
 pub use workdir::{ArtifactHook, AttemptPaths, LocalInputs, Transfer, UpstreamOutput};
 
@@ -121,6 +123,14 @@ pub struct AgentOptions {
     /// Speaks this protocol version at Register (tests set another to
     /// check the scheduler's refusal); default `PROTOCOL_VERSION`.
     pub protocol_version: u32,
+    /// The scheduler's join token (`--token`), sent on every call.
+    pub join_token: Option<String>,
+    /// TLS towards an `https://` scheduler: its CA (`--ca-cert`) and, for
+    /// mTLS, this worker's certificate and key (`--cert`, `--key`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where the worker id and session credential persist across restarts
+    /// (locked for this process); `None` keeps them in memory only.
+    pub identity: Option<Arc<IdentityFile>>,
 }
 
 impl AgentOptions {
@@ -146,6 +156,9 @@ impl AgentOptions {
             artifact_url: None,
             max_message_bytes: 16 * 1024 * 1024,
             protocol_version: trainyard_proto::v1::PROTOCOL_VERSION,
+            join_token: None,
+            tls: None,
+            identity: None,
         }
     }
 }
@@ -233,7 +246,8 @@ pub struct Agent {
 impl Agent {
     /// Checks the options and prepares the work dir; connects nothing yet.
     pub fn build(mut opts: AgentOptions) -> Result<Agent> {
-        dial::endpoint(&opts.scheduler_url)?;
+        dial::endpoint(&opts.scheduler_url, opts.tls.as_ref())?;
+        dial::JoinToken::new(opts.join_token.as_deref())?;
         if opts.slots == 0 {
             return Err(AgentError::Options("slots must be at least 1".into()));
         }
@@ -253,7 +267,10 @@ impl Agent {
                 .map_err(|e| AgentError::Options(format!("artifact store {url:?}: {e}")))?;
             opts.artifacts = Some(Arc::new(hook));
         }
-        let worker_id = opts.worker_id.unwrap_or_default();
+        let worker_id = opts
+            .worker_id
+            .or_else(|| opts.identity.as_ref().map(|i| i.worker_id()))
+            .unwrap_or_default();
         let (drain_tx, drain_rx) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(AgentStatus::default());
         let handle = AgentHandle {

@@ -52,13 +52,13 @@ where
     ) -> Result<Worker> {
         let sql = format!(
             "INSERT INTO workers (id, name, state, resources, gpus, labels, registered_at, \
-             last_heartbeat_at, updated_at) VALUES ($1, $2, 'active', $3, $4, $5, $6, $6, \
-             $6) \
+             last_heartbeat_at, updated_at, credential_sha256) VALUES ($1, $2, 'active', $3, \
+             $4, $5, $6, $6, $6, $7) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, state = 'active', \
              resources = excluded.resources, gpus = excluded.gpus, labels = \
              excluded.labels, \
              last_heartbeat_at = excluded.last_heartbeat_at, updated_at = \
-             excluded.updated_at \
+             excluded.updated_at, credential_sha256 = excluded.credential_sha256 \
              RETURNING {WORKER_COLS}"
         );
         let row = sqlx::query(&sql)
@@ -68,6 +68,7 @@ where
             .bind(Json(&w.gpus))
             .bind(Json(&w.labels))
             .bind(now)
+            .bind(w.credential_sha256.as_deref())
             .fetch_one(&mut **tx)
             .await?;
         let worker = Rows::<DB>::worker(&row)?;
