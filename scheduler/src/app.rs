@@ -99,6 +99,8 @@ pub enum AppError {
     Ha(#[from] crate::ha::HaError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    DbLock(#[from] DbLockError),
 }
 
 /// A started scheduler: its parts, for callers that drive or observe it.
@@ -113,6 +115,8 @@ pub struct SchedulerApp {
     /// Leader or standby (see [`crate::ha`]).
     role: watch::Receiver<Role>,
     tasks: JoinSet<()>,
+    /// Held for the process's life on SQLite (see `db_lock`).
+    _db_lock: Option<db_lock::DbLock>,
 }
 
 impl std::fmt::Debug for SchedulerApp {
@@ -150,6 +154,12 @@ impl SchedulerApp {
         shutdown: CancellationToken,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AppError> {
+        // One scheduling process per SQLite file, refused before anything
+        // else opens it.
+        let db_lock = match db_lock::sqlite_file(&config.db_url) {
+            Some(file) => Some(db_lock::DbLock::acquire(&file)?),
+            None => None,
+        };
         // Bad certificate files stop the start here, with their names.
         let (http_tls, grpc_tls) = match &config.tls {
             Some(files) => (
@@ -235,6 +245,7 @@ impl SchedulerApp {
             grpc_addr,
             role,
             tasks,
+            _db_lock: db_lock,
         })
     }
 
@@ -269,5 +280,7 @@ fn open_artifacts(config: &SchedulerConfig) -> Result<ArtifactStore, AppError> {
     }
 }
 
+mod db_lock;
 mod term;
+pub use db_lock::DbLockError;
 use term::{Phase, Term, supervise};

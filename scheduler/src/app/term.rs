@@ -19,6 +19,8 @@ use tracing::{error, info, warn};
 use trainyard_artifacts::ArtifactStore;
 
 use super::{AppError, SchedulerConfig};
+use trainyard_core::ids::DagId;
+
 use crate::clock::Clock;
 use crate::dags::DagLoaderOptions;
 use crate::engine::{Engine, EngineHandle, EngineInbox, EngineOptions};
@@ -166,8 +168,22 @@ impl Term {
                 dir: dir.clone(),
                 message: e.to_string(),
             };
+            // During the initial load the changes are collected and handed
+            // to the engine (awaited) before the term counts as started, so
+            // a replica is ready only once its engine knows every DAG of the
+            // folder ("start, wait for ready, trigger" never meets "DAG not
+            // found"). Later changes go to the engine on their own tasks.
+            let initial: Arc<std::sync::Mutex<Option<Vec<DagId>>>> =
+                Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+            let collecting = initial.clone();
             let mut loader = DagLoaderOptions::new(dir.clone(), self.store.clone())
                 .on_change(move |dag_id| {
+                    if let Ok(mut pending) = collecting.lock()
+                        && let Some(pending) = pending.as_mut()
+                    {
+                        pending.push(dag_id);
+                        return;
+                    }
                     let engine = notify.clone();
                     tokio::spawn(async move {
                         if let Err(err) = engine.dag_changed(dag_id.clone()).await {
@@ -182,6 +198,15 @@ impl Term {
                 .load_all(self.clock.now())
                 .await
                 .map_err(|e| dags_error(&e))?;
+            let pending = initial
+                .lock()
+                .map(|mut p| p.take().unwrap_or_default())
+                .unwrap_or_default();
+            for dag_id in pending {
+                if let Err(err) = self.handle.dag_changed(dag_id.clone()).await {
+                    warn!(%dag_id, error = %err, "engine did not take the DAG");
+                }
+            }
             info!(loaded = report.loaded.len(), errors = report.errors.len(), dir = %dir.display(), "dags loaded");
             for (path, error) in &report.errors {
                 warn!(path = %path.display(), "{error}");
