@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{Collector, DagErrorKind as K, DagErrors};
+use super::params::MAX_PARAMS_BYTES;
 use super::raw::{self, Span, check_keys, entry, get_bool, get_str, get_str_array, get_table};
 use super::{
     ByteSize, DagSpec, EnvSource, EnvVar, Overlap, ParamValue, ResourceRequest, RetryBackoff,
@@ -100,6 +101,7 @@ pub(crate) fn parse(file: &str, source: &str) -> Result<DagSpec, DagErrors> {
         return Err(c.into_errors(file));
     }
     let root = root.get_ref();
+    check_nul(&mut c, root);
     check_keys(&mut c, root, TOP_KEYS, "the DAG file");
 
     let id = match get_str(&mut c, root, "id") {
@@ -274,11 +276,49 @@ pub(crate) fn parse_date(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
         })
 }
 
+/// No string in a DAG may hold a NUL: no argv element, environment value
+/// or database text column can carry one, so it is refused here rather than
+/// failing every run (or the store) later.
+fn check_nul(c: &mut Collector<'_>, table: &DeTable<'_>) {
+    fn walk(c: &mut Collector<'_>, v: &raw::Val<'_>) {
+        match v.get_ref() {
+            DeValue::String(s) if s.contains('\0') => c.push(
+                K::WrongType,
+                v.span(),
+                "this string contains a NUL character (\\u0000), which no command argument, environment variable or stored text can hold; remove it",
+            ),
+            DeValue::Array(items) => items.iter().for_each(|i| walk(c, i)),
+            DeValue::Table(t) => t.iter().for_each(|(_, i)| walk(c, i)),
+            _ => {}
+        }
+    }
+    table.iter().for_each(|(_, v)| walk(c, v));
+}
+
 fn read_params(c: &mut Collector<'_>, root: &DeTable<'_>) -> BTreeMap<String, ParamValue> {
-    let mut out = BTreeMap::new();
-    let Some((table, _, _)) = get_table(c, root, "params") else {
-        return out;
+    let Some((table, key_span, _)) = get_table(c, root, "params") else {
+        return BTreeMap::new();
     };
+    let out = read_param_values(c, table, BTreeMap::new());
+    let size = super::params::params_json_size(&out);
+    if size > MAX_PARAMS_BYTES {
+        c.push(
+            K::BadParam,
+            key_span,
+            format!(
+                "the declared params' defaults are {size} bytes as JSON, over the {} ({MAX_PARAMS_BYTES} bytes) limit for a run's params; keep large data in files or artifacts and pass their path or URL as a param",
+                ByteSize(MAX_PARAMS_BYTES as u64)
+            ),
+        );
+    }
+    out
+}
+
+fn read_param_values(
+    c: &mut Collector<'_>,
+    table: &DeTable<'_>,
+    mut out: BTreeMap<String, ParamValue>,
+) -> BTreeMap<String, ParamValue> {
     for (key, v) in table.iter() {
         let name: &str = key.get_ref();
         if !raw::is_ident(name) {

@@ -29,8 +29,13 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::resources::{ByteSize, ResourceRequest};
 pub use error::{DagError, DagErrorKind, DagErrors};
-pub use params::{ParamError, ParamValue, cli_params_to_json, merge_params, split_assignment};
-pub use render::{PLACEHOLDER_NAMES, Placeholder, RenderContext, RenderError, render_argv};
+pub use params::{
+    MAX_PARAMS_BYTES, ParamError, ParamValue, check_logical_date, cli_params_to_json, merge_params,
+    params_json_size, split_assignment,
+};
+pub use render::{
+    PLACEHOLDER_NAMES, Placeholder, RenderContext, RenderError, render_argv, render_str,
+};
 pub use when::{WhenError, eval_when};
 
 /// A parsed and validated DAG.
