@@ -7,13 +7,15 @@
 //!
 //! Module map: `raw` reads typed values out of the spanned TOML tree,
 //! `build` turns the tree into a spec, `validate` checks the graph,
-//! placeholders and `when` references; `params`, `render`, `when` and
+//! placeholders and `when` references (`interp` knows which argv elements a
+//! shell or interpreter runs as code); `params`, `render`, `when` and
 //! `units` hold the runtime halves (trigger params, argv rendering, CEL
 //! evaluation, durations).
 
 mod build;
 mod error;
 mod graph;
+mod interp;
 mod params;
 mod raw;
 mod render;
@@ -113,7 +115,8 @@ pub enum TriggerRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskExec {
-    /// An argv run directly (no shell); placeholders are rendered per element.
+    /// An argv run directly (no shell); placeholders are rendered per element
+    /// (never inside an element a shell or interpreter runs as code).
     Command(Vec<String>),
     /// A script run with `sh -c`; no placeholders are substituted in it.
     Shell(String),
@@ -123,7 +126,8 @@ pub enum TaskExec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnvSource {
-    /// A literal value written in the DAG file.
+    /// A value written in the DAG file; placeholders in it are substituted
+    /// at dispatch, as plain text.
     Value(String),
     /// Copied from this variable of the worker's environment at run time.
     FromEnv(String),
