@@ -71,6 +71,8 @@ pub struct SchedulerArgs {
     /// `AZURE_*`). Workers are told this URL when they register.
     #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
     pub artifacts: Option<String>,
+    #[command(flatten)]
+    pub dag_limits: super::dag::DagLimitArgs,
 }
 
 fn parse_api_token(raw: &str) -> Result<trainyard_scheduler::http::ApiToken, String> {
@@ -103,6 +105,7 @@ impl SchedulerArgs {
         super::ensure_sqlite_dir(&db)?;
         let mut config = SchedulerConfig::new(db, &self.data_dir);
         config.dags_dir = Some(self.dags.clone());
+        config.dag_limits = self.dag_limits.limits();
         config.heartbeat_interval = self.heartbeat_interval;
         config.lost_worker_timeout = self.lost_worker_timeout;
         config.pools = self.pools.iter().cloned().collect::<BTreeMap<_, _>>();
