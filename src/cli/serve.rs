@@ -200,6 +200,24 @@ pub struct WorkerArgs {
     /// from this worker's env (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
     #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
     pub artifacts: Option<String>,
+    #[command(flatten)]
+    pub task_env: TaskEnvArgs,
+}
+
+/// How tasks' environments are built (`worker` and `standalone`).
+#[derive(Debug, Clone, Args)]
+pub struct TaskEnvArgs {
+    /// Give every task this worker's whole environment. Without it a task
+    /// starts from a clean one: only PATH, HOME, LANG, TZ and the CUDA_* /
+    /// NVIDIA_* variables of the worker, plus what Trainyard sets and the
+    /// DAG's `env` (a task's `inherit_env = true` opts in alone).
+    #[arg(
+        long,
+        env = "TRAINYARD_INHERIT_ENV",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub inherit_env: bool,
 }
 
 /// What a worker offers: GPUs, CPUs, memory, task slots.
@@ -318,6 +336,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         opts.labels = args.labels.iter().cloned().collect();
         opts.drain_grace = args.drain_grace;
         opts.artifact_url = args.artifacts.clone();
+        opts.inherit_env = args.task_env.inherit_env;
         let agent = Agent::build(opts)?;
         let handle = agent.handle();
         // SIGTERM/SIGINT drain: no new work, running tasks finish (up to the grace).
@@ -344,6 +363,8 @@ pub struct StandaloneArgs {
     pub workers: u32,
     #[command(flatten)]
     pub resources: WorkerResourceArgs,
+    #[command(flatten)]
+    pub task_env: TaskEnvArgs,
     /// Write the bound addresses here as JSON once serving.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
@@ -386,6 +407,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             // Workers of one process share the host: each gets an even share.
             opts.cpus = (opts.cpus / workers).max(1);
             opts.memory_bytes /= u64::from(workers);
+            opts.inherit_env = args.task_env.inherit_env;
             let agent = Agent::build(opts)?;
             let handle = agent.handle();
             let token = stop_workers.clone();

@@ -44,6 +44,7 @@ const SETTING_KEYS: &[&str] = &[
     "trigger_rule",
     "working_dir",
     "env",
+    "inherit_env",
     "resources",
 ];
 const TASK_ONLY_KEYS: &[&str] = &["description", "depends_on", "command", "shell", "when"];
@@ -77,6 +78,7 @@ struct Settings {
     trigger_rule: Option<TriggerRule>,
     working_dir: Option<String>,
     env: BTreeMap<String, (EnvVar, Option<Span>)>,
+    inherit_env: Option<bool>,
     cpus: Option<f64>,
     memory: Option<ByteSize>,
     gpus: Option<u32>,
@@ -381,6 +383,7 @@ fn read_settings(c: &mut Collector<'_>, t: &DeTable<'_>) -> Settings {
         priority: raw::get_int(c, t, "priority", i64::from(i32::MIN), i64::from(i32::MAX))
             .map(|(n, _)| n as i32),
         working_dir: get_str(c, t, "working_dir").map(|(s, _)| s.to_owned()),
+        inherit_env: get_bool(c, t, "inherit_env"),
         ..Settings::default()
     };
     s.retry_backoff = get_str(c, t, "retry_backoff").and_then(|(v, span)| match v {
@@ -766,6 +769,7 @@ fn read_task(
         exec,
         env,
         working_dir: own.working_dir.or_else(|| defaults.working_dir.clone()),
+        inherit_env: own.inherit_env.or(defaults.inherit_env).unwrap_or(false),
         resources,
         retries: own.retries.or(defaults.retries).unwrap_or(0),
         retry_delay: own

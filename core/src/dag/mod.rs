@@ -154,6 +154,12 @@ pub struct TaskSpec {
     pub exec: TaskExec,
     pub env: BTreeMap<String, EnvVar>,
     pub working_dir: Option<String>,
+    /// Run with the worker's whole environment instead of the clean one
+    /// (only `PATH`, `HOME`, `LANG`, `TZ`, `CUDA_*`, `NVIDIA_*` from the
+    /// worker, then what Trainyard and the DAG set); default false. Specs
+    /// stored before this setting existed read as false.
+    #[serde(default)]
+    pub inherit_env: bool,
     pub resources: ResourceRequest,
     /// Retries after the first attempt; default 0.
     pub retries: u32,

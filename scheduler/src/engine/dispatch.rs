@@ -238,6 +238,7 @@ impl Core {
             env,
             env_from_worker,
             secret_env,
+            inherit_env: spec.inherit_env,
             working_dir: spec.working_dir.clone(),
             timeout: spec.timeout,
             gpu_indices: node.gpus.clone(),

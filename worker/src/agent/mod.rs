@@ -116,6 +116,10 @@ pub struct AgentOptions {
     /// own endpoint or credentials (those come from its `AWS_*`/`GOOGLE_*`/
     /// `AZURE_*` env).
     pub artifact_url: Option<String>,
+    /// Run every task with the worker's whole environment (`--inherit-env`)
+    /// instead of the clean one; a task's `inherit_env = true` does the same
+    /// for that task alone. Default false.
+    pub inherit_env: bool,
     /// Largest gRPC message sent or accepted.
     pub max_message_bytes: usize,
     /// Speaks this protocol version at Register (tests set another to
@@ -144,6 +148,7 @@ impl AgentOptions {
             worker_id: None,
             artifacts: None,
             artifact_url: None,
+            inherit_env: false,
             max_message_bytes: 16 * 1024 * 1024,
             protocol_version: trainyard_proto::v1::PROTOCOL_VERSION,
         }
