@@ -7,6 +7,7 @@
 //!
 //! Module map: `dial` (dial + Register + Connect/Hello, one try), `job` (one
 //! attempt: directories, inputs, exec, log batches, metrics, outputs),
+//! `mask` (secret values and their encoded forms in log lines),
 //! `workdir` (per-attempt directories, the [`ArtifactHook`] and its same-host
 //! fallback [`LocalInputs`]), `artifacts` ([`StoreArtifacts`], the hook on
 //! object storage) and `agent_loop` (the one task that owns the connection
@@ -36,6 +37,7 @@ mod artifacts;
 mod dial;
 mod error;
 mod job;
+mod mask;
 mod workdir;
 
 pub use error::AttemptError;
