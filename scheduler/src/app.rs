@@ -41,6 +41,8 @@ pub struct SchedulerConfig {
     pub dags_dir: Option<PathBuf>,
     /// Where logs (and, with the default artifact store, artifacts) live.
     pub data_dir: PathBuf,
+    /// Size and task caps on DAG files, checked before parsing.
+    pub dag_limits: crate::dags::DagLimits,
     pub heartbeat_interval: Duration,
     pub lost_worker_timeout: Duration,
     /// Named pool slot counts.
@@ -70,6 +72,7 @@ impl SchedulerConfig {
             db_url: db_url.into(),
             dags_dir: None,
             data_dir: data_dir.into(),
+            dag_limits: crate::dags::DagLimits::default(),
             heartbeat_interval: Duration::from_secs(5),
             lost_worker_timeout: Duration::from_secs(30),
             pools: BTreeMap::new(),

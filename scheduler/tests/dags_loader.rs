@@ -14,7 +14,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use tempfile::TempDir;
 use tokio::sync::{mpsc, oneshot};
 use trainyard_core::ids::DagId;
-use trainyard_scheduler::dags::{DagLoader, DagLoaderOptions, FileError, dag_files};
+use trainyard_core::resources::ByteSize;
+use trainyard_scheduler::dags::{DagLimits, DagLoader, DagLoaderOptions, FileError, dag_files};
 use trainyard_scheduler::store::{self, Dag, Store};
 
 fn dag(id: &str, command: &str) -> String {
@@ -62,10 +63,15 @@ impl Fixture {
     }
 
     fn loader(&self) -> (DagLoader, mpsc::UnboundedReceiver<DagId>) {
+        self.loader_with(DagLimits::default())
+    }
+
+    fn loader_with(&self, limits: DagLimits) -> (DagLoader, mpsc::UnboundedReceiver<DagId>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let loader = DagLoaderOptions::new(&self.dir, self.store.clone())
             .notify_channel(tx)
             .debounce(Duration::from_millis(50))
+            .limits(limits)
             .build()
             .unwrap();
         (loader, rx)
@@ -368,6 +374,132 @@ async fn restart_registers_nothing_for_unchanged_files_and_catches_deletions() {
     let mut notified = drain(&mut rx);
     notified.sort();
     assert_eq!(notified, ["b", "c"], "unchanged `a` is not announced");
+}
+
+/// A DAG with `n` tasks, each under its own `[tasks.tN]` header.
+fn wide(id: &str, n: usize) -> String {
+    let mut src = format!("id = \"{id}\"\n");
+    for i in 0..n {
+        src.push_str(&format!("[tasks.t{i}]\ncommand = [\"true\"]\n"));
+    }
+    src
+}
+
+#[tokio::test]
+async fn a_file_over_the_size_cap_is_an_error_on_its_dag_and_the_others_load() {
+    let fx = Fixture::new().await;
+    fx.write("small.toml", &dag("small", "true"));
+    // Over the default 1 MiB: about 1.2 MB.
+    let big = fx.write("big.toml", &wide("big", 40_000));
+    let (mut loader, mut rx) = fx.loader();
+
+    let report = loader.load_all(t(0)).await.unwrap();
+
+    assert_eq!(ids(&report.loaded), ["small"]);
+    assert_eq!(report.errors.len(), 1);
+    let (path, error) = &report.errors[0];
+    assert_eq!(path, &big);
+    assert!(matches!(error, FileError::TooLarge { .. }), "{error}");
+    let recorded = fx.dag("big").await.parse_error.unwrap();
+    let size = fs::metadata(&big).unwrap().len();
+    assert!(
+        recorded.contains(&format!("{size} bytes"))
+            && recorded.contains("1MiB")
+            && recorded.contains("--max-dag-file-size"),
+        "{recorded}"
+    );
+    assert!(fx.dag("big").await.current_version_id.is_none());
+    let mut notified = drain(&mut rx);
+    notified.sort();
+    assert_eq!(notified, ["big", "small"]);
+
+    // Unchanged on the next scan: nothing read, recorded or announced again.
+    let report = loader.reload_all(t(1)).await;
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert!(drain(&mut rx).is_empty());
+
+    // Shrunk under the cap, it loads.
+    fs::write(&big, wide("big", 10)).unwrap();
+    let report = loader.reload_all(t(2)).await;
+    assert_eq!(ids(&report.loaded), ["big"]);
+    assert!(fx.dag("big").await.parse_error.is_none());
+}
+
+#[tokio::test]
+async fn the_size_cap_is_configurable() {
+    let fx = Fixture::new().await;
+    fx.write("mid.toml", &wide("mid", 60)); // about 2 KB
+    let cap = |bytes| DagLimits {
+        max_file_size: ByteSize(bytes),
+        ..DagLimits::default()
+    };
+    let (mut small, _rx) = fx.loader_with(cap(1024));
+    let report = small.load_all(t(0)).await.unwrap();
+    assert!(
+        report.errors[0].1.to_string().contains("1KiB limit"),
+        "{:?}",
+        report.errors
+    );
+    let (mut raised, _rx) = fx.loader_with(cap(4096));
+    let report = raised.load_all(t(1)).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(ids(&report.loaded), ["mid"]);
+}
+
+#[tokio::test]
+async fn too_many_tasks_are_refused_before_parsing_and_inline_ones_after() {
+    let fx = Fixture::new().await;
+    let limits = DagLimits {
+        max_tasks: 3,
+        ..DagLimits::default()
+    };
+    let headers = fx.write("headers.toml", &wide("headers", 5));
+    let inline = fx.write(
+        "inline.toml",
+        "id = \"inline\"\n[tasks]\na = { command = [\"true\"] }\nb = { command = [\"true\"] }\nc = { command = [\"true\"] }\nd = { command = [\"true\"] }\n",
+    );
+    fx.write("ok.toml", &wide("ok", 3));
+    let (mut loader, _rx) = fx.loader_with(limits);
+
+    let report = loader.load_all(t(0)).await.unwrap();
+
+    assert_eq!(ids(&report.loaded), ["ok"]);
+    let errors: Vec<(&PathBuf, String)> = report
+        .errors
+        .iter()
+        .map(|(p, e)| (p, e.to_string()))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].0, &headers);
+    assert!(errors[0].1.contains("defines 5 tasks"), "{errors:?}");
+    assert_eq!(errors[1].0, &inline);
+    assert!(errors[1].1.contains("defines 4 tasks"), "{errors:?}");
+    for id in ["headers", "inline"] {
+        let recorded = fx.dag(id).await.parse_error.unwrap();
+        assert!(
+            recorded.contains("limit of 3 tasks") && recorded.contains("--max-dag-tasks"),
+            "{recorded}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_with_an_oversized_file_present_loads_the_rest() {
+    let fx = Fixture::new().await;
+    fx.write("a.toml", &dag("a", "true"));
+    fx.write("big.toml", &wide("big", 40_000));
+    let (mut loader, _rx) = fx.loader();
+    loader.load_all(t(0)).await.unwrap();
+    drop(loader);
+
+    let (mut again, _rx) = fx.loader();
+    let report = again.load_all(t(1)).await.unwrap();
+    assert_eq!(ids(&report.loaded), ["a"]);
+    assert!(matches!(
+        report.errors[..],
+        [(_, FileError::TooLarge { .. })]
+    ));
+    assert!(fx.dag("a").await.active);
 }
 
 #[test]

@@ -62,6 +62,43 @@ command = ["true"]
 }
 
 #[tokio::test]
+async fn env_values_are_rendered_as_plain_text_and_inherit_env_reaches_the_worker() {
+    let h = Harness::sqlite(start()).await;
+    let dag = h
+        .add_dag(
+            r#"
+id = "envs"
+[params]
+name = "world"
+[tasks.greet]
+command = ["sh", "-c", "echo hello \"$NAME\""]
+env = { NAME = "{{ params.name }}", WHERE = "{{ dag_id }}/{{ run_id }}", KEY = { value = "k-{{ params.name }}", secret = true } }
+inherit_env = true
+"#,
+        )
+        .await;
+    let mut w = FakeWorker::join(&h.handle, registration("w1", 4, &[])).await;
+    let hostile = "x; id > /tmp/pwned $(id) `id`";
+    let run = h
+        .handle
+        .trigger(
+            dag.clone(),
+            json!({ "name": hostile }).as_object().unwrap().clone(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let a = w.next_assign().await;
+    assert_eq!(a.argv, vec!["sh", "-c", "echo hello \"$NAME\""]);
+    assert_eq!(a.env["NAME"], hostile);
+    assert_eq!(a.env["WHERE"], format!("envs/{run}"));
+    assert_eq!(a.env["KEY"], format!("k-{hostile}"));
+    assert_eq!(a.secret_env, vec!["KEY".to_owned()]);
+    assert!(a.inherit_env);
+}
+
+#[tokio::test]
 async fn params_are_validated_and_idempotency_keys_return_the_first_run() {
     let h = Harness::sqlite(start()).await;
     let dag = h

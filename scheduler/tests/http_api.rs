@@ -153,6 +153,120 @@ async fn trigger_validates_params() {
     assert_eq!(resp.code(), "bad_request");
 }
 
+const INPUTS_DAG: &str = r#"
+id = "inputs"
+[params]
+note = "none"
+[tasks.a]
+command = ["echo", "{{ params.note }}"]
+"#;
+
+async fn post_run(router: &Router, body: Value) -> Resp {
+    send(
+        router,
+        req(
+            Method::POST,
+            "/api/v1/dags/inputs/runs",
+            Some(OPERATOR),
+            Some(body),
+        ),
+    )
+    .await
+}
+
+/// What a run is created with is checked before the store sees it: a params
+/// size cap, no NUL in strings, logical dates in years 1–9999; each is a 400
+/// saying what to do, and no run is created.
+async fn run_inputs_are_checked_before_the_store(h: Harness) {
+    h.add_dag(INPUTS_DAG).await;
+    let dir = tempfile::tempdir().unwrap();
+    let router = http::router(AppState {
+        store: h.store.clone(),
+        control: Arc::new(h.handle.clone()),
+        logs: LogStore::new(dir.path().join("logs")),
+        auth: tokens(),
+    });
+
+    // 900 KB: under the body limit, over the params cap (E2BIG in every task before).
+    let big = "x".repeat(900 * 1024);
+    let resp = post_run(&router, json!({"params": {"note": big}})).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+    assert_eq!(resp.code(), "bad_request");
+    let text = resp.text();
+    assert!(
+        text.contains("921611 bytes")
+            && text.contains("64KiB (65536 bytes)")
+            && text.contains("pass their path or URL as a param"),
+        "{text}"
+    );
+
+    // A NUL in a string param (PostgreSQL's jsonb refuses it: 500 before).
+    let resp = post_run(&router, json!({"params": {"note": "a\u{0}b"}})).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+    assert!(resp.text().contains("NUL"), "{}", resp.text());
+
+    // Logical dates outside years 1..=9999.
+    let resp = post_run(&router, json!({"logical_date": "0000-06-01T00:00:00Z"})).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+    assert!(resp.text().contains("years 1 to 9999"), "{}", resp.text());
+    let resp = post_run(&router, json!({"logical_date": "+10000-01-01T00:00:00Z"})).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+    let backfill = send(
+        &router,
+        req(
+            Method::POST,
+            "/api/v1/dags/inputs/backfill",
+            Some(OPERATOR),
+            Some(json!({"from": "0000-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"})),
+        ),
+    )
+    .await;
+    assert_eq!(
+        backfill.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        backfill.text()
+    );
+    assert!(
+        backfill.text().contains("years 1 to 9999"),
+        "{}",
+        backfill.text()
+    );
+
+    let inputs: trainyard_core::ids::DagId = "inputs".parse().unwrap();
+    assert!(h.runs_of(&inputs).await.is_empty());
+
+    // The edges are fine.
+    let resp = post_run(
+        &router,
+        json!({"params": {"note": "x".repeat(60 * 1024)}, "logical_date": "9999-12-31T23:59:59Z"}),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+    let run = resp.json()["run_id"].as_str().unwrap().to_owned();
+    let detail = send(
+        &router,
+        req(
+            Method::GET,
+            &format!("/api/v1/runs/{run}"),
+            Some(VIEWER),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.text());
+}
+
+#[tokio::test]
+async fn run_inputs_are_checked_before_the_store_on_sqlite() {
+    run_inputs_are_checked_before_the_store(Harness::sqlite(utc(2026, 1, 1, 0, 0)).await).await;
+}
+
+#[tokio::test]
+async fn run_inputs_are_checked_before_the_store_on_postgres() {
+    run_inputs_are_checked_before_the_store(Harness::postgres(utc(2026, 1, 1, 0, 0)).await).await;
+}
+
 #[tokio::test]
 async fn oversized_body_is_413_json() {
     let (_h, router, _d) = setup().await;

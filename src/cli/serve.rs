@@ -111,6 +111,8 @@ pub struct SchedulerArgs {
     /// `AZURE_*`). Workers are told this URL when they register.
     #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
     pub artifacts: Option<String>,
+    #[command(flatten)]
+    pub dag_limits: super::dag::DagLimitArgs,
 }
 
 fn parse_api_token(raw: &str) -> Result<trainyard_scheduler::http::ApiToken, String> {
@@ -143,6 +145,7 @@ impl SchedulerArgs {
         super::ensure_sqlite_dir(&db)?;
         let mut config = SchedulerConfig::new(db, &self.data_dir);
         config.dags_dir = Some(self.dags.clone());
+        config.dag_limits = self.dag_limits.limits();
         config.heartbeat_interval = self.heartbeat_interval;
         config.lost_worker_timeout = self.lost_worker_timeout;
         config.pools = self.pools.iter().cloned().collect::<BTreeMap<_, _>>();
@@ -303,6 +306,24 @@ pub struct WorkerArgs {
     /// from this worker's env (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
     #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
     pub artifacts: Option<String>,
+    #[command(flatten)]
+    pub task_env: TaskEnvArgs,
+}
+
+/// How tasks' environments are built (`worker` and `standalone`).
+#[derive(Debug, Clone, Args)]
+pub struct TaskEnvArgs {
+    /// Give every task this worker's whole environment. Without it a task
+    /// starts from a clean one: only PATH, HOME, LANG, TZ and the CUDA_* /
+    /// NVIDIA_* variables of the worker, plus what Trainyard sets and the
+    /// DAG's `env` (a task's `inherit_env = true` opts in alone).
+    #[arg(
+        long,
+        env = "TRAINYARD_INHERIT_ENV",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub inherit_env: bool,
 }
 
 /// What a worker offers: GPUs, CPUs, memory, task slots.
@@ -449,6 +470,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         opts.drain_grace = args.drain_grace;
         opts.artifact_url = args.artifacts.clone();
         opts.join_token = args.token.clone();
+        opts.inherit_env = args.task_env.inherit_env;
         opts.tls = worker_tls(&args)?;
         let identity = match IdentityFile::open(&work_dir, &opts.name) {
             Ok(identity) => identity,
@@ -497,6 +519,8 @@ pub struct StandaloneArgs {
     pub workers: u32,
     #[command(flatten)]
     pub resources: WorkerResourceArgs,
+    #[command(flatten)]
+    pub task_env: TaskEnvArgs,
     /// Write the bound addresses here as JSON once serving.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
@@ -550,6 +574,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             opts.cpus = (opts.cpus / workers).max(1);
             opts.memory_bytes /= u64::from(workers);
             opts.join_token = join_token.clone();
+            opts.inherit_env = args.task_env.inherit_env;
             let agent = Agent::build(opts)?;
             let handle = agent.handle();
             let token = stop_workers.clone();

@@ -123,6 +123,7 @@ pub fn launch_from_assign(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         system_env: context.env(),
+        inherit_env: assign.inherit_env,
         working_dir: non_empty(&assign.working_dir),
         gpu_indices: assign.gpu_indices.clone(),
         timeout: millis(assign.timeout_ms),

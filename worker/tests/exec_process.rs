@@ -283,3 +283,114 @@ async fn metrics_file_written_by_the_task_is_read_after_exit() {
     assert_eq!(metrics.values.get("loss"), Some(&2.0));
     assert_eq!(metrics.warnings.len(), 1, "{:?}", metrics.warnings);
 }
+
+/// Set for the copy of this test binary that
+/// `tasks_get_a_clean_environment_unless_they_inherit` starts.
+const ENV_CHILD: &str = "TY_EXEC_ENV_CHILD";
+
+/// The environment a task saw, as `NAME=value` lines of `env`.
+async fn task_env(launch: TaskLaunch) -> BTreeMap<String, String> {
+    let (outcome, lines) = run(TaskLaunch {
+        argv: argv(&["env"]),
+        ..launch
+    })
+    .await;
+    assert_eq!(outcome.status, ExecStatus::Succeeded, "{outcome:?}");
+    stdout(&lines)
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The worker's environment is this process's. Rather than change it with
+/// `set_var` under other tests' threads, the test runs this binary again
+/// with known variables set and checks what a task sees there.
+#[test]
+fn tasks_get_a_clean_environment_unless_they_inherit() {
+    if std::env::var_os(ENV_CHILD).is_some() {
+        return tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(clean_environment_checks());
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tasks_get_a_clean_environment_unless_they_inherit",
+            "--test-threads=1",
+        ])
+        .env(ENV_CHILD, "1")
+        .env("LANG", "C.UTF-8")
+        .env("TZ", "Europe/Berlin")
+        .env("CUDA_HOME", "/usr/local/cuda")
+        .env("NVIDIA_DRIVER_CAPABILITIES", "compute,utility")
+        .env("AWS_SECRET_ACCESS_KEY", "worker-credential")
+        .env("TRAINYARD_WORKER_TOKEN", "worker-join-token")
+        .env("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The child really ran the checks (and did not filter itself out).
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+async fn clean_environment_checks() {
+    let ctx = TaskContext {
+        run_id: "r1".into(),
+        ..Default::default()
+    };
+    let launch = TaskLaunch {
+        env: BTreeMap::from([("FROM_DAG".to_owned(), "dag value".to_owned())]),
+        system_env: ctx.env(),
+        gpu_indices: vec![2],
+        ..Default::default()
+    };
+    let clean = task_env(launch.clone()).await;
+    assert_eq!(clean["PATH"], std::env::var("PATH").unwrap());
+    assert_eq!(clean["LANG"], "C.UTF-8");
+    assert_eq!(clean["TZ"], "Europe/Berlin");
+    assert_eq!(clean["CUDA_HOME"], "/usr/local/cuda");
+    assert_eq!(clean["NVIDIA_DRIVER_CAPABILITIES"], "compute,utility");
+    assert_eq!(clean["FROM_DAG"], "dag value");
+    assert_eq!(clean["TRAINYARD_RUN_ID"], "r1");
+    // Visibility is the task's own, never the worker's.
+    assert_eq!(clean["CUDA_VISIBLE_DEVICES"], "2");
+    assert_eq!(clean["NVIDIA_VISIBLE_DEVICES"], "2");
+    for hidden in [
+        "AWS_SECRET_ACCESS_KEY",
+        "TRAINYARD_WORKER_TOKEN",
+        ENV_CHILD,
+        "CARGO_MANIFEST_DIR",
+    ] {
+        assert!(!clean.contains_key(hidden), "{hidden} leaked: {clean:?}");
+    }
+    let allowed = |k: &str| {
+        [
+            "PATH", "HOME", "LANG", "TZ", "FROM_DAG", "PWD", "SHLVL", "_",
+        ]
+        .contains(&k)
+            || k.starts_with("TRAINYARD_")
+            || k.starts_with("CUDA_")
+            || k.starts_with("NVIDIA_")
+    };
+    let extra: Vec<&String> = clean.keys().filter(|k| !allowed(k)).collect();
+    assert!(extra.is_empty(), "unexpected variables: {extra:?}");
+
+    let inherited = task_env(TaskLaunch {
+        inherit_env: true,
+        ..launch
+    })
+    .await;
+    assert_eq!(inherited["AWS_SECRET_ACCESS_KEY"], "worker-credential");
+    assert_eq!(inherited["FROM_DAG"], "dag value");
+    assert_eq!(inherited["CUDA_VISIBLE_DEVICES"], "2");
+}

@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{Collector, DagErrorKind as K, DagErrors};
+use super::params::MAX_PARAMS_BYTES;
 use super::raw::{self, Span, check_keys, entry, get_bool, get_str, get_str_array, get_table};
 use super::{
     ByteSize, DagSpec, EnvSource, EnvVar, Overlap, ParamValue, ResourceRequest, RetryBackoff,
@@ -43,6 +44,7 @@ const SETTING_KEYS: &[&str] = &[
     "trigger_rule",
     "working_dir",
     "env",
+    "inherit_env",
     "resources",
 ];
 const TASK_ONLY_KEYS: &[&str] = &["description", "depends_on", "command", "shell", "when"];
@@ -76,6 +78,7 @@ struct Settings {
     trigger_rule: Option<TriggerRule>,
     working_dir: Option<String>,
     env: BTreeMap<String, (EnvVar, Option<Span>)>,
+    inherit_env: Option<bool>,
     cpus: Option<f64>,
     memory: Option<ByteSize>,
     gpus: Option<u32>,
@@ -100,6 +103,7 @@ pub(crate) fn parse(file: &str, source: &str) -> Result<DagSpec, DagErrors> {
         return Err(c.into_errors(file));
     }
     let root = root.get_ref();
+    check_nul(&mut c, root);
     check_keys(&mut c, root, TOP_KEYS, "the DAG file");
 
     let id = match get_str(&mut c, root, "id") {
@@ -274,11 +278,49 @@ pub(crate) fn parse_date(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
         })
 }
 
+/// No string in a DAG may hold a NUL: no argv element, environment value
+/// or database text column can carry one, so it is refused here rather than
+/// failing every run (or the store) later.
+fn check_nul(c: &mut Collector<'_>, table: &DeTable<'_>) {
+    fn walk(c: &mut Collector<'_>, v: &raw::Val<'_>) {
+        match v.get_ref() {
+            DeValue::String(s) if s.contains('\0') => c.push(
+                K::WrongType,
+                v.span(),
+                "this string contains a NUL character (\\u0000), which no command argument, environment variable or stored text can hold; remove it",
+            ),
+            DeValue::Array(items) => items.iter().for_each(|i| walk(c, i)),
+            DeValue::Table(t) => t.iter().for_each(|(_, i)| walk(c, i)),
+            _ => {}
+        }
+    }
+    table.iter().for_each(|(_, v)| walk(c, v));
+}
+
 fn read_params(c: &mut Collector<'_>, root: &DeTable<'_>) -> BTreeMap<String, ParamValue> {
-    let mut out = BTreeMap::new();
-    let Some((table, _, _)) = get_table(c, root, "params") else {
-        return out;
+    let Some((table, key_span, _)) = get_table(c, root, "params") else {
+        return BTreeMap::new();
     };
+    let out = read_param_values(c, table, BTreeMap::new());
+    let size = super::params::params_json_size(&out);
+    if size > MAX_PARAMS_BYTES {
+        c.push(
+            K::BadParam,
+            key_span,
+            format!(
+                "the declared params' defaults are {size} bytes as JSON, over the {} ({MAX_PARAMS_BYTES} bytes) limit for a run's params; keep large data in files or artifacts and pass their path or URL as a param",
+                ByteSize(MAX_PARAMS_BYTES as u64)
+            ),
+        );
+    }
+    out
+}
+
+fn read_param_values(
+    c: &mut Collector<'_>,
+    table: &DeTable<'_>,
+    mut out: BTreeMap<String, ParamValue>,
+) -> BTreeMap<String, ParamValue> {
     for (key, v) in table.iter() {
         let name: &str = key.get_ref();
         if !raw::is_ident(name) {
@@ -341,6 +383,7 @@ fn read_settings(c: &mut Collector<'_>, t: &DeTable<'_>) -> Settings {
         priority: raw::get_int(c, t, "priority", i64::from(i32::MIN), i64::from(i32::MAX))
             .map(|(n, _)| n as i32),
         working_dir: get_str(c, t, "working_dir").map(|(s, _)| s.to_owned()),
+        inherit_env: get_bool(c, t, "inherit_env"),
         ..Settings::default()
     };
     s.retry_backoff = get_str(c, t, "retry_backoff").and_then(|(v, span)| match v {
@@ -726,6 +769,7 @@ fn read_task(
         exec,
         env,
         working_dir: own.working_dir.or_else(|| defaults.working_dir.clone()),
+        inherit_env: own.inherit_env.or(defaults.inherit_env).unwrap_or(false),
         resources,
         retries: own.retries.or(defaults.retries).unwrap_or(0),
         retry_delay: own

@@ -53,6 +53,9 @@ pub enum DagErrorKind {
     UnknownParam,
     /// A `{{ … }}` placeholder names an unknown variable, or sits in a shell string.
     BadPlaceholder,
+    /// A placeholder inside code a shell or interpreter runs (`sh -c SCRIPT`,
+    /// `python3 -c CODE`, `perl -e CODE`, …) or where it reads options.
+    PlaceholderInCode,
     /// A `when` expression does not parse.
     BadWhen,
     /// A `when` expression names a task that does not exist.

@@ -7,13 +7,15 @@
 //!
 //! Module map: `raw` reads typed values out of the spanned TOML tree,
 //! `build` turns the tree into a spec, `validate` checks the graph,
-//! placeholders and `when` references; `params`, `render`, `when` and
+//! placeholders and `when` references (`interp` knows which argv elements a
+//! shell or interpreter runs as code); `params`, `render`, `when` and
 //! `units` hold the runtime halves (trigger params, argv rendering, CEL
 //! evaluation, durations).
 
 mod build;
 mod error;
 mod graph;
+mod interp;
 mod params;
 mod raw;
 mod render;
@@ -29,8 +31,13 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::resources::{ByteSize, ResourceRequest};
 pub use error::{DagError, DagErrorKind, DagErrors};
-pub use params::{ParamError, ParamValue, cli_params_to_json, merge_params, split_assignment};
-pub use render::{PLACEHOLDER_NAMES, Placeholder, RenderContext, RenderError, render_argv};
+pub use params::{
+    MAX_PARAMS_BYTES, ParamError, ParamValue, check_logical_date, cli_params_to_json, merge_params,
+    params_json_size, split_assignment,
+};
+pub use render::{
+    PLACEHOLDER_NAMES, Placeholder, RenderContext, RenderError, render_argv, render_str,
+};
 pub use when::{WhenError, eval_when};
 
 /// A parsed and validated DAG.
@@ -108,7 +115,8 @@ pub enum TriggerRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskExec {
-    /// An argv run directly (no shell); placeholders are rendered per element.
+    /// An argv run directly (no shell); placeholders are rendered per element
+    /// (never inside an element a shell or interpreter runs as code).
     Command(Vec<String>),
     /// A script run with `sh -c`; no placeholders are substituted in it.
     Shell(String),
@@ -118,7 +126,8 @@ pub enum TaskExec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnvSource {
-    /// A literal value written in the DAG file.
+    /// A value written in the DAG file; placeholders in it are substituted
+    /// at dispatch, as plain text.
     Value(String),
     /// Copied from this variable of the worker's environment at run time.
     FromEnv(String),
@@ -145,6 +154,12 @@ pub struct TaskSpec {
     pub exec: TaskExec,
     pub env: BTreeMap<String, EnvVar>,
     pub working_dir: Option<String>,
+    /// Run with the worker's whole environment instead of the clean one
+    /// (only `PATH`, `HOME`, `LANG`, `TZ`, `CUDA_*`, `NVIDIA_*` from the
+    /// worker, then what Trainyard and the DAG set); default false. Specs
+    /// stored before this setting existed read as false.
+    #[serde(default)]
+    pub inherit_env: bool,
     pub resources: ResourceRequest,
     /// Retries after the first attempt; default 0.
     pub retries: u32,

@@ -1,10 +1,21 @@
 //! DAG params: typed values whose declared default fixes their type, and the
-//! checks applied to params given for a manual trigger (API/UI JSON, CLI `k=v`).
+//! checks applied to what a run is triggered with (API/UI JSON, CLI `k=v`):
+//! declared names and types, no NUL in strings, a total size cap, and a
+//! logical date every store and every task can represent.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::resources::ByteSize;
+
+/// The most a run's params may take as JSON (64 KiB). Tasks receive them in
+/// `TRAINYARD_PARAMS` and in argv; Linux refuses a single argument or
+/// environment string over 128 KiB (`E2BIG`), so a larger value would fail
+/// every task of the run instead of the trigger.
+pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 
 /// A param's value. The default in `[params]` fixes the type; integers are
 /// accepted where a float is declared.
@@ -17,9 +28,22 @@ pub enum ParamValue {
     String(String),
 }
 
-/// Why params given for a run were rejected.
+/// Why params (or the logical date) given for a run were rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParamError {
+    #[error(
+        "param `{name}` contains a NUL character (\\u0000), which no command argument or environment variable can hold; remove it"
+    )]
+    Nul { name: String },
+    #[error(
+        "the run's params are {bytes} bytes as JSON, over the limit of {} ({MAX_PARAMS_BYTES} bytes); keep large data in files or artifacts and pass their path or URL as a param",
+        ByteSize(MAX_PARAMS_BYTES as u64)
+    )]
+    TooLarge { bytes: usize },
+    #[error(
+        "logical_date {date} is outside the years 1 to 9999; give an RFC 3339 time such as 2026-01-01T00:00:00Z"
+    )]
+    LogicalDateOutOfRange { date: String },
     #[error("unknown param `{name}`; declared params: {declared}")]
     Unknown { name: String, declared: String },
     #[error("param `{name}` expects {expected}, got {given}")]
@@ -130,8 +154,12 @@ fn describe_json(v: &serde_json::Value) -> String {
     }
 }
 
-/// Merges `given` over the declared defaults, rejecting unknown names and
-/// wrong types. Used by [`super::DagSpec::validate_params`].
+/// Merges `given` over the declared defaults, rejecting unknown names, wrong
+/// types, strings with a NUL and params over [`MAX_PARAMS_BYTES`] as JSON.
+/// Used by [`super::DagSpec::validate_params`], the one check every way of
+/// creating a run (API, UI, CLI, a standby replica) goes through; cron and
+/// backfill runs use the declared defaults, which DAG validation holds to
+/// the same rules.
 pub fn merge_params(
     declared: &BTreeMap<String, ParamValue>,
     given: &serde_json::Map<String, serde_json::Value>,
@@ -151,7 +179,47 @@ pub fn merge_params(
         };
         out.insert(name.clone(), ParamValue::from_json(name, default, value)?);
     }
+    if let Some((name, _)) = out
+        .iter()
+        .find(|(_, v)| matches!(v, ParamValue::String(s) if s.contains('\0')))
+    {
+        return Err(ParamError::Nul { name: name.clone() });
+    }
+    let bytes = params_json_size(&out);
+    if bytes > MAX_PARAMS_BYTES {
+        return Err(ParamError::TooLarge { bytes });
+    }
     Ok(out)
+}
+
+/// The size of `params` as the JSON object tasks receive, without building it.
+pub fn params_json_size(params: &BTreeMap<String, ParamValue>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, and these values always serialize.
+    let _ = serde_json::to_writer(&mut count, params);
+    count.0
+}
+
+/// A run's logical date must lie in the years 1 to 9999: RFC 3339 (how
+/// tasks receive it), the UI and both stores agree on nothing outside.
+pub fn check_logical_date(date: DateTime<Utc>) -> Result<(), ParamError> {
+    if (1..=9999).contains(&date.year()) {
+        Ok(())
+    } else {
+        Err(ParamError::LogicalDateOutOfRange {
+            date: date.to_rfc3339(),
+        })
+    }
 }
 
 /// Splits `k=v` into name and raw value (for `--param`).
@@ -255,6 +323,56 @@ mod tests {
             ParamValue::parse_cli(&ParamValue::String(String::new()), "a=b c"),
             Ok(ParamValue::String("a=b c".into()))
         );
+    }
+
+    #[test]
+    fn a_nul_in_a_string_param_is_rejected_by_name() {
+        let err = merge_params(&declared(), &obj(json!({"model": "a\u{0}b"}))).unwrap_err();
+        assert_eq!(
+            err,
+            ParamError::Nul {
+                name: "model".into()
+            }
+        );
+        assert!(err.to_string().contains("NUL"), "{err}");
+    }
+
+    #[test]
+    fn params_over_the_cap_are_rejected_with_size_limit_and_advice() {
+        let big = "x".repeat(MAX_PARAMS_BYTES);
+        let err = merge_params(&declared(), &obj(json!({ "model": big }))).unwrap_err();
+        let ParamError::TooLarge { bytes } = err else {
+            panic!("{err:?}");
+        };
+        assert!(bytes > MAX_PARAMS_BYTES);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("{bytes} bytes"))
+                && msg.contains("64KiB (65536 bytes)")
+                && msg.contains("pass their path or URL"),
+            "{msg}"
+        );
+        // Just under the cap is fine, and the size is the JSON's.
+        let fits = "x".repeat(MAX_PARAMS_BYTES - 200);
+        let merged = merge_params(&declared(), &obj(json!({ "model": fits }))).unwrap();
+        let json = serde_json::to_string(&merged).unwrap();
+        assert_eq!(params_json_size(&merged), json.len());
+    }
+
+    #[test]
+    fn logical_dates_outside_years_1_to_9999_are_rejected() {
+        use chrono::TimeZone;
+        let ok = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+        assert_eq!(check_logical_date(ok), Ok(()));
+        assert_eq!(
+            check_logical_date(Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap()),
+            Ok(())
+        );
+        for year in [0, -5, 10000] {
+            let d = Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap();
+            let err = check_logical_date(d).unwrap_err();
+            assert!(err.to_string().contains("years 1 to 9999"), "{err}");
+        }
     }
 
     #[test]

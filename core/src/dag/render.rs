@@ -1,7 +1,9 @@
-//! `{{ … }}` placeholders in argv elements: finding them (for validation) and
-//! substituting them (at dispatch). Substitution happens inside one argv
-//! element and never quotes, splits or runs a shell, so a value such as
-//! `"; rm -rf / #"` stays one inert argument.
+//! `{{ … }}` placeholders in argv elements and env values: finding them (for
+//! validation) and substituting them (at dispatch). Substitution happens
+//! inside one argv element or env value and never quotes, splits or runs a
+//! shell, so a value such as `"; rm -rf / #"` stays one inert string.
+//! (Validation keeps placeholders out of elements that a shell or
+//! interpreter itself runs as code, such as the script after `sh -c`.)
 //!
 //! A placeholder is `{{`, optional spaces, a dotted name, optional spaces,
 //! `}}`. Text like `{{.ID}}` (a docker format string) is not a name and is
@@ -101,10 +103,12 @@ pub fn classify(name: &str) -> Result<Placeholder, RenderError> {
 /// Substitutes placeholders inside each argv element; the number of elements
 /// never changes.
 pub fn render_argv(argv: &[String], ctx: &RenderContext) -> Result<Vec<String>, RenderError> {
-    argv.iter().map(|arg| render_one(arg, ctx)).collect()
+    argv.iter().map(|arg| render_str(arg, ctx)).collect()
 }
 
-fn render_one(arg: &str, ctx: &RenderContext) -> Result<String, RenderError> {
+/// Substitutes placeholders in one string (an argv element or an env
+/// value); the result is plain text, never parsed again.
+pub fn render_str(arg: &str, ctx: &RenderContext) -> Result<String, RenderError> {
     let mut out = String::with_capacity(arg.len());
     let mut last = 0;
     for occ in occurrences(arg) {

@@ -1,12 +1,14 @@
 //! Whole-DAG checks that need every task: dependencies and cycles,
-//! placeholders against declared params, and `when` references against the
-//! graph. Fills in each task's derived `downstream` list.
+//! placeholders against declared params (and never inside code a shell or
+//! interpreter runs), and `when` references against the graph. Fills in
+//! each task's derived `downstream` list.
 
 use std::collections::BTreeMap;
 
 use super::build::TaskSpans;
 use super::error::{Collector, DagErrorKind as K};
 use super::graph::{TaskGraph, ancestors_by};
+use super::interp::risky_elements;
 use super::raw::{Span, offset_in_string};
 use super::render::{Placeholder, classify, occurrences};
 use super::{DagSpec, TaskExec, when};
@@ -114,51 +116,81 @@ fn check_placeholders(
     exec: &TaskExec,
     s: &TaskSpans,
 ) {
+    // Where placeholders are substituted: command elements and env values.
+    let mut rendered: Vec<(&str, &Span)> = Vec::new();
     if let TaskExec::Command(argv) = exec {
-        for (arg, span) in argv.iter().zip(&s.argv) {
-            for occ in occurrences(arg) {
-                let at = offset_in_string(source, span, arg, occ.range.start);
-                match classify(occ.name) {
-                    Ok(Placeholder::Param(p)) if !spec.params.contains_key(&p) => c.push(
-                        K::UnknownParam,
-                        at..at,
-                        format!("task `{id}`: placeholder names undeclared param `{p}`; declare it under [params]"),
-                    ),
-                    Ok(_) => {}
-                    Err(e) => c.push(K::BadPlaceholder, at..at, format!("task `{id}`: {e}")),
-                }
-            }
-        }
+        rendered.extend(argv.iter().map(String::as_str).zip(&s.argv));
     }
-    // Placeholders are substituted in argv only; in a shell string or an env
-    // value they would silently stay literal, so say so.
-    let mut literal_only: Vec<(&str, &str, Span)> = Vec::new();
-    if let (TaskExec::Shell(script), Some(span)) = (exec, &s.shell) {
-        literal_only.push(("`shell`", script, span.clone()));
-    }
-    let env_values: Vec<(String, Span)> = s.env.clone();
     let task = spec.tasks.get(id);
-    for (name, span) in &env_values {
+    for (name, span) in &s.env {
         if let Some(super::EnvVar {
             source: super::EnvSource::Value(v),
             ..
         }) = task.and_then(|t| t.env.get(name))
         {
-            literal_only.push(("env", v.as_str(), span.clone()));
+            rendered.push((v.as_str(), span));
         }
     }
-    for (what, text, span) in literal_only {
+    for (text, span) in rendered {
         for occ in occurrences(text) {
+            let at = offset_in_string(source, span, text, occ.range.start);
+            match classify(occ.name) {
+                Ok(Placeholder::Param(p)) if !spec.params.contains_key(&p) => c.push(
+                    K::UnknownParam,
+                    at..at,
+                    format!("task `{id}`: placeholder names undeclared param `{p}`; declare it under [params]"),
+                ),
+                Ok(_) => {}
+                Err(e) => c.push(K::BadPlaceholder, at..at, format!("task `{id}`: {e}")),
+            }
+        }
+    }
+    if let TaskExec::Command(argv) = exec {
+        check_code_elements(c, source, id, argv, &s.argv);
+    }
+    // A shell string is run as it is written: a placeholder there would
+    // silently stay literal (and substituting it would be shell injection).
+    if let (TaskExec::Shell(script), Some(span)) = (exec, &s.shell) {
+        for occ in occurrences(script) {
             if classify(occ.name).is_ok() {
-                let at = offset_in_string(source, &span, text, occ.range.start);
+                let at = offset_in_string(source, span, script, occ.range.start);
                 c.push(
                     K::BadPlaceholder,
                     at..at,
                     format!(
-                        "task `{id}`: placeholders are not substituted in {what}, only in `command` elements; read $TRAINYARD_PARAMS / $TRAINYARD_LOGICAL_DATE instead"
+                        "task `{id}`: placeholders are not substituted in `shell`, only in `command` elements and `env` values; pass the value through env (env = {{ NAME = \"{{{{ params.name }}}}\" }} and \"$NAME\" in the script) or read $TRAINYARD_PARAMS / $TRAINYARD_LOGICAL_DATE"
                     ),
                 );
             }
+        }
+    }
+}
+
+/// Refuses placeholders in argv elements a shell or interpreter runs as
+/// code (`sh -c SCRIPT`, `python3 -c CODE`, `perl -e CODE`, …) or reads as
+/// options; see `interp`.
+fn check_code_elements(
+    c: &mut Collector<'_>,
+    source: &str,
+    id: &str,
+    argv: &[String],
+    spans: &[Span],
+) {
+    for risky in risky_elements(argv) {
+        let (Some(arg), Some(span)) = (argv.get(risky.index), spans.get(risky.index)) else {
+            continue;
+        };
+        for occ in occurrences(arg) {
+            let Ok(placeholder) = classify(occ.name) else {
+                continue;
+            };
+            let at = offset_in_string(source, span, arg, occ.range.start);
+            let written = &arg[occ.range.clone()];
+            c.push(
+                K::PlaceholderInCode,
+                at..at,
+                format!("task `{id}`: {}", risky.message(written, &placeholder)),
+            );
         }
     }
 }

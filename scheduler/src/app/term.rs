@@ -192,6 +192,7 @@ impl Term {
                     });
                 })
                 .clock(move || loader_clock.now())
+                .limits(config.dag_limits)
                 .build()
                 .map_err(|e| dags_error(&e))?;
             let report = loader

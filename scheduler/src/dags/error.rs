@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use trainyard_core::dag::DagErrors;
 use trainyard_core::ids::DagId;
+use trainyard_core::resources::ByteSize;
 
 use crate::store::StoreError;
 
@@ -27,6 +28,27 @@ pub enum FileError {
 
     #[error("{path}: not UTF-8 text; DAG files must be UTF-8")]
     NotUtf8 { path: PathBuf },
+
+    /// Over the size cap: refused from its metadata, never read.
+    #[error(
+        "{path}: the file is {size} bytes, over the {limit} limit for a DAG file, so it is not loaded; split it into smaller DAGs or raise --max-dag-file-size (TRAINYARD_MAX_DAG_FILE_SIZE)"
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: ByteSize,
+    },
+
+    /// Over the task cap: refused before (or, for inline tables, right
+    /// after) parsing.
+    #[error(
+        "{path}: the file defines {count} tasks, over the limit of {limit} tasks per DAG, so it is not loaded; split it into smaller DAGs or raise --max-dag-tasks (TRAINYARD_MAX_DAG_TASKS)"
+    )]
+    TooManyTasks {
+        path: PathBuf,
+        count: usize,
+        limit: usize,
+    },
 
     /// A second file claims a DAG id another file already defines. The first
     /// keeps it; the second is ignored until one of them changes.

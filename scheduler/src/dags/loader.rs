@@ -3,7 +3,8 @@
 //!
 //! A scan reads and hashes every file but only talks to the store about files
 //! whose hash differs from what the previous scan saw, so an idle scan costs
-//! disk reads and no writes.
+//! disk reads and no writes. A file over the size cap is never read: its
+//! size and modification time stand in for the hash.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ use trainyard_core::dag::{DagSpec, parse_dag};
 use trainyard_core::ids::{DagId, DagVersionId};
 
 use super::error::{DagLoadError, FileError, Result};
-use super::scan::{DirScan, content_hash, guess_dag_id, read_file, scan_dir};
+use super::limits::{read_capped, read_head};
+use super::scan::{DirScan, content_hash, guess_dag_id, scan_dir};
 use super::{DagLoaderOptions, LoadReport};
 use crate::store::{DagCatalog, NewDagVersion};
 
@@ -64,6 +66,9 @@ struct Known {
 
 /// DAGs that lost their file in this scan, with the file (for error reports).
 type Orphans = BTreeMap<DagId, PathBuf>;
+
+/// How much of a file too large to load is read to find its `id = "…"`.
+const GUESS_HEAD_BYTES: u64 = 64 * 1024;
 
 impl DagLoader {
     pub(super) fn new(options: DagLoaderOptions) -> Result<Self> {
@@ -257,19 +262,45 @@ impl DagLoader {
         orphans: &mut Orphans,
         report: &mut LoadReport,
     ) {
-        let bytes = match read_file(path) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return self.forget(path, orphans),
-            Err(source) => {
-                // Transient or permission trouble: keep what the file defined
-                // rather than deactivating a DAG over a failed read.
-                tracing::warn!(path = %path.display(), error = %source, "cannot read dag file");
-                let path = path.to_path_buf();
-                report
-                    .errors
-                    .push((path.clone(), FileError::Read { path, source }));
-                return;
+        let limits = self.options.limits;
+        let read_failed = |source: std::io::Error, report: &mut LoadReport| {
+            // Transient or permission trouble: keep what the file defined
+            // rather than deactivating a DAG over a failed read.
+            tracing::warn!(path = %path.display(), error = %source, "cannot read dag file");
+            let path = path.to_path_buf();
+            report
+                .errors
+                .push((path.clone(), FileError::Read { path, source }));
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.forget(path, orphans);
             }
+            Err(source) => return read_failed(source, report),
+        };
+        if let Err(error) = limits.check_size(path, meta.len()) {
+            return self
+                .too_large(path, meta.len(), &meta, error, now, force, orphans, report)
+                .await;
+        }
+        let bytes = match read_capped(path, limits.max_file_size.bytes()) {
+            Ok(Ok(bytes)) => bytes,
+            // It grew between the size check and the read.
+            Ok(Err(size)) => {
+                let error = FileError::TooLarge {
+                    path: path.to_path_buf(),
+                    size,
+                    limit: limits.max_file_size,
+                };
+                return self
+                    .too_large(path, size, &meta, error, now, force, orphans, report)
+                    .await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return self.forget(path, orphans);
+            }
+            Err(source) => return read_failed(source, report),
         };
         let hash = content_hash(&bytes);
         let unchanged = self
@@ -287,14 +318,28 @@ impl DagLoader {
                 .broken(path, hash, None, error, now, orphans, report)
                 .await;
         };
+        let guess = || guess_dag_id(&source).map(DagId::new);
+        // Counted before parsing: the parser's tree costs far more than the text.
+        if let Err(error) = limits.check_source(path, &source) {
+            return self
+                .broken(path, hash, guess(), error, now, orphans, report)
+                .await;
+        }
         let display = path.display().to_string();
         match parse_dag(&display, &source) {
             Ok(spec) => {
+                // Tasks written as inline tables escape the header count.
+                if let Err(error) = limits.check_task_count(path, spec.tasks.len()) {
+                    let guess = Some(DagId::new(spec.id.clone()));
+                    return self
+                        .broken(path, hash, guess, error, now, orphans, report)
+                        .await;
+                }
                 self.register(path, hash, source, spec, now, orphans, report)
                     .await;
             }
             Err(errors) => {
-                let guess = guess_dag_id(&source).map(DagId::new);
+                let guess = guess();
                 self.broken(
                     path,
                     hash,
@@ -307,6 +352,43 @@ impl DagLoader {
                 .await;
             }
         }
+    }
+
+    /// A file over the size cap, known from its metadata only: recorded like
+    /// a broken file (on the id its first lines name) and not read again
+    /// until its size or modification time changes.
+    #[allow(clippy::too_many_arguments)]
+    async fn too_large(
+        &mut self,
+        path: &Path,
+        size: u64,
+        meta: &std::fs::Metadata,
+        error: FileError,
+        now: DateTime<Utc>,
+        force: bool,
+        orphans: &mut Orphans,
+        report: &mut LoadReport,
+    ) {
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        // Stands in for the content hash, which would mean reading the file.
+        let stamp = format!("too-large:{size}:{modified}");
+        let unchanged = self
+            .files
+            .get(path)
+            .is_some_and(|e| e.hash.as_deref() == Some(stamp.as_str()));
+        if unchanged && !force {
+            return;
+        }
+        let guess = read_head(path, GUESS_HEAD_BYTES)
+            .ok()
+            .and_then(|head| guess_dag_id(&head))
+            .map(DagId::new);
+        self.broken(path, stamp, guess, error, now, orphans, report)
+            .await;
     }
 
     #[allow(clippy::too_many_arguments)]

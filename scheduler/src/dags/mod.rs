@@ -19,6 +19,10 @@
 //! - a second file claiming a DAG id another file defines is an error naming
 //!   both files; the first keeps the id, and the second takes over when the
 //!   first lets go of it;
+//! - a file over the size cap (`DagLimits::max_file_size`, from its
+//!   metadata, never read) or with more tasks than the task cap (counted
+//!   before parsing) is a parse error on its DAG like any broken file, so a
+//!   35 MB file of a million tasks costs a `stat`, not gigabytes;
 //! - non-`.toml` files and hidden files and folders are ignored;
 //! - a folder that cannot be listed (unmounted share, the DAG folder itself
 //!   removed) is reported, and its DAGs are kept as they were rather than
@@ -38,6 +42,7 @@
 //! [`DagLoaderOptions::poll_interval`] to poll instead.
 
 mod error;
+mod limits;
 mod loader;
 mod scan;
 mod watch;
@@ -54,6 +59,7 @@ use trainyard_core::ids::DagId;
 use crate::store::DagCatalog;
 
 pub use error::{DagLoadError, FileError, Result};
+pub use limits::{DagLimits, count_task_tables};
 pub use loader::DagLoader;
 pub use scan::{dag_files, try_dag_files};
 
@@ -84,6 +90,8 @@ pub struct DagLoaderOptions {
     /// The time stamped on what the loader writes in [`DagLoader::run`];
     /// `Utc::now` by default.
     pub clock: NowFn,
+    /// Size and task caps checked before a file is parsed.
+    pub limits: DagLimits,
 }
 
 impl DagLoaderOptions {
@@ -99,6 +107,7 @@ impl DagLoaderOptions {
             rescan_interval: Some(Self::DEFAULT_RESCAN_INTERVAL),
             poll_interval: None,
             clock: Arc::new(Utc::now),
+            limits: DagLimits::default(),
         }
     }
 
@@ -135,6 +144,11 @@ impl DagLoaderOptions {
         self
     }
 
+    pub fn limits(mut self, limits: DagLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Checks the folder exists and makes its path canonical (file paths are
     /// recorded in the store under it, and events name canonical paths).
     pub fn build(self) -> Result<DagLoader> {
@@ -150,6 +164,7 @@ impl fmt::Debug for DagLoaderOptions {
             .field("debounce", &self.debounce)
             .field("rescan_interval", &self.rescan_interval)
             .field("poll_interval", &self.poll_interval)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }

@@ -101,16 +101,6 @@ pub(crate) fn content_hash(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Reads a file; `Ok(None)` when it vanished between listing and reading
-/// (a delete racing the scan is a delete, not an error).
-pub(crate) fn read_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error),
-    }
-}
-
 /// The top-level `id = "…"` of a file that may not be valid TOML, so a broken
 /// file that never parsed can still have its error recorded on the DAG it
 /// means to be. Only lines before the first table header are looked at, and

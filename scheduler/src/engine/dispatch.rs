@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use tracing::{debug, instrument, warn};
-use trainyard_core::dag::{RenderContext, TaskExec, render_argv};
+use trainyard_core::dag::{EnvSource, RenderContext, TaskExec, render_argv, render_str};
 use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId};
 use trainyard_core::state::TaskState;
 
@@ -200,17 +200,15 @@ impl Core {
             )
         })?;
         let logical_date = run.run.logical_date.unwrap_or(run.run.created_at);
+        let ctx = RenderContext {
+            dag_id: run.run.dag_id.to_string(),
+            run_id: run_id.to_string(),
+            task_id: node.task_id.to_string(),
+            logical_date,
+            params: (*run.params).clone(),
+        };
         let (argv, shell) = match &spec.exec {
-            TaskExec::Command(argv) => {
-                let ctx = RenderContext {
-                    dag_id: run.run.dag_id.to_string(),
-                    run_id: run_id.to_string(),
-                    task_id: node.task_id.to_string(),
-                    logical_date,
-                    params: (*run.params).clone(),
-                };
-                (render_argv(argv, &ctx).map_err(|e| e.to_string())?, false)
-            }
+            TaskExec::Command(argv) => (render_argv(argv, &ctx).map_err(|e| e.to_string())?, false),
             TaskExec::Shell(script) => (vec![script.clone()], true),
         };
         let mut env = std::collections::BTreeMap::new();
@@ -218,10 +216,12 @@ impl Core {
         let mut secret_env = Vec::new();
         for (name, var) in &spec.env {
             match &var.source {
-                trainyard_core::dag::EnvSource::Value(v) => env.insert(name.clone(), v.clone()),
-                trainyard_core::dag::EnvSource::FromEnv(src) => {
-                    env_from_worker.insert(name.clone(), src.clone())
+                // Plain strings in the child's environment: no shell reads them.
+                EnvSource::Value(v) => {
+                    let value = render_str(v, &ctx).map_err(|e| format!("env {name}: {e}"))?;
+                    env.insert(name.clone(), value)
                 }
+                EnvSource::FromEnv(src) => env_from_worker.insert(name.clone(), src.clone()),
             };
             if var.secret {
                 secret_env.push(name.clone());
@@ -238,6 +238,7 @@ impl Core {
             env,
             env_from_worker,
             secret_env,
+            inherit_env: spec.inherit_env,
             working_dir: spec.working_dir.clone(),
             timeout: spec.timeout,
             gpu_indices: node.gpus.clone(),

@@ -156,6 +156,9 @@ pub struct Assignment {
     pub env_from_worker: BTreeMap<String, String>,
     /// Names (in `env` or `env_from_worker`) whose values must be masked in logs.
     pub secret_env: Vec<String>,
+    /// Run with the worker's whole environment rather than a clean one.
+    #[serde(default)]
+    pub inherit_env: bool,
     pub working_dir: Option<String>,
     /// The worker enforces it; the engine fails the attempt after it plus a grace.
     pub timeout: Option<Duration>,

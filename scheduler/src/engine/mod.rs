@@ -61,7 +61,7 @@ pub use handle::{
 };
 pub use memory::StoreHealth;
 
-pub(crate) use runs::{manual_params, new_run};
+pub(crate) use runs::{checked_logical_date, manual_params, new_run};
 
 use crate::clock::Clock;
 use crate::store::{EngineStore, StoreError};
@@ -106,6 +106,9 @@ pub enum EngineError {
     Fenced { ti: TaskInstanceId, attempt: i32 },
     #[error("{0}")]
     InvalidRequest(String),
+    /// A malformed request value (e.g. a logical date outside years 1–9999).
+    #[error("{0}")]
+    BadInput(String),
     #[error("DAG version {version} has an unreadable spec: {message}")]
     BadSpec {
         version: DagVersionId,
@@ -124,7 +127,7 @@ impl trainyard_core::error::Classify for EngineError {
             | Self::RunNotFound(_)
             | Self::TaskNotFound { .. }
             | Self::WorkerNotFound(_) => ErrorKind::NotFound,
-            Self::InvalidParams { .. } => ErrorKind::Invalid,
+            Self::InvalidParams { .. } | Self::BadInput(_) => ErrorKind::Invalid,
             Self::WorkerCredential(_) => ErrorKind::Unauthenticated,
             // A report for an attempt that is no longer current: someone
             // (a retry, a timeout, a lost-worker decision) moved it first.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 use trainyard_core::cron::fire_times;
-use trainyard_core::dag::{DagSpec, Overlap};
+use trainyard_core::dag::{DagSpec, Overlap, check_logical_date};
 use trainyard_core::ids::{DagId, DagVersionId, RunId};
 use trainyard_core::state::{RunState, TaskState, TriggerKind};
 
@@ -278,7 +278,7 @@ impl Core {
     ) -> Result<RunId> {
         let (spec, version) = self.runnable_dag(id).await?;
         let params = manual_params(id, &spec, &params)?;
-        let date = logical_date.unwrap_or_else(|| self.clock.now());
+        let date = checked_logical_date(logical_date.unwrap_or_else(|| self.clock.now()))?;
         self.create_run(
             id,
             &spec,
@@ -298,6 +298,8 @@ impl Core {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<RunId>> {
+        checked_logical_date(from)?;
+        checked_logical_date(to)?;
         if from > to {
             return Err(EngineError::InvalidRequest(format!(
                 "backfill range is empty: {from} is after {to}"
@@ -644,8 +646,15 @@ pub(crate) fn new_run(
     }
 }
 
-/// A manual trigger's params checked against the DAG's declared params and
-/// merged with their defaults (the run's `params` column).
+/// A run's logical date, refused outside the years 1 to 9999.
+pub(crate) fn checked_logical_date(date: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    check_logical_date(date).map_err(|e| EngineError::BadInput(e.to_string()))?;
+    Ok(date)
+}
+
+/// A manual trigger's params checked against the DAG's declared params
+/// (names, types, no NUL, the size cap) and merged with their defaults (the
+/// run's `params` column).
 pub(crate) fn manual_params(
     dag: &DagId,
     spec: &DagSpec,

@@ -452,6 +452,7 @@ pub fn assign_to_proto(a: &Assignment) -> v1::Assign {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         secret_env: a.secret_env.clone(),
+        inherit_env: a.inherit_env,
         // Filled by the session from the store (see grpc::artifacts).
         upstream_outputs: Vec::new(),
     }
@@ -726,6 +727,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             secret_env: vec!["TOKEN".into()],
+            inherit_env: true,
             working_dir: None,
             timeout: Some(std::time::Duration::from_secs(90)),
             gpu_indices: vec![1, 3],
@@ -753,6 +755,7 @@ mod tests {
         assert_eq!(p.upstream, vec!["ingest".to_owned()]);
         assert_eq!(p.env_from_worker["TOKEN"], "HF_TOKEN");
         assert_eq!(p.secret_env, vec!["TOKEN".to_owned()]);
+        assert!(p.inherit_env);
         assert_eq!(p.memory_bytes, 0);
     }
 

@@ -20,7 +20,7 @@ use trainyard_core::state::TriggerKind;
 
 use super::Role;
 use crate::clock::Clock;
-use crate::engine::{EngineError, EngineHandle, manual_params, new_run};
+use crate::engine::{EngineError, EngineHandle, checked_logical_date, manual_params, new_run};
 use crate::http::{ControlError, RunControl, TriggerRequest};
 use crate::store::{Coordination, RunCreation, StoreError};
 
@@ -86,12 +86,13 @@ impl HaControl {
             })?;
         let params = manual_params(dag, &spec, &request.params)?;
         let now = self.clock.now();
+        let logical_date = checked_logical_date(request.logical_date.unwrap_or(now))?;
         let run = new_run(
             dag,
             &spec,
             version,
             TriggerKind::Manual,
-            Some(request.logical_date.unwrap_or(now)),
+            Some(logical_date),
             params,
             request.idempotency_key,
         );

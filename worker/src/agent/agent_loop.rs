@@ -588,7 +588,9 @@ impl AgentLoop {
         }
     }
 
-    async fn on_assign(&mut self, a: v1::Assign) {
+    async fn on_assign(&mut self, mut a: v1::Assign) {
+        // `--inherit-env` on the worker gives every task its whole environment.
+        a.inherit_env |= self.opts.inherit_env;
         let Some(key) = key_of(a.attempt.as_ref()) else {
             self.ack(&a, false, "the assignment has no attempt reference".into())
                 .await;

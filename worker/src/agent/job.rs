@@ -3,6 +3,11 @@
 //! metrics, upload outputs, and report each step to the agent's loop as a
 //! [`JobEvent`]. The loop decides what reaches the scheduler (a killed
 //! attempt's reports are dropped there).
+//!
+//! Every line sent is one line: text with embedded newlines (a multi-line
+//! error of the worker's own) becomes several lines, each with its own
+//! sequence number, and secret values are masked ([`super::mask`]) before
+//! anything leaves the worker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use tracing::{debug, instrument};
 use trainyard_proto::v1;
 
 use super::AttemptError;
+use super::mask::{MIN_SECRET_BYTES, Masker};
 use super::workdir::{ArtifactHook, AttemptPaths, UpstreamOutput};
 use crate::convert::{finished_to_proto, launch_from_assign, log_line_to_proto};
 use crate::exec::{self, ExecOutcome, ExecStatus, Metrics, StopHandle};
@@ -49,22 +55,40 @@ struct Batcher {
     run_id: String,
     task_id: String,
     lines: Vec<v1::LogLine>,
-    /// Values of the task's secret variables; replaced by `***` in every line.
-    secrets: Vec<String>,
-    /// Next sequence number for lines the worker writes itself.
+    /// The task's secret values in every form they are masked in.
+    secrets: Masker,
+    /// Sequence number of the next line sent: lines are numbered here, in
+    /// the order they are batched, so the worker's own lines and the task's
+    /// never share a number.
     next_seq: u64,
     events: mpsc::Sender<JobEvent>,
 }
 
 impl Batcher {
-    fn push(&mut self, mut line: v1::LogLine) {
-        for s in &self.secrets {
-            if line.text.contains(s.as_str()) {
-                line.text = line.text.replace(s.as_str(), "***");
-            }
+    /// Masks secrets, then queues one line per line of `line.text`.
+    fn push(&mut self, line: v1::LogLine) {
+        let text = if self.secrets.is_empty() {
+            line.text
+        } else {
+            self.secrets.mask(&line.text)
+        };
+        if !text.contains('\n') {
+            return self.queue(line.stream, line.at_unix_ms, text);
         }
-        self.next_seq = self.next_seq.max(line.seq + 1);
-        self.lines.push(line);
+        for part in text.split('\n') {
+            let part = part.strip_suffix('\r').unwrap_or(part);
+            self.queue(line.stream, line.at_unix_ms, part.to_owned());
+        }
+    }
+
+    fn queue(&mut self, stream: i32, at_unix_ms: i64, text: String) {
+        self.lines.push(v1::LogLine {
+            stream,
+            at_unix_ms,
+            text,
+            seq: self.next_seq,
+        });
+        self.next_seq += 1;
     }
 
     /// A line about the task from the worker itself.
@@ -73,7 +97,8 @@ impl Batcher {
             stream: v1::LogStream::System as i32,
             at_unix_ms: Utc::now().timestamp_millis(),
             text: text.into(),
-            seq: self.next_seq,
+            // Numbered when queued.
+            seq: 0,
         };
         self.push(line);
     }
@@ -136,7 +161,7 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
         run_id: job.assign.run_id.clone(),
         task_id: job.assign.task_id.clone(),
         lines: Vec::new(),
-        secrets: Vec::new(),
+        secrets: Masker::default(),
         next_seq: 0,
         events: events.clone(),
     };
@@ -208,13 +233,18 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
             )),
         }
     }
-    batch.secrets = a
-        .secret_env
-        .iter()
-        .filter_map(|n| launch.env.get(n))
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .collect();
+    let (secrets, too_short) = Masker::new(
+        a.secret_env
+            .iter()
+            .filter_map(|n| launch.env.get(n))
+            .map(String::as_str),
+    );
+    batch.secrets = secrets;
+    if too_short > 0 {
+        batch.system(format!(
+            "{too_short} secret value(s) are shorter than {MIN_SECRET_BYTES} bytes and are not masked in this log (masking them would garble it); use longer secrets"
+        ));
+    }
     if stop.kill.is_cancelled() || stop.cancel.is_cancelled() {
         return Err(AttemptError::Stopped);
     }
@@ -399,6 +429,118 @@ mod tests {
         assert_eq!(f.outputs[0].key, "runs/run1/task/1/out/model.bin");
         assert_eq!(f.outputs[0].size, 8);
         assert!(f.inputs.is_empty());
+    }
+
+    fn batcher(secrets: &[&str]) -> (Batcher, mpsc::Receiver<JobEvent>) {
+        let (tx, rx) = mpsc::channel(8);
+        let batch = Batcher {
+            key: ("1".into(), 1),
+            attempt: v1::AttemptRef::default(),
+            run_id: "r".into(),
+            task_id: "t".into(),
+            lines: Vec::new(),
+            secrets: Masker::new(secrets.iter().copied()).0,
+            next_seq: 0,
+            events: tx,
+        };
+        (batch, rx)
+    }
+
+    fn stdout_line(text: &str, seq: u64) -> v1::LogLine {
+        v1::LogLine {
+            stream: v1::LogStream::Stdout as i32,
+            at_unix_ms: 5,
+            text: text.into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn embedded_newlines_become_separate_lines_with_their_own_seq() {
+        let (mut batch, _rx) = batcher(&[]);
+        batch.system("first\nsecond\r\nthird");
+        batch.push(stdout_line("task line", 0));
+        let got: Vec<(String, u64, i32)> = batch
+            .lines
+            .iter()
+            .map(|l| (l.text.clone(), l.seq, l.stream))
+            .collect();
+        let system = v1::LogStream::System as i32;
+        let stdout = v1::LogStream::Stdout as i32;
+        assert_eq!(
+            got,
+            vec![
+                ("first".to_owned(), 0, system),
+                ("second".to_owned(), 1, system),
+                ("third".to_owned(), 2, system),
+                // The pump's own count restarts at 0; the batch keeps counting.
+                ("task line".to_owned(), 3, stdout),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_secret_split_across_lines_is_masked_before_splitting() {
+        let (mut batch, _rx) = batcher(&["top\nsecret"]);
+        batch.system("value: top\nsecret!");
+        let texts: Vec<&str> = batch.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["value: ***!"]);
+    }
+
+    #[tokio::test]
+    async fn encoded_secrets_are_masked_and_short_ones_are_reported_not_masked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let script = r#"printf 'b64=%s\n' "$(printf %s "$SECRET" | base64)"; echo "url=p%40ss%20word short=$SHORT""#;
+        let mut j = job(tmp.path(), script);
+        j.assign.env.insert("SHORT".into(), "ab".into());
+        j.assign.env.insert("PASS".into(), "p@ss word".into());
+        j.assign.secret_env.extend(["SHORT".into(), "PASS".into()]);
+        let events = collect(j).await;
+        let text: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                JobEvent::Logs(_, l) => Some(l.lines.iter().map(|l| l.text.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(text.contains(&"b64=***".to_owned()), "{text:?}");
+        assert!(text.contains(&"url=*** short=ab".to_owned()), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|l| l.contains("shorter than 4 bytes") && !l.contains("ab")),
+            "{text:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn from_env_copies_a_worker_variable_into_the_clean_environment() {
+        // Any variable of this process that a clean environment leaves out.
+        let (name, value) = std::env::vars()
+            .find(|(k, v)| {
+                !crate::exec::passes_clean_env(k.as_ref())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !v.is_empty()
+                    && !v.contains(['\n', '\'', '\\'])
+                    && !k.starts_with("TRAINYARD_")
+            })
+            .expect("the test process has some variable beyond PATH/HOME");
+        let tmp = tempfile::tempdir().unwrap();
+        let script = format!(r#"echo "copied=$COPIED direct=${{{name}-unset}}""#);
+        let mut j = job(tmp.path(), &script);
+        j.assign
+            .env_from_worker
+            .insert("COPIED".into(), name.clone());
+        let events = collect(j).await;
+        let text: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                JobEvent::Logs(_, l) => Some(l.lines.iter().map(|l| l.text.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(text, vec![format!("copied={value} direct=unset")]);
     }
 
     #[tokio::test]

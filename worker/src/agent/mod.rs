@@ -7,6 +7,7 @@
 //!
 //! Module map: `dial` (dial + Register + Connect/Hello, one try), `job` (one
 //! attempt: directories, inputs, exec, log batches, metrics, outputs),
+//! `mask` (secret values and their encoded forms in log lines),
 //! `workdir` (per-attempt directories, the [`ArtifactHook`] and its same-host
 //! fallback [`LocalInputs`]), `artifacts` ([`StoreArtifacts`], the hook on
 //! object storage) and `agent_loop` (the one task that owns the connection
@@ -37,6 +38,7 @@ mod dial;
 mod error;
 mod identity;
 mod job;
+mod mask;
 mod workdir;
 
 pub use error::AttemptError;
@@ -118,6 +120,10 @@ pub struct AgentOptions {
     /// own endpoint or credentials (those come from its `AWS_*`/`GOOGLE_*`/
     /// `AZURE_*` env).
     pub artifact_url: Option<String>,
+    /// Run every task with the worker's whole environment (`--inherit-env`)
+    /// instead of the clean one; a task's `inherit_env = true` does the same
+    /// for that task alone. Default false.
+    pub inherit_env: bool,
     /// Largest gRPC message sent or accepted.
     pub max_message_bytes: usize,
     /// Speaks this protocol version at Register (tests set another to
@@ -154,6 +160,7 @@ impl AgentOptions {
             worker_id: None,
             artifacts: None,
             artifact_url: None,
+            inherit_env: false,
             max_message_bytes: 16 * 1024 * 1024,
             protocol_version: trainyard_proto::v1::PROTOCOL_VERSION,
             join_token: None,

@@ -1,8 +1,7 @@
 //! Runs one task attempt as a child process and reports how it ended.
 //!
 //! Owns: building the command (argv verbatim, or `sh -c` only when the task
-//! says `shell`), the environment (parent env, then task env, then the
-//! `TRAINYARD_*` variables, then GPU visibility), the child's own process
+//! says `shell`), the environment (see below), the child's own process
 //! group, line-by-line log capture ([`logs`]), timeout / cancel / kill of the
 //! whole group (SIGTERM, grace, SIGKILL) and the task's metrics file
 //! ([`metrics`]).
@@ -12,6 +11,15 @@
 //! worker's own environment nor the DAG's `env` can widen them. A task with
 //! no GPUs gets `CUDA_VISIBLE_DEVICES=""` (CUDA then sees no device) and
 //! `NVIDIA_VISIBLE_DEVICES=void` (the container toolkit's "expose nothing").
+//!
+//! Environment, in order (later wins): the clean base — only `PATH`,
+//! `HOME`, `LANG`, `TZ` and the `CUDA_*` / `NVIDIA_*` variables of the
+//! worker's own environment — or, with [`TaskLaunch::inherit_env`], all of
+//! it; then the task's env (the DAG's `env`, `from_env` values already
+//! resolved by the caller); then the `TRAINYARD_*` variables of the attempt;
+//! then GPU visibility. The clean base keeps what the worker was started
+//! with (cloud credentials, tokens, its own `TRAINYARD_*` settings such as
+//! its join token) away from tasks unless a DAG names it with `from_env`.
 //!
 //! When the task's main process ends, whatever it left behind in its process
 //! group is killed too: a straggler could otherwise keep holding a GPU that
@@ -38,6 +46,20 @@ pub use context::TaskContext;
 pub use logs::{LogLine, LogStream};
 pub use metrics::{Metrics, parse_metrics, read_metrics_file};
 
+/// Variables a task gets from the worker's environment by default.
+pub const CLEAN_ENV_NAMES: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
+/// Prefixes of the worker's variables a task gets by default (CUDA and the
+/// NVIDIA container toolkit read their settings from these).
+pub const CLEAN_ENV_PREFIXES: &[&str] = &["CUDA_", "NVIDIA_"];
+
+/// Whether a variable of the worker's environment passes into a clean one.
+pub fn passes_clean_env(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    CLEAN_ENV_NAMES.contains(&name) || CLEAN_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// Grace between SIGTERM and SIGKILL when the launch does not say.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 /// How long to wait for output pipes after the process group is gone; only
@@ -57,6 +79,9 @@ pub struct TaskLaunch {
     /// Variables the worker sets (`TRAINYARD_*`, see [`TaskContext::env`]);
     /// applied after `env`, so a DAG cannot override them.
     pub system_env: BTreeMap<String, String>,
+    /// Start from the worker's whole environment instead of the clean base
+    /// ([`CLEAN_ENV_NAMES`], [`CLEAN_ENV_PREFIXES`]).
+    pub inherit_env: bool,
     /// `None`: the worker's current directory.
     pub working_dir: Option<PathBuf>,
     /// Exactly the GPUs the task may use.
@@ -156,6 +181,10 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
         check_dir(dir)?;
     }
     let mut cmd = tokio::process::Command::new(program);
+    if !launch.inherit_env {
+        cmd.env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| passes_clean_env(name)));
+    }
     cmd.args(&args)
         .envs(&launch.env)
         .envs(&launch.system_env)
