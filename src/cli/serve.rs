@@ -63,6 +63,19 @@ pub struct SchedulerArgs {
     /// Serve the API and UI without authentication on a non-loopback address.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Without API tokens the HTTP server answers only requests addressed to
+    /// localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding); this
+    /// also allows HOST (a name or address, optionally with `:PORT`; `*`
+    /// allows any host). Repeat for several; the env var is comma-separated.
+    /// Not needed with API tokens.
+    #[arg(
+        long = "allowed-host",
+        env = "TRAINYARD_ALLOWED_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ',',
+        value_parser = parse_allowed_host
+    )]
+    pub allowed_hosts: Vec<trainyard_scheduler::http::AllowedHost>,
     /// Where artifacts and archived logs are kept: `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a path
     /// (default: `<data dir>/artifacts`). Credentials and endpoints come from
@@ -71,6 +84,11 @@ pub struct SchedulerArgs {
     /// `AZURE_*`). Workers are told this URL when they register.
     #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
     pub artifacts: Option<String>,
+}
+
+fn parse_allowed_host(raw: &str) -> Result<trainyard_scheduler::http::AllowedHost, String> {
+    raw.parse()
+        .map_err(|e: trainyard_scheduler::http::BadAllowedHost| e.to_string())
 }
 
 fn parse_api_token(raw: &str) -> Result<trainyard_scheduler::http::ApiToken, String> {
@@ -112,7 +130,8 @@ impl SchedulerArgs {
         if let Some(list) = &self.api_tokens_list {
             tokens.extend(trainyard_scheduler::http::parse_token_list(list)?);
         }
-        config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens);
+        config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens)
+            .with_allowed_hosts(self.allowed_hosts.clone());
         Ok(config)
     }
 

@@ -7,9 +7,12 @@
 
 mod api;
 mod auth;
+mod client;
 mod control;
 mod error;
+mod hosts;
 mod lineage;
+mod login_limit;
 mod openapi;
 mod read;
 mod routes;
@@ -28,7 +31,10 @@ use tokio::net::TcpListener;
 use trainyard_core::ids::{DagId, RunId, WorkerId};
 
 pub use auth::{ApiToken, AuthConfig, AuthError, Role, parse_token_list};
+pub use client::{ClientAddr, client_key};
 pub use error::{ApiError, ApiResult};
+pub use hosts::{AllowedHost, BadAllowedHost, parse_allowed_hosts};
+pub use login_limit::{LoginLimit, LoginLimiter};
 pub use openapi::document as openapi_document;
 
 use crate::logs::LogStore;
@@ -122,13 +128,18 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the app on a bound listener until `shutdown` completes.
+/// Serves the app on a bound listener until `shutdown` completes. Every
+/// request carries its peer address (`ConnectInfo<SocketAddr>`): the
+/// per-client limits (failed logins, log followers) count by it.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

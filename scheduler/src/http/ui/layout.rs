@@ -96,13 +96,69 @@ fn frame(title: &str, caller: Option<Caller>, body: Markup) -> Markup {
     }
 }
 
+/// Where a login may send the browser next: a path on this site, else `/`.
+///
+/// Browsers are lenient with what follows a leading `/`: `//host`, `/\host`
+/// and `\\host` all leave the site, tabs and newlines are dropped before
+/// parsing (`/<TAB>/host` is `//host`), and `%5C`/`%2F` come back as `\` and
+/// `/` once a server or proxy decodes them. So only plain visible ASCII is
+/// kept, no backslash at all, and the path must not start with two slashes
+/// before or after percent-decoding.
+pub fn safe_next(next: &str) -> &str {
+    const MAX: usize = 2048;
+    let plain = next.len() <= MAX
+        && next.starts_with('/')
+        && next.bytes().all(|b| b.is_ascii_graphic())
+        && !next.contains('\\');
+    if !plain {
+        return "/";
+    }
+    // Decode until nothing changes (double encoding), then look again.
+    let mut decoded = next.to_owned();
+    for _ in 0..4 {
+        let again = percent_decode(&decoded);
+        if again == decoded {
+            break;
+        }
+        decoded = again;
+    }
+    let leaves = decoded.starts_with("//")
+        || decoded.contains('\\')
+        || decoded.chars().any(|c| c.is_control() || c.is_whitespace());
+    let path = next.split(['?', '#']).next().unwrap_or(next);
+    if leaves || path == "/login" || path == "/logout" {
+        "/"
+    } else {
+        next
+    }
+}
+
+/// `%XX` → the byte (lossy UTF-8); anything else as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The login form, also the body of a 401 for browser pages.
 pub fn login_page(message: Option<&str>, next: &str) -> Html<String> {
-    let next = if next.starts_with('/') && !next.starts_with("//") && next != "/login" {
-        next
-    } else {
-        "/"
-    };
+    let next = safe_next(next);
     Html(
         frame(
             "Log in",
