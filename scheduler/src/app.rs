@@ -28,7 +28,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{EngineHandle, EngineOptions};
 use crate::ha::{ElectionOptions, HaControl, LeaderElection, Role};
 use crate::http::{self, AppState};
-use crate::logs::LogStore;
+use crate::logs::{FollowLimits, LogStore};
 use crate::store::{self, Store};
 
 /// Everything a scheduler process needs to know.
@@ -52,8 +52,11 @@ pub struct SchedulerConfig {
     /// attempt logs are archived there too.
     pub artifacts_url: Option<String>,
     /// API tokens and UI sessions; open (no tokens) by default, which the
-    /// CLI allows only on loopback.
+    /// CLI allows only on loopback. Also the hosts open mode answers
+    /// (`--allowed-host`) and the failed-login limit.
     pub auth: http::AuthConfig,
+    /// Live log streams served at once, in total and per client address.
+    pub log_follow_limits: FollowLimits,
 }
 
 impl SchedulerConfig {
@@ -68,6 +71,7 @@ impl SchedulerConfig {
             catchup_limit: 100,
             artifacts_url: None,
             auth: http::AuthConfig::open(),
+            log_follow_limits: FollowLimits::default(),
         }
     }
 }
@@ -147,7 +151,9 @@ impl SchedulerApp {
         let mut tasks = JoinSet::new();
         crate::metrics::spawn_collector(&handle, shutdown.clone());
         crate::metrics::traces::spawn_if_enabled(&handle, store.clone(), shutdown.clone());
-        let logs = LogStore::new(config.data_dir.join("logs")).with_archive(artifacts.clone());
+        let logs = LogStore::new(config.data_dir.join("logs"))
+            .with_archive(artifacts.clone())
+            .with_follow_limits(config.log_follow_limits);
         let mut election = LeaderElection::new(ElectionOptions::new(config.db_url.clone()))?;
         let role = election.role();
 

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trainyard_core::resources::ByteSize;
 use trainyard_scheduler::app::{SchedulerApp, SchedulerConfig};
+use trainyard_scheduler::logs::FollowLimits;
 use trainyard_worker::agent::{Agent, AgentOptions};
 use trainyard_worker::gpu::{self, DiscoveryOptions, GpuSource, GpuSpec, UsageSampler};
 use trainyard_worker::host::HostResources;
@@ -76,6 +77,12 @@ pub struct SchedulerArgs {
         value_parser = parse_allowed_host
     )]
     pub allowed_hosts: Vec<trainyard_scheduler::http::AllowedHost>,
+    /// Most live log streams (`…/logs/stream`, the UI's log tail) served at once.
+    #[arg(long, default_value_t = FollowLimits::default().total, value_name = "N")]
+    pub max_log_followers: usize,
+    /// Most live log streams one client address may hold open at once.
+    #[arg(long, default_value_t = FollowLimits::default().per_client, value_name = "N")]
+    pub max_log_followers_per_client: usize,
     /// Where artifacts and archived logs are kept: `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a path
     /// (default: `<data dir>/artifacts`). Credentials and endpoints come from
@@ -132,6 +139,11 @@ impl SchedulerArgs {
         }
         config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens)
             .with_allowed_hosts(self.allowed_hosts.clone());
+        config.log_follow_limits = FollowLimits {
+            total: self.max_log_followers.max(1),
+            per_client: self.max_log_followers_per_client.max(1),
+            ..FollowLimits::default()
+        };
         Ok(config)
     }
 

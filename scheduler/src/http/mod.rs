@@ -13,6 +13,7 @@ mod error;
 mod hosts;
 mod lineage;
 mod login_limit;
+mod logs;
 mod openapi;
 mod read;
 mod routes;

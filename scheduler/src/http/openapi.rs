@@ -13,7 +13,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{api, lineage, read};
+use super::{api, lineage, logs, read};
 
 /// Every error: a stable machine-readable code and a message for people.
 #[derive(Debug, Serialize, ToSchema)]
@@ -159,7 +159,7 @@ impl Modify for BearerAuth {
         read::list_dags, read::get_dag,
         api::trigger, api::backfill, api::pause, api::resume,
         api::list_runs, api::get_run, api::cancel_run, api::cancel_task, api::clear_task,
-        api::task_log, api::task_log_stream,
+        logs::task_log, logs::task_log_stream,
         read::list_workers,
         lineage::run_artifacts, lineage::run_events, lineage::metric_series,
         openapi_json,
