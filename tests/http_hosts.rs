@@ -30,7 +30,12 @@ async fn an_open_scheduler_answers_loopback_and_allowed_hosts_only() {
     std::fs::create_dir_all(dir.path().join("dags")).unwrap();
     let cluster = Cluster::start(
         dir,
-        &["--allowed-host", "trainyard.test", "--allowed-host", "ci.example:8443"],
+        &[
+            "--allowed-host",
+            "trainyard.test",
+            "--allowed-host",
+            "ci.example:8443",
+        ],
     )
     .await;
     let addr = cluster.addrs.http.clone();
@@ -55,7 +60,10 @@ async fn an_open_scheduler_answers_loopback_and_allowed_hosts_only() {
         assert_eq!(status, 200, "Host {host}: {text}");
     }
     let (status, _) = get(&addr, "ci.example:9999", "/api/v1/dags");
-    assert_eq!(status, 421, "a host allowed with a port is allowed on that port only");
+    assert_eq!(
+        status, 421,
+        "a host allowed with a port is allowed on that port only"
+    );
 }
 
 #[tokio::test]

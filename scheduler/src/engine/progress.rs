@@ -564,8 +564,9 @@ impl Core {
     }
 
     /// Cancels an unfinished run and every unfinished task of it; a finished
-    /// run is a 409 naming its state.
-    #[instrument(skip(self), err)]
+    /// run is a 409 naming its state. (Refusals are the caller's mistake:
+    /// logged at debug; the API logs server-side failures itself.)
+    #[instrument(skip(self), err(level = "debug"))]
     pub(super) async fn cancel_run(&mut self, run_id: RunId, reason: &str) -> Result<()> {
         self.unfinished_run(run_id, "cancel").await?;
         let all: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
@@ -644,7 +645,7 @@ impl Core {
         }
     }
 
-    #[instrument(skip(self), err)]
+    #[instrument(skip(self), err(level = "debug"))]
     pub(super) async fn clear_task(
         &mut self,
         run_id: RunId,

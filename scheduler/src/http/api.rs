@@ -76,7 +76,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 fn dag_id(raw: &str) -> ApiResult<DagId> {
-    DagId::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))
+    read::parse_dag_id(raw)
 }
 
 fn run_id(raw: &str) -> ApiResult<RunId> {

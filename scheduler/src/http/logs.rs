@@ -207,7 +207,8 @@ fn refused(err: FollowError) -> Response {
 /// sent as `line` events (without `stream`), then `end`.
 #[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs/stream", tag = "logs",
     params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id")),
-    responses((status = 200, body = String, content_type = "text/event-stream"),
+    responses((status = 200, body = doc::LogEvent, content_type = "text/event-stream",
+            description = "Server-Sent Events, each as `LogEvent` describes"),
         (status = 400, body = doc::ErrorBody),
         (status = 404, description = "Unknown run or task", body = doc::ErrorBody),
         (status = 429, description = "This client has too many live log streams open", body = doc::ErrorBody,
