@@ -13,6 +13,12 @@
 //! first forgets buckets that have drained, then the emptiest one, so many
 //! addresses cost memory up to the bound and no further. Time comes from the
 //! injected [`Clock`].
+//!
+//! Why not `governor`: its keyed limiter charges every attempt with no way to
+//! give a successful one back, its key map only shrinks when something calls
+//! `retain_recent` (a background task to own), and it reads its own clock
+//! type rather than the scheduler's [`Clock`]. What is needed here is a
+//! hundred lines.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

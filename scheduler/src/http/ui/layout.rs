@@ -116,7 +116,9 @@ pub fn safe_next(next: &str) -> &str {
     // Decode until nothing changes (double encoding), then look again.
     let mut decoded = next.to_owned();
     for _ in 0..4 {
-        let again = percent_decode(&decoded);
+        let again = percent_encoding::percent_decode_str(&decoded)
+            .decode_utf8_lossy()
+            .into_owned();
         if again == decoded {
             break;
         }
@@ -131,29 +133,6 @@ pub fn safe_next(next: &str) -> &str {
     } else {
         next
     }
-}
-
-/// `%XX` → the byte (lossy UTF-8); anything else as is.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The login form, also the body of a 401 for browser pages.
