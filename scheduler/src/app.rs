@@ -28,7 +28,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::engine::{EngineHandle, EngineOptions};
 use crate::ha::{ElectionOptions, HaControl, LeaderElection, Role};
 use crate::http::{self, AppState};
-use crate::logs::LogStore;
+use crate::logs::{FollowLimits, LogStore};
 use crate::store::{self, Store};
 
 /// Everything a scheduler process needs to know.
@@ -54,7 +54,8 @@ pub struct SchedulerConfig {
     /// attempt logs are archived there too.
     pub artifacts_url: Option<String>,
     /// API tokens and UI sessions; open (no tokens) by default, which the
-    /// CLI allows only on loopback.
+    /// CLI allows only on loopback. Also the hosts open mode answers
+    /// (`--allowed-host`) and the failed-login limit.
     pub auth: http::AuthConfig,
     /// Join tokens workers must present (open when empty, which the CLI
     /// allows only on loopback or with mTLS).
@@ -64,6 +65,8 @@ pub struct SchedulerConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Most GPUs one worker may register.
     pub max_worker_gpus: u32,
+    /// Live log streams served at once, in total and per client address.
+    pub log_follow_limits: FollowLimits,
 }
 
 impl SchedulerConfig {
@@ -82,6 +85,7 @@ impl SchedulerConfig {
             worker_auth: crate::grpc::WorkerAuth::open(),
             tls: None,
             max_worker_gpus: 64,
+            log_follow_limits: FollowLimits::default(),
         }
     }
 }
@@ -181,7 +185,9 @@ impl SchedulerApp {
         let mut tasks = JoinSet::new();
         crate::metrics::spawn_collector(&handle, shutdown.clone());
         crate::metrics::traces::spawn_if_enabled(&handle, store.clone(), shutdown.clone());
-        let logs = LogStore::new(config.data_dir.join("logs")).with_archive(artifacts.clone());
+        let logs = LogStore::new(config.data_dir.join("logs"))
+            .with_archive(artifacts.clone())
+            .with_follow_limits(config.log_follow_limits);
         let mut election = LeaderElection::new(ElectionOptions::new(config.db_url.clone()))?;
         let role = election.role();
 

@@ -12,14 +12,17 @@
 //! (`runs/<run>/<task>/<attempt>/log.txt`), and [`LogStore::read`] serves it
 //! from there when the local file is gone (a wiped or replaced scheduler
 //! disk), so logs outlive both the worker and the scheduler's disk.
+//!
+//! Followers: live streams of a task's new lines are bounded per client and
+//! in total, and hold a channel only while someone reads it (`follow.rs`).
 
-use std::collections::HashMap;
+mod follow;
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::broadcast;
 use trainyard_artifacts::{ArtifactStore, AttemptKey};
 use trainyard_core::error::{Classify, ErrorKind};
 use trainyard_core::ids::RunId;
@@ -61,6 +64,8 @@ pub enum LogError {
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
+pub use follow::{FOLLOW_BUFFER, FollowError, FollowLimits, Follower, Followers};
+
 impl Classify for LogError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -87,20 +92,13 @@ impl Classify for LogError {
     }
 }
 
-/// Live fan-out buffer per (run, task): lossy for slow followers, who can
-/// re-read the file.
-const FOLLOW_BUFFER: usize = 1024;
-
-/// Live senders per (run, task).
-type Followers = HashMap<(RunId, String), broadcast::Sender<LogLine>>;
-
 /// Appends and serves attempt logs. Cheap to clone.
 #[derive(Clone)]
 pub struct LogStore {
     root: PathBuf,
-    /// Followers per (run, task); entries are created on demand and removed
-    /// when the last follower leaves and a write finds no receivers.
-    followers: Arc<Mutex<Followers>>,
+    /// Live followers per (run, task), bounded; a channel exists only while
+    /// someone follows.
+    followers: Followers,
     /// Where finished attempts' logs are archived; `None`: local files only.
     archive: Option<ArtifactStore>,
 }
@@ -110,6 +108,7 @@ impl std::fmt::Debug for LogStore {
         f.debug_struct("LogStore")
             .field("root", &self.root)
             .field("archive", &self.archive.as_ref().map(|a| a.base_uri()))
+            .field("follow_limits", &self.followers.limits())
             .finish()
     }
 }
@@ -118,9 +117,19 @@ impl LogStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            followers: Arc::default(),
+            followers: Followers::default(),
             archive: None,
         }
+    }
+
+    /// Bounds live followers (default: [`FollowLimits::default`]).
+    pub fn with_follow_limits(mut self, limits: FollowLimits) -> Self {
+        self.followers = Followers::new(limits);
+        self
+    }
+
+    pub fn follow_limits(&self) -> FollowLimits {
+        self.followers.limits()
     }
 
     /// Archives finished attempts' logs in `store` and reads them back from
@@ -207,31 +216,8 @@ impl LogStore {
             .await?;
         file.write_all(buf.as_bytes()).await?;
         file.flush().await?;
-        self.publish(run, task, attempt, lines);
+        self.followers.publish(run, task, attempt, lines);
         Ok(())
-    }
-
-    fn publish(&self, run: RunId, task: &str, attempt: i32, lines: &[(LogStream, String)]) {
-        let Ok(mut followers) = self.followers.lock() else {
-            return;
-        };
-        let key = (run, task.to_owned());
-        let Some(sender) = followers.get(&key) else {
-            return;
-        };
-        for (stream, line) in lines {
-            let sent = sender.send(LogLine {
-                run_id: run,
-                task_id: task.to_owned(),
-                attempt,
-                stream: *stream,
-                line: line.clone(),
-            });
-            if sent.is_err() {
-                followers.remove(&key);
-                return;
-            }
-        }
     }
 
     /// The whole log of one attempt.
@@ -258,16 +244,16 @@ impl LogStore {
         }
     }
 
-    /// New lines of any attempt of (run, task) from now on.
-    pub fn follow(&self, run: RunId, task: &str) -> broadcast::Receiver<LogLine> {
-        let mut followers = match self.followers.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        followers
-            .entry((run, task.to_owned()))
-            .or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
-            .subscribe()
+    /// New lines of any attempt of (run, task) from now on, for `client`
+    /// (see [`crate::http::client_key`]). Call it only for a task that exists
+    /// and has not finished: the channel lives until the follower is dropped.
+    pub fn follow(&self, run: RunId, task: &str, client: IpAddr) -> Result<Follower, FollowError> {
+        self.followers.follow(run, task, client)
+    }
+
+    /// (channels, open streams) held by live followers now.
+    pub fn follow_usage(&self) -> (usize, usize) {
+        self.followers.usage()
     }
 }
 
@@ -318,7 +304,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::new(dir.path());
         let run = RunId::new();
-        let mut follower = logs.follow(run, "train");
+        let mut follower = logs
+            .follow(run, "train", std::net::Ipv4Addr::LOCALHOST.into())
+            .unwrap();
         logs.append(
             run,
             "train",

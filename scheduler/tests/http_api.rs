@@ -38,7 +38,11 @@ command = ["true"]
 "#;
 
 async fn setup() -> (Harness, Router, tempfile::TempDir) {
-    let h = Harness::sqlite(utc(2026, 1, 1, 0, 0)).await;
+    setup_on(Harness::sqlite(utc(2026, 1, 1, 0, 0)).await).await
+}
+
+/// The router over a harness on either backend, with the retrain DAG.
+async fn setup_on(h: Harness) -> (Harness, Router, tempfile::TempDir) {
     h.add_dag(DAG).await;
     let dir = tempfile::tempdir().unwrap();
     let state = AppState {
@@ -521,6 +525,30 @@ async fn openapi_document_lists_every_api_route() {
             "OpenAPI lacks {method} {path}"
         );
     }
+    // What the layers around the handlers answer is documented on every
+    // operation it applies to (scripts/schemathesis fails otherwise).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if matches!(path.as_str(), "/healthz" | "/readyz") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let codes = &op["responses"];
+            for code in ["401", "421"] {
+                assert!(codes[code].is_object(), "{method} {path} lacks {code}");
+            }
+            if method == "post" {
+                for code in ["403", "409", "503"] {
+                    assert!(codes[code].is_object(), "{method} {path} lacks {code}");
+                }
+            }
+        }
+    }
+    let trigger = &doc["paths"]["/api/v1/dags/{dag_id}/runs"]["post"]["responses"];
+    for code in ["400", "413", "415", "422"] {
+        assert!(trigger[code].is_object(), "trigger lacks {code}");
+    }
+    let stream = &doc["paths"]["/api/v1/runs/{run_id}/tasks/{task_id}/logs/stream"]["get"];
+    assert!(stream["responses"]["429"].is_object());
     // CI validates the document with openapi-spec-validator.
     if let Ok(out) = std::env::var("TRAINYARD_OPENAPI_OUT") {
         std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
@@ -710,4 +738,141 @@ async fn a_runs_timeline_lists_every_transition_in_order_and_pages() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     let bad = get("/api/v1/runs/nope/events".to_owned()).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+// ---- Cancelling what has finished: 409 naming the state, on both backends
+
+async fn post(router: &Router, path: &str) -> Resp {
+    send(router, req(Method::POST, path, Some(OPERATOR), None)).await
+}
+
+async fn cancelling_a_finished_run_or_task_is_409_with_the_state(h: Harness) {
+    let (h, router, _d) = setup_on(h).await;
+    let mut worker = FakeWorker::join(&h.handle, registration("gpu-box", 4, &[("A100", 80)])).await;
+    let run = trigger(&router, json!({}), None).await.json()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run_id: trainyard_core::ids::RunId = run.parse().unwrap();
+
+    // train finished, evaluate still to run: cancelling train is a 409.
+    let a = worker.next_assign().await;
+    worker.succeed(&a).await;
+    h.settle().await;
+    let resp = post(&router, &format!("/api/v1/runs/{run}/tasks/train/cancel")).await;
+    assert_eq!(resp.status, StatusCode::CONFLICT, "{}", resp.text());
+    assert_eq!(resp.code(), "failed_precondition");
+    let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("`train`") && message.contains("already success"),
+        "{message}"
+    );
+
+    worker.run_all(h.store.as_ref(), run_id).await;
+    h.settle().await;
+    let state = h.store.get_run(run_id).await.unwrap().state.to_string();
+    assert_eq!(state, "success");
+
+    // A clear that fails leaves nothing behind that a cancel could trip on.
+    let resp = post(&router, &format!("/api/v1/runs/{run}/tasks/nope/clear")).await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    for path in [
+        format!("/api/v1/runs/{run}/cancel"),
+        format!("/api/v1/runs/{run}/tasks/train/cancel"),
+        format!("/api/v1/runs/{run}/cancel"),
+    ] {
+        let resp = post(&router, &path).await;
+        assert_eq!(resp.status, StatusCode::CONFLICT, "{path}: {}", resp.text());
+        assert_eq!(resp.code(), "failed_precondition");
+        let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains(&format!("run {run} is already success")),
+            "{path}: {message}"
+        );
+    }
+    // Nothing moved, and the engine still commits: /readyz stays 200.
+    assert_eq!(
+        h.store.get_run(run_id).await.unwrap().state.to_string(),
+        "success"
+    );
+    let ready = send(&router, req(Method::GET, "/readyz", None, None)).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    // An unknown run is still a 404.
+    let resp = post(
+        &router,
+        &format!("/api/v1/runs/{}/cancel", trainyard_core::ids::RunId::new()),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_run_or_task_is_409_with_the_state_on_sqlite() {
+    cancelling_a_finished_run_or_task_is_409_with_the_state(
+        Harness::sqlite(utc(2026, 1, 1, 0, 0)).await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_run_or_task_is_409_with_the_state_on_postgres() {
+    cancelling_a_finished_run_or_task_is_409_with_the_state(
+        Harness::postgres(utc(2026, 1, 1, 0, 0)).await,
+    )
+    .await;
+}
+
+// ---- Ids no DAG file can have never reach the store (PostgreSQL refuses NUL)
+
+async fn ids_no_dag_file_can_have_are_400(h: Harness) {
+    let (_h, router, _d) = setup_on(h).await;
+    for path in [
+        "/api/v1/dags/a%00b",
+        "/api/v1/runs?dag_id=a%00b",
+        "/api/v1/dags/a%20b/metrics?task=train&name=auc",
+        "/api/v1/dags/retrain/metrics?task=tr%00ain&name=auc",
+        "/api/v1/dags/retrain/metrics?task=train&name=a%00uc",
+        "/dags/a%00b",
+        "/runs?dag_id=a%00b",
+    ] {
+        let resp = send(&router, req(Method::GET, path, Some(VIEWER), None)).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            resp.text()
+        );
+    }
+    for path in ["/api/v1/dags/a%00b/runs", "/api/v1/dags/a%00b/pause"] {
+        let resp = send(&router, req(Method::POST, path, Some(OPERATOR), None)).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            resp.text()
+        );
+        assert!(resp.text().contains("[A-Za-z0-9_-]+"), "{}", resp.text());
+    }
+    // A well-formed metric query still answers.
+    let resp = send(
+        &router,
+        req(
+            Method::GET,
+            "/api/v1/dags/retrain/metrics?task=evaluate&name=auc",
+            Some(VIEWER),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn ids_no_dag_file_can_have_are_400_on_sqlite() {
+    ids_no_dag_file_can_have_are_400(Harness::sqlite(utc(2026, 1, 1, 0, 0)).await).await;
+}
+
+#[tokio::test]
+async fn ids_no_dag_file_can_have_are_400_on_postgres() {
+    ids_no_dag_file_can_have_are_400(Harness::postgres(utc(2026, 1, 1, 0, 0)).await).await;
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trainyard_core::resources::ByteSize;
 use trainyard_scheduler::app::{SchedulerApp, SchedulerConfig};
+use trainyard_scheduler::logs::FollowLimits;
 use trainyard_worker::agent::{Agent, AgentOptions, IdentityFile};
 use trainyard_worker::gpu::{self, DiscoveryOptions, GpuSource, GpuSpec, UsageSampler};
 use trainyard_worker::host::HostResources;
@@ -103,6 +104,25 @@ pub struct SchedulerArgs {
     /// Most GPUs one worker may register (a worker claiming more is refused).
     #[arg(long, env = "TRAINYARD_MAX_WORKER_GPUS", default_value_t = 64)]
     pub max_worker_gpus: u32,
+    /// Without API tokens the HTTP server answers only requests addressed to
+    /// localhost, 127.0.0.1 or [::1] (a guard against DNS rebinding); this
+    /// also allows HOST (a name or address, optionally with `:PORT`; `*`
+    /// allows any host). Repeat for several; the env var is comma-separated.
+    /// Not needed with API tokens.
+    #[arg(
+        long = "allowed-host",
+        env = "TRAINYARD_ALLOWED_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ',',
+        value_parser = parse_allowed_host
+    )]
+    pub allowed_hosts: Vec<trainyard_scheduler::http::AllowedHost>,
+    /// Most live log streams (`…/logs/stream`, the UI's log tail) served at once.
+    #[arg(long, default_value_t = FollowLimits::default().total, value_name = "N")]
+    pub max_log_followers: usize,
+    /// Most live log streams one client address may hold open at once.
+    #[arg(long, default_value_t = FollowLimits::default().per_client, value_name = "N")]
+    pub max_log_followers_per_client: usize,
     /// Where artifacts and archived logs are kept: `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a path
     /// (default: `<data dir>/artifacts`). Credentials and endpoints come from
@@ -113,6 +133,11 @@ pub struct SchedulerArgs {
     pub artifacts: Option<String>,
     #[command(flatten)]
     pub dag_limits: super::dag::DagLimitArgs,
+}
+
+fn parse_allowed_host(raw: &str) -> Result<trainyard_scheduler::http::AllowedHost, String> {
+    raw.parse()
+        .map_err(|e: trainyard_scheduler::http::BadAllowedHost| e.to_string())
 }
 
 fn parse_api_token(raw: &str) -> Result<trainyard_scheduler::http::ApiToken, String> {
@@ -155,7 +180,13 @@ impl SchedulerArgs {
         if let Some(list) = &self.api_tokens_list {
             tokens.extend(trainyard_scheduler::http::parse_token_list(list)?);
         }
-        config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens);
+        config.auth = trainyard_scheduler::http::AuthConfig::with_tokens(tokens)
+            .with_allowed_hosts(self.allowed_hosts.clone());
+        config.log_follow_limits = FollowLimits {
+            total: self.max_log_followers.max(1),
+            per_client: self.max_log_followers_per_client.max(1),
+            ..FollowLimits::default()
+        };
         config.worker_auth =
             trainyard_scheduler::grpc::WorkerAuth::with_tokens(&self.worker_tokens)?;
         config.tls = match (&self.tls_cert, &self.tls_key) {

@@ -77,6 +77,8 @@ function followTask(badge, log) {
         log.scrollTop = log.scrollHeight;
       } catch (e) { /* a malformed event is dropped */ }
     });
+    // The task finished: the server ends the stream; do not reconnect.
+    source.addEventListener("end", () => source.close());
   }
   const tick = async () => {
     try {

@@ -52,7 +52,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, instrument, warn};
 use trainyard_core::dag::DagSpec;
 use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, WorkerId};
-use trainyard_core::state::TaskState;
+use trainyard_core::state::{RunState, TaskState};
 
 pub use handle::{
     Assignment, CredentialClaim, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage,
@@ -93,6 +93,27 @@ pub enum EngineError {
     RunNotFound(RunId),
     #[error("run {run} has no task `{task}`")]
     TaskNotFound { run: RunId, task: TaskId },
+    /// A command for a run that has ended (cancel a finished run).
+    #[error(
+        "run {run} is already {state}, so there is nothing to {action}; \
+         clear one of its tasks to run it again"
+    )]
+    RunFinished {
+        run: RunId,
+        state: RunState,
+        action: &'static str,
+    },
+    /// A command for a task that has ended (cancel a finished task).
+    #[error(
+        "task `{task}` of run {run} is already {state}, so there is nothing to {action}; \
+         clear it to run it again"
+    )]
+    TaskFinished {
+        run: RunId,
+        task: TaskId,
+        state: TaskState,
+        action: &'static str,
+    },
     #[error("worker {0} is not registered")]
     WorkerNotFound(WorkerId),
     #[error(
@@ -134,9 +155,11 @@ impl trainyard_core::error::Classify for EngineError {
             Self::Fenced { .. } => ErrorKind::Conflict,
             // E.g. "declared lost; register again", an inactive DAG: the
             // request is well formed, the state does not allow it.
-            Self::InvalidRequest(_) | Self::DagInactive(_) | Self::NoSchedule(_) => {
-                ErrorKind::FailedPrecondition
-            }
+            Self::InvalidRequest(_)
+            | Self::DagInactive(_)
+            | Self::NoSchedule(_)
+            | Self::RunFinished { .. }
+            | Self::TaskFinished { .. } => ErrorKind::FailedPrecondition,
             Self::BadSpec { .. } => ErrorKind::Internal,
             Self::Store(e) => e.kind(),
         }

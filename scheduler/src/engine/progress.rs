@@ -512,21 +512,63 @@ impl Core {
         Ok(())
     }
 
-    #[instrument(skip(self), err)]
-    pub(super) async fn cancel_run(&mut self, run_id: RunId, reason: &str) -> Result<()> {
-        if !self.runs.contains_key(&run_id) {
-            let run = self.store.get_run(run_id).await.map_err(|e| {
-                if e.is_not_found() {
-                    EngineError::RunNotFound(run_id)
-                } else {
-                    e.into()
-                }
-            })?;
-            if run.state.is_terminal() {
-                return Ok(());
-            }
-            self.load_run(run).await?;
+    /// How this turn's queued writes end `run_id`, if they do: the run left
+    /// memory, but the store still shows it unfinished until the commit.
+    fn ended_in_this_turn(&self, run_id: RunId) -> Option<RunState> {
+        self.turn
+            .writes
+            .writes
+            .iter()
+            .rev()
+            .find_map(|(w, _)| match w {
+                Write::Run(t) if t.id == run_id && t.to.is_terminal() => Some(t.to),
+                _ => None,
+            })
+    }
+
+    /// Puts an unfinished run in memory (it usually is already), or says why
+    /// not: unknown (404) or finished (409, naming its state). A finished
+    /// run is never loaded, so no command can try to move it again.
+    async fn unfinished_run(&mut self, run_id: RunId, action: &'static str) -> Result<()> {
+        let finished = |state| EngineError::RunFinished {
+            run: run_id,
+            state,
+            action,
+        };
+        if let Some(run) = self.runs.get(&run_id) {
+            let state = run.run.state;
+            return if state.is_terminal() {
+                Err(finished(state))
+            } else {
+                Ok(())
+            };
         }
+        if let Some(state) = self.ended_in_this_turn(run_id) {
+            return Err(finished(state));
+        }
+        let run = self.get_run_or_404(run_id).await?;
+        if run.state.is_terminal() {
+            return Err(finished(run.state));
+        }
+        self.load_run(run).await
+    }
+
+    async fn get_run_or_404(&self, run_id: RunId) -> Result<crate::store::Run> {
+        self.store.get_run(run_id).await.map_err(|e| {
+            if e.is_not_found() {
+                EngineError::RunNotFound(run_id)
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// Cancels an unfinished run and every unfinished task of it; a finished
+    /// run is a 409 naming its state. (Refusals are the caller's mistake:
+    /// logged at debug; the API logs server-side failures itself.)
+    #[instrument(skip(self), err(level = "debug"))]
+    pub(super) async fn cancel_run(&mut self, run_id: RunId, reason: &str) -> Result<()> {
+        self.unfinished_run(run_id, "cancel").await?;
         let all: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
         self.cancel_tasks(run_id, &all, reason);
         let from = self.runs[&run_id].run.state;
@@ -534,17 +576,26 @@ impl Core {
         Ok(())
     }
 
+    /// Cancels one unfinished task; a finished task, or any task of a
+    /// finished run, is a 409 naming the state.
     pub(super) async fn cancel_task(&mut self, run_id: RunId, task: &TaskId) -> Result<()> {
-        let run = self
-            .runs
-            .get(&run_id)
-            .ok_or(EngineError::RunNotFound(run_id))?;
+        self.unfinished_run(run_id, "cancel").await?;
+        let run = &self.runs[&run_id];
         let idx = run
             .index_of(task.as_str())
             .ok_or_else(|| EngineError::TaskNotFound {
                 run: run_id,
                 task: task.clone(),
             })?;
+        let state = run.tasks[idx].state;
+        if state.is_terminal() {
+            return Err(EngineError::TaskFinished {
+                run: run_id,
+                task: task.clone(),
+                state,
+                action: "cancel",
+            });
+        }
         self.cancel_tasks(run_id, &[idx], "cancelled by request");
         let down = self.runs[&run_id].tasks[idx].downstream.to_vec();
         self.advance(run_id, down).await;
@@ -594,36 +645,50 @@ impl Core {
         }
     }
 
-    #[instrument(skip(self), err)]
+    #[instrument(skip(self), err(level = "debug"))]
     pub(super) async fn clear_task(
         &mut self,
         run_id: RunId,
         task: &TaskId,
         downstream: bool,
     ) -> Result<()> {
-        if !self.runs.contains_key(&run_id) {
-            let run = self.store.get_run(run_id).await.map_err(|e| {
-                if e.is_not_found() {
-                    EngineError::RunNotFound(run_id)
-                } else {
-                    e.into()
-                }
-            })?;
+        let loaded_now = !self.runs.contains_key(&run_id);
+        if loaded_now {
+            if self.ended_in_this_turn(run_id).is_some() {
+                // The store still shows it running until this turn commits.
+                return Err(EngineError::Store(crate::store::StoreError::Unavailable(
+                    format!("run {run_id} is finishing right now; retry in a moment"),
+                )));
+            }
+            let run = self.get_run_or_404(run_id).await?;
             self.load_run(run).await?;
         }
         let run = &self.runs[&run_id];
-        let idx = run
-            .index_of(task.as_str())
-            .ok_or_else(|| EngineError::TaskNotFound {
+        let checked = match run.index_of(task.as_str()) {
+            None => Err(EngineError::TaskNotFound {
                 run: run_id,
                 task: task.clone(),
-            })?;
-        let state = run.tasks[idx].state;
-        if !state.is_terminal() {
-            return Err(EngineError::InvalidRequest(format!(
-                "task `{task}` is {state}; only a finished task can be cleared"
-            )));
-        }
+            }),
+            Some(idx) if !run.tasks[idx].state.is_terminal() => {
+                let state = run.tasks[idx].state;
+                Err(EngineError::InvalidRequest(format!(
+                    "task `{task}` is {state}; only a finished task can be cleared"
+                )))
+            }
+            Some(idx) => Ok(idx),
+        };
+        let idx = match checked {
+            Ok(idx) => idx,
+            Err(err) => {
+                // A finished run loaded for this request leaves memory
+                // again: memory holds unfinished runs only.
+                if loaded_now && run.run.state.is_terminal() {
+                    self.forget_run(run_id);
+                }
+                return Err(err);
+            }
+        };
+        let run = &self.runs[&run_id];
         let targets: Vec<usize> = if downstream {
             run.descendants_and_self(idx)
         } else {

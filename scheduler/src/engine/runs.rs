@@ -586,7 +586,7 @@ impl Core {
     }
 
     /// Drops a run from memory with its index entries and counters.
-    fn forget_run(&mut self, run_id: RunId) {
+    pub(super) fn forget_run(&mut self, run_id: RunId) {
         let Some(old) = self.runs.remove(&run_id) else {
             return;
         };

@@ -2,16 +2,13 @@
 //! the store or the run control, and shapes JSON; no business rules live here.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::str::FromStr;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use trainyard_core::ids::{DagId, RunId, WorkerId};
@@ -39,10 +36,13 @@ pub(super) fn routes(t: RouteTable) -> RouteTable {
         .post("/api/v1/runs/{run_id}/cancel", cancel_run)
         .post("/api/v1/runs/{run_id}/tasks/{task_id}/cancel", cancel_task)
         .post("/api/v1/runs/{run_id}/tasks/{task_id}/clear", clear_task)
-        .get("/api/v1/runs/{run_id}/tasks/{task_id}/logs", task_log)
+        .get(
+            "/api/v1/runs/{run_id}/tasks/{task_id}/logs",
+            super::logs::task_log,
+        )
         .get(
             "/api/v1/runs/{run_id}/tasks/{task_id}/logs/stream",
-            task_log_stream,
+            super::logs::task_log_stream,
         )
         .get("/api/v1/workers", read::list_workers)
 }
@@ -76,7 +76,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 fn dag_id(raw: &str) -> ApiResult<DagId> {
-    DagId::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))
+    read::parse_dag_id(raw)
 }
 
 fn run_id(raw: &str) -> ApiResult<RunId> {
@@ -348,83 +348,4 @@ async fn clear_task(
     Ok(Json(
         json!({ "run_id": id, "task_id": task, "cleared": true, "downstream": downstream }),
     ))
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct LogQuery {
-    attempt: Option<i32>,
-}
-
-/// The attempt asked for, or the task's latest attempt.
-async fn pick_attempt(
-    state: &AppState,
-    run: RunId,
-    task: &str,
-    asked: Option<i32>,
-) -> ApiResult<i32> {
-    if let Some(a) = asked {
-        return Ok(a);
-    }
-    let tasks = state.store.task_instances(run).await?;
-    let ti = tasks
-        .iter()
-        .find(|t| t.task_id.as_str() == task)
-        .ok_or_else(|| ApiError::not_found(format!("run {run} has no task {task:?}")))?;
-    Ok(ti.attempt.max(1))
-}
-
-/// The full log of an attempt (default: the latest) as plain text.
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs", tag = "logs",
-    params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id"), LogQuery),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = doc::ErrorBody)))]
-async fn task_log(
-    State(state): State<AppState>,
-    Path((raw, task)): Path<(String, String)>,
-    Query(q): Query<LogQuery>,
-) -> ApiResult<Response> {
-    let id = run_id(&raw)?;
-    let attempt = pick_attempt(&state, id, &task, q.attempt).await?;
-    let text = match state.logs.read(id, &task, attempt).await {
-        Ok(text) => text,
-        // A task that has not printed anything yet has an empty log.
-        Err(crate::logs::LogError::NotFound { .. }) => String::new(),
-        Err(e) => return Err(e.into()),
-    };
-    Ok((
-        [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("x-trainyard-attempt", &attempt.to_string()),
-        ],
-        text,
-    )
-        .into_response())
-}
-
-/// Live log lines of a task as Server-Sent Events (`data:` is the JSON line).
-/// New log lines as Server-Sent Events (`event: line`, `data:` one JSON line).
-#[utoipa::path(get, path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs/stream", tag = "logs",
-    params(("run_id" = String, Path, description = "Run id"), ("task_id" = String, Path, description = "Task id")),
-    responses((status = 200, body = String, content_type = "text/event-stream"), (status = 400, body = doc::ErrorBody)))]
-async fn task_log_stream(
-    State(state): State<AppState>,
-    Path((raw, task)): Path<(String, String)>,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let id = run_id(&raw)?;
-    let rx = state.logs.follow(id, &task);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(line) => {
-                let data = serde_json::to_string(&line).unwrap_or_default();
-                Some((Ok(Event::default().event("line").data(data)), rx))
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                let ev = Event::default().event("lagged").data(n.to_string());
-                Some((Ok(ev), rx))
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -13,6 +13,13 @@
 //!   must come from this origin (`Origin` / `Sec-Fetch-Site`), and UI forms
 //!   carry a double-submit token ([`check_form_csrf`]). Bearer calls are
 //!   exempt: browsers never attach an `Authorization` header on their own.
+//!   A session-cookie `POST` to `/api/` must also *say* where it comes from
+//!   (`Origin`, or a `Referer` on this host): browsers send one with every
+//!   `fetch` POST, and the API has no form token to fall back on.
+//! - **DNS rebinding**: in open mode only requests addressed to loopback (or
+//!   an `--allowed-host`) are answered ([`super::hosts`]).
+//! - **Login guessing**: failed logins are limited per client address
+//!   ([`super::login_limit`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,12 +29,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::hosts::{AllowedHost, HostPolicy, RefusedHost};
+use super::login_limit::{LoginLimit, LoginLimiter};
+use crate::clock::Clock;
 
 /// Session cookie name (HttpOnly, SameSite=Strict).
 pub const SESSION_COOKIE: &str = "ty_session";
@@ -137,16 +147,23 @@ struct Inner {
     sessions: Mutex<HashMap<Digest32, Session>>,
 }
 
-/// Authentication settings and the live UI sessions; cheap to clone.
+/// Authentication settings, the live UI sessions, the hosts open mode
+/// answers and the failed-login limit; cheap to clone.
 #[derive(Clone)]
 pub struct AuthConfig {
     inner: Arc<Inner>,
+    /// Which `Host`s open mode answers (loopback plus `--allowed-host`).
+    hosts: Arc<HostPolicy>,
+    /// Failed logins per client address, shared by every request.
+    logins: Arc<LoginLimiter>,
 }
 
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("tokens", &self.inner.tokens.len())
+            .field("allowed_hosts", &self.hosts.allowed())
+            .field("login_limit", &self.logins.limit())
             .finish_non_exhaustive()
     }
 }
@@ -175,7 +192,26 @@ impl AuthConfig {
                 tokens,
                 sessions: Mutex::new(HashMap::new()),
             }),
+            hosts: Arc::default(),
+            logins: Arc::default(),
         }
+    }
+
+    /// Open mode also answers requests addressed to these hosts (besides
+    /// loopback); ignored with tokens.
+    pub fn with_allowed_hosts(mut self, hosts: Vec<AllowedHost>) -> Self {
+        self.hosts = Arc::new(HostPolicy::new(hosts));
+        self
+    }
+
+    /// Failed logins allowed per client address, timed by `clock`.
+    pub fn with_login_limit(mut self, limit: LoginLimit, clock: Arc<dyn Clock>) -> Self {
+        self.logins = Arc::new(LoginLimiter::new(limit, clock));
+        self
+    }
+
+    pub fn login_limiter(&self) -> &LoginLimiter {
+        &self.logins
     }
 
     pub fn is_required(&self) -> bool {
@@ -281,9 +317,26 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// The host the request is addressed to: `Host`, else the request line's
+/// authority (HTTP/2's `:authority`).
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+/// `scheme://host[:port]` of an `Origin` or `Referer` value → `host[:port]`.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    Some(rest.split(['/', '?', '#']).next().unwrap_or(rest))
+}
+
 /// Whether a browser request comes from this site. Non-browser clients send
 /// neither header and pass; browsers always send `Origin` on a cross-site POST.
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(uri: &Uri, headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && !matches!(site, "same-origin" | "none")
     {
@@ -292,13 +345,23 @@ fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+    let Some(host) = request_host(uri, headers) else {
         return false;
     };
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    origin_host == Some(host)
+    url_host(origin) == Some(host)
+}
+
+/// Whether the request names its origin and it is this host: `Origin`, or
+/// when a browser left that out, a `Referer` on this host.
+fn names_same_origin(uri: &Uri, headers: &HeaderMap) -> bool {
+    let Some(host) = request_host(uri, headers) else {
+        return false;
+    };
+    let named = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    named.and_then(url_host) == Some(host)
 }
 
 /// Checks a UI form's `csrf` field against the double-submit cookie.
@@ -327,11 +390,42 @@ fn deny(status: StatusCode, code: &str, message: &str, path: &str) -> Response {
     }
 }
 
+/// 421 for a request addressed to a host open mode does not answer: JSON
+/// under `/api/`, plain text elsewhere (a person reads it in the browser).
+fn misdirected(refused: &RefusedHost, path: &str) -> Response {
+    let message = refused.to_string();
+    if path.starts_with("/api/") {
+        let body =
+            serde_json::json!({ "error": { "code": "misdirected_request", "message": message } });
+        (StatusCode::MISDIRECTED_REQUEST, axum::Json(body)).into_response()
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            message,
+        )
+            .into_response()
+    }
+}
+
+/// Probes answer whatever the host: they carry nothing a page could use, and
+/// load balancers and kubelets send their own idea of the host.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
 /// The auth and CSRF middleware in front of every route.
 pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let headers = req.headers();
     let auth = &state.auth;
+    if !auth.is_required()
+        && !is_probe(&path)
+        && let Err(refused) = auth.hosts.check(req.uri(), headers)
+    {
+        tracing::debug!(host = %refused.shown, %path, "request for a host open mode does not answer");
+        return misdirected(&refused, &path);
+    }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -379,11 +473,21 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
 
     if !is_safe(req.method()) {
         let from_bearer = caller.is_some_and(|c| c.bearer);
-        if !from_bearer && !same_origin(headers) {
+        if !from_bearer && !same_origin(req.uri(), headers) {
             return deny(
                 StatusCode::FORBIDDEN,
                 "cross_site_request",
                 "cross-site request refused",
+                &path,
+            );
+        }
+        let from_session = caller.is_some_and(|c| !c.bearer && !c.open);
+        if from_session && path.starts_with("/api/") && !names_same_origin(req.uri(), headers) {
+            return deny(
+                StatusCode::FORBIDDEN,
+                "cross_site_request",
+                "a state-changing API request with a session cookie must name its origin: \
+                 browsers send `Origin` with it; scripts should send `Authorization: Bearer TOKEN` instead",
                 &path,
             );
         }

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trainyard_core::ids::{DagId, RunId, TaskId};
+use trainyard_core::ids::{RunId, TaskId};
 
 use super::routes::RouteTable;
 use super::{ApiError, ApiResult, AppState};
@@ -100,12 +100,14 @@ pub(super) async fn metric_series(
     Path(raw): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> ApiResult<Json<Value>> {
-    let dag = DagId::from_str(&raw)
-        .map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))?;
-    if q.task.is_empty() || q.name.is_empty() {
-        return Err(ApiError::bad_request("`task` and `name` must not be empty"));
+    let dag = super::read::parse_dag_id(&raw)?;
+    let task = TaskId::new(super::read::check_id("task id", &q.task)?);
+    if q.name.is_empty() || q.name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "bad metric name {:?}: it must be non-empty, without control characters",
+            q.name.chars().take(100).collect::<String>()
+        )));
     }
-    let task = TaskId::new(q.task.clone());
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let points = state
         .store

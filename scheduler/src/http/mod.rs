@@ -7,9 +7,13 @@
 
 mod api;
 mod auth;
+mod client;
 mod control;
 mod error;
+mod hosts;
 mod lineage;
+mod login_limit;
+mod logs;
 mod openapi;
 mod read;
 mod routes;
@@ -28,7 +32,10 @@ use tokio::net::TcpListener;
 use trainyard_core::ids::{DagId, RunId, WorkerId};
 
 pub use auth::{ApiToken, AuthConfig, AuthError, Role, parse_token_list};
+pub use client::{ClientAddr, client_key};
 pub use error::{ApiError, ApiResult};
+pub use hosts::{AllowedHost, BadAllowedHost, parse_allowed_hosts};
+pub use login_limit::{LoginLimit, LoginLimiter};
 pub use openapi::document as openapi_document;
 
 use crate::logs::LogStore;
@@ -123,22 +130,28 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the app on a bound listener until `shutdown` completes; over TLS
-/// when `tls` is given (see [`crate::tls`]).
+/// when `tls` is given (see [`crate::tls`]). Every request carries its peer
+/// address (`ConnectInfo<SocketAddr>`): the per-client limits (failed
+/// logins, log followers) count by it.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     tls: Option<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
         None => {
-            axum::serve(listener, router(state))
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(config) => {
-            let listener = crate::tls::TlsListener::new(listener, config)?;
-            axum::serve(listener, router(state))
+            // `tap_io` (a no-op) is how axum lends `ConnectInfo<SocketAddr>`
+            // to a listener of its own kind.
+            use axum::serve::ListenerExt as _;
+            let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -11,9 +11,10 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{api, lineage, read};
+use super::{api, lineage, logs, read};
 
 /// Every error: a stable machine-readable code and a message for people.
 #[derive(Debug, Serialize, ToSchema)]
@@ -26,9 +27,21 @@ pub struct ErrorDetail {
     /// `not_found`, `bad_request`, `conflict`, `failed_precondition` (409: the
     /// run or task is past the requested change), `unavailable`, `internal`,
     /// `unauthorized`, `forbidden`, `cross_site_request`, `payload_too_large`,
-    /// `method_not_allowed`, `unsupported_media_type`, `unprocessable`.
+    /// `method_not_allowed`, `unsupported_media_type`, `unprocessable`,
+    /// `misdirected_request` (421: a host open mode does not answer),
+    /// `too_many_requests` (429, with `Retry-After`).
     pub code: String,
     pub message: String,
+}
+
+/// One Server-Sent Event of a log stream. `event` is `line` (`data`: one log
+/// line as JSON: `run_id`, `task_id`, `attempt`, `line`, and `stream` for live
+/// lines), `lagged` (`data`: how many lines a slow reader missed) or `end`
+/// (`data`: `{"state", "attempt"}` of the finished task; the stream ends).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogEvent {
+    pub event: String,
+    pub data: String,
 }
 
 /// A manual trigger's answer (also for a repeated `Idempotency-Key`).
@@ -135,6 +148,91 @@ pub struct RunDetail {
     pub tasks: Vec<TaskView>,
 }
 
+/// Adds the statuses that the layers around the handlers answer with to
+/// every operation they apply to, so the document lists each status an
+/// operation can return (`scripts/schemathesis` checks that it does):
+/// authentication (401), the viewer role and cross-site checks on POSTs
+/// (403), the open-mode host check (421), request parsing (400; 413, 415
+/// and 422 for a JSON body), state that forbids a command (409) and a
+/// database that cannot be reached (503).
+struct CommonResponses;
+
+fn error_response(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if matches!(path.as_str(), "/healthz" | "/readyz") {
+                // Public, any host; /readyz documents its own 503.
+                continue;
+            }
+            let reads_store = path != "/api/v1/openapi.json";
+            for (post, op) in [(false, item.get.as_mut()), (true, item.post.as_mut())] {
+                let Some(op) = op else { continue };
+                let has_input = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let has_body = op.request_body.is_some();
+                let mut wanted: Vec<(&str, &str)> = vec![
+                    (
+                        "401",
+                        "No valid API token or session (when the scheduler has tokens)",
+                    ),
+                    (
+                        "421",
+                        "Open mode (no tokens): the request is addressed to a host other than \
+                         loopback or an --allowed-host (DNS-rebinding guard)",
+                    ),
+                ];
+                if has_input || has_body {
+                    wanted.push(("400", "A malformed id, query parameter or body"));
+                }
+                if post {
+                    wanted.push((
+                        "403",
+                        "A viewer token, or a cross-site browser request (no bearer token)",
+                    ));
+                    wanted.push((
+                        "409",
+                        "The DAG, run or task is not in a state that allows this (code \
+                         `failed_precondition`: finished, inactive, unscheduled…)",
+                    ));
+                }
+                if has_body {
+                    wanted.push(("413", "The body is larger than 1 MiB"));
+                    wanted.push(("415", "The body is not `application/json`"));
+                    wanted.push((
+                        "422",
+                        "The JSON body does not have the expected fields or types",
+                    ));
+                }
+                if reads_store {
+                    wanted.push((
+                        "503",
+                        "The database is unreachable, or this replica is a standby; retry",
+                    ));
+                }
+                for (code, why) in wanted {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error_response(why));
+                }
+            }
+        }
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -159,13 +257,13 @@ impl Modify for BearerAuth {
         read::list_dags, read::get_dag,
         api::trigger, api::backfill, api::pause, api::resume,
         api::list_runs, api::get_run, api::cancel_run, api::cancel_task, api::clear_task,
-        api::task_log, api::task_log_stream,
+        logs::task_log, logs::task_log_stream,
         read::list_workers,
         lineage::run_artifacts, lineage::run_events, lineage::metric_series,
         openapi_json,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerAuth),
+    components(schemas(ErrorBody, ErrorDetail, LogEvent)),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;

@@ -233,7 +233,26 @@ pub fn graph_of(spec: &DagSpec) -> Graph {
     Graph { nodes, edges }
 }
 
+/// A DAG or task id from a URL: `[A-Za-z0-9_-]+`, the DAG parser's rule.
+/// Anything else names nothing, and is refused here rather than sent to the
+/// store (PostgreSQL refuses a NUL in text with an error, not a miss).
+pub fn check_id<'a>(what: &str, raw: &'a str) -> ApiResult<&'a str> {
+    let ok = !raw.is_empty()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(raw)
+    } else {
+        let shown: String = raw.chars().take(100).collect();
+        Err(ApiError::bad_request(format!(
+            "bad {what} {shown:?}: ids are letters, digits, `_` and `-` ([A-Za-z0-9_-]+), as in the DAG file"
+        )))
+    }
+}
+
 pub fn parse_dag_id(raw: &str) -> ApiResult<DagId> {
+    let raw = check_id("DAG id", raw)?;
     DagId::from_str(raw).map_err(|e| ApiError::bad_request(format!("bad DAG id {raw:?}: {e}")))
 }
 

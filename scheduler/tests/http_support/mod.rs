@@ -89,6 +89,7 @@ impl RunControl for Recorder {
 pub struct App {
     pub _dir: tempfile::TempDir,
     pub store: Arc<dyn Store>,
+    pub state: AppState,
     pub router: Router,
     pub recorder: Arc<Recorder>,
 }
@@ -111,9 +112,39 @@ pub async fn app_with_recorder(auth: AuthConfig) -> App {
     App {
         _dir: dir,
         store,
-        router: http::router(state),
+        router: http::router(state.clone()),
+        state,
         recorder,
     }
+}
+
+/// Serves `state` on a loopback socket (port 0) until the test ends; returns the address.
+pub async fn serve(state: AppState) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(http::serve(listener, state, None, std::future::pending()));
+    addr
+}
+
+/// One raw HTTP/1.x request over a fresh connection (any `Host`, or none);
+/// returns the status code and the body.
+pub async fn raw_request(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub struct Resp {
@@ -138,6 +169,14 @@ impl Resp {
     }
 }
 
+/// Marks a request as coming from `ip` (what `http::serve` attaches from the socket).
+pub fn from_addr(mut req: Request<Body>, ip: &str) -> Request<Body> {
+    let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 40000);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
+    req
+}
+
 pub async fn send(router: &Router, req: Request<Body>) -> Resp {
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
@@ -160,7 +199,8 @@ pub fn req(method: Method, path: &str, token: Option<&str>, json: Option<Value>)
     let mut b = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, "scheduler:8080");
+        // Loopback, so open-mode routers (which refuse other hosts) serve it.
+        .header(header::HOST, "127.0.0.1:8080");
     if let Some(t) = token {
         b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }

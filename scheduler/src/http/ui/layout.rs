@@ -96,13 +96,48 @@ fn frame(title: &str, caller: Option<Caller>, body: Markup) -> Markup {
     }
 }
 
+/// Where a login may send the browser next: a path on this site, else `/`.
+///
+/// Browsers are lenient with what follows a leading `/`: `//host`, `/\host`
+/// and `\\host` all leave the site, tabs and newlines are dropped before
+/// parsing (`/<TAB>/host` is `//host`), and `%5C`/`%2F` come back as `\` and
+/// `/` once a server or proxy decodes them. So only plain visible ASCII is
+/// kept, no backslash at all, and the path must not start with two slashes
+/// before or after percent-decoding.
+pub fn safe_next(next: &str) -> &str {
+    const MAX: usize = 2048;
+    let plain = next.len() <= MAX
+        && next.starts_with('/')
+        && next.bytes().all(|b| b.is_ascii_graphic())
+        && !next.contains('\\');
+    if !plain {
+        return "/";
+    }
+    // Decode until nothing changes (double encoding), then look again.
+    let mut decoded = next.to_owned();
+    for _ in 0..4 {
+        let again = percent_encoding::percent_decode_str(&decoded)
+            .decode_utf8_lossy()
+            .into_owned();
+        if again == decoded {
+            break;
+        }
+        decoded = again;
+    }
+    let leaves = decoded.starts_with("//")
+        || decoded.contains('\\')
+        || decoded.chars().any(|c| c.is_control() || c.is_whitespace());
+    let path = next.split(['?', '#']).next().unwrap_or(next);
+    if leaves || path == "/login" || path == "/logout" {
+        "/"
+    } else {
+        next
+    }
+}
+
 /// The login form, also the body of a 401 for browser pages.
 pub fn login_page(message: Option<&str>, next: &str) -> Html<String> {
-    let next = if next.starts_with('/') && !next.starts_with("//") && next != "/login" {
-        next
-    } else {
-        "/"
-    };
+    let next = safe_next(next);
     Html(
         frame(
             "Log in",

@@ -25,6 +25,7 @@ use trainyard_core::ids::RunId;
 pub use layout::login_page;
 
 use super::auth::{self, Caller, SESSION_COOKIE};
+use super::client::ClientAddr;
 use super::read::{self, parse_dag_id};
 use super::routes::RouteTable;
 use super::{ApiError, AppState, TriggerRequest};
@@ -141,26 +142,49 @@ struct LoginForm {
     next: String,
 }
 
-async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+/// Logs in with a token. Attempts count against the client address's
+/// failed-login limit (429 with `Retry-After` when it is spent); a right
+/// token gives its attempt back.
+async fn login(
+    State(state): State<AppState>,
+    client: ClientAddr,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let limiter = state.auth.login_limiter();
+    let attempt = match limiter.begin(client.key()) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            tracing::warn!(client = %client.key(), retry_after_s = refused.retry_after.as_secs(), "login refused: too many failures");
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                login_page(Some(&refused.to_string()), &form.next),
+            )
+                .into_response();
+            let secs = refused.retry_after.as_secs().max(1).to_string();
+            if let Ok(v) = header::HeaderValue::from_str(&secs) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return resp;
+        }
+    };
     match state.auth.login(form.token.trim()) {
         Some(session) => {
-            let next = if form.next.starts_with('/') && !form.next.starts_with("//") {
-                form.next
-            } else {
-                "/".to_owned()
-            };
-            let mut resp = Redirect::to(&next).into_response();
+            limiter.succeeded(attempt);
+            let mut resp = Redirect::to(layout::safe_next(&form.next)).into_response();
             resp.headers_mut().append(
                 header::SET_COOKIE,
                 auth::set_cookie(SESSION_COOKIE, &session, None),
             );
             resp
         }
-        None => (
-            StatusCode::UNAUTHORIZED,
-            login_page(Some("That token is not valid."), &form.next),
-        )
-            .into_response(),
+        None => {
+            tracing::info!(client = %client.key(), "login with a wrong token");
+            (
+                StatusCode::UNAUTHORIZED,
+                login_page(Some("That token is not valid."), &form.next),
+            )
+                .into_response()
+        }
     }
 }
 
