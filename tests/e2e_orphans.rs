@@ -32,11 +32,7 @@ const FAST_LIVENESS: &[&str] = &[
 
 /// These tests measure deadlines of a second or two on a small, shared
 /// machine: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Attempt 1 records its start (ms and GPUs), starts a grandchild `sleep
 /// 300`, records both pids and waits; later attempts record their start and
@@ -222,7 +218,7 @@ fn log_time_ms(log: &str, what: &str) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_task_and_grandchild_die_with_it_and_a_restart_keeps_its_id() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (dir, out) = setup(GRANDCHILD_TASK);
     let mut cluster = Cluster::start(dir, FAST_LIVENESS).await;
     let w = cluster.start_worker("gpu-box", "1xA100-80GB", &[]);
@@ -287,7 +283,7 @@ async fn a_killed_workers_task_and_grandchild_die_with_it_and_a_restart_keeps_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_kills_what_its_killed_predecessor_left_before_registering() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (dir, out) = setup(GRANDCHILD_TASK);
     let mut cluster = Cluster::start(dir, FAST_LIVENESS).await;
     let w = cluster.start_worker("gpu-box", "1xA100-80GB", &[]);
@@ -353,7 +349,7 @@ fn kill_9(pid: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_worker_has_its_task_killed_before_the_retry_starts() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (dir, out) = setup(BUSY_TASK);
     let mut cluster = Cluster::start(dir, FAST_LIVENESS).await;
     let frozen = cluster.start_worker("frozen", "1xA100-80GB", &[]);
@@ -464,7 +460,7 @@ async fn pump(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_worker_kills_its_task_within_the_lost_timeout() {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (dir, out) = setup(BUSY_TASK);
     let mut cluster = Cluster::start(dir, FAST_LIVENESS).await;
     let proxy = Proxy::start(cluster.addrs.grpc.clone()).await;
