@@ -1,10 +1,12 @@
 //! No task outlives its worker: the watchdog kills a guarded group, with
-//! its grandchildren, when the worker goes away or lets its lease run out,
-//! and a restarted worker kills the groups its predecessor recorded, but
-//! only while they are provably the recorded ones.
+//! its grandchildren, when the worker goes away or lets its lease run out;
+//! without a watchdog the main process dies with the worker
+//! (PDEATHSIG), whichever thread spawned it; and a restarted worker kills
+//! the groups its predecessor recorded, but only while they are provably
+//! the recorded ones.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -182,4 +184,65 @@ async fn a_record_that_no_longer_names_our_group_kills_nothing() {
     assert!(alive(leader) && alive(grandchild));
     drop(task);
     assert!(wait_dead(grandchild, Duration::from_secs(2)).await);
+}
+
+const HELPER: &str = "TRAINYARD_TEST_PDEATHSIG_HELPER";
+
+/// Not a test: the worker process of the next test (this binary run again
+/// with a filter). Spawns `sleep 300` without a watchdog from a thread that
+/// then ends, prints its pid and waits to be killed.
+#[test]
+#[ignore = "a helper process of a_tasks_main_process_dies_with_a_worker_without_a_watchdog"]
+fn pdeathsig_helper() {
+    if std::env::var_os(HELPER).is_none() {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let handle = runtime.handle().clone();
+    let (task, _logs) = std::thread::spawn(move || {
+        let _entered = handle.enter();
+        let (tx, rx) = mpsc::channel::<LogLine>(8);
+        let launch = TaskLaunch {
+            argv: vec!["sleep".into(), "300".into()],
+            ..Default::default()
+        };
+        (exec::spawn(launch, tx).unwrap(), rx)
+    })
+    .join()
+    .unwrap();
+    println!("PID {}", task.pid());
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(300));
+    drop(task);
+}
+
+#[tokio::test]
+async fn a_tasks_main_process_dies_with_a_worker_without_a_watchdog() {
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["pdeathsig_helper", "--exact", "--ignored", "--nocapture"])
+        .env(HELPER, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(helper.stdout.take().unwrap());
+    let pid: i32 = out
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("PID ").map(|p| p.trim().parse().unwrap()))
+        .expect("the helper printed no pid");
+    // The thread that spawned it ended: the task runs on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(pid), "the task died with the thread that spawned it");
+    let killed = Instant::now();
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    assert!(
+        wait_dead(pid, Duration::from_secs(2)).await,
+        "task {pid} outlived its worker"
+    );
+    eprintln!(
+        "task gone {:?} after its worker's SIGKILL",
+        killed.elapsed()
+    );
 }

@@ -145,8 +145,9 @@ pub struct AgentOptions {
     pub identity: Option<Arc<IdentityFile>>,
     /// The watchdog process that kills this worker's tasks when it dies or
     /// freezes (`exec::watchdog`); the `trainyard` binary passes
-    /// [`WatchdogCommand::this_binary`]. `None`: task main processes still
-    /// die with the worker (PDEATHSIG), their children may not.
+    /// [`WatchdogCommand::this_binary`]. `None`: task main processes die
+    /// with the worker (`PR_SET_PDEATHSIG`, at the cost of a full fork per
+    /// task), their children may not, and nothing fences a frozen worker.
     pub watchdog: Option<WatchdogCommand>,
 }
 

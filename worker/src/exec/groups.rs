@@ -2,12 +2,12 @@
 //! cannot take them along: a record per group on disk, and the
 //! [`super::watchdog`] process.
 //!
-//! Why records: a task's process group can outlive its worker. The main
-//! process dies with the worker (`PR_SET_PDEATHSIG`, see `spawner`), but
-//! what it started (`sh -c 'python train.py'` → python) does not, and the
-//! watchdog that kills the rest may itself have been killed with the
-//! worker (an OOM kill of the whole cgroup slice, a `kill -9` of
-//! everything). So each running attempt's group is written to
+//! Why records: a task's process group can outlive its worker. The
+//! watchdog kills it when the worker dies, but the watchdog may have been
+//! killed with the worker (`pkill -9 trainyard`, a `kill -9` of
+//! everything); and the parent-death signal, where it is used, reaches the
+//! main process only, not what it started (`sh -c 'python train.py'` →
+//! python). So each running attempt's group is written to
 //! `<work dir>/.identity/<name>.groups/<pgid>.json`, and a worker that
 //! starts under that name kills whatever its previous instance left there
 //! before it registers ([`GroupBook::kill_leftovers`]). The identity lock
@@ -266,9 +266,9 @@ struct Inner {
 
 impl Supervisor {
     /// Starts the watchdog (if `watchdog` is set) for groups recorded in
-    /// `book` (if set). A watchdog that cannot start is logged, and tasks
-    /// still die with the worker's main process (PDEATHSIG) but their
-    /// children may not.
+    /// `book` (if set). A watchdog that cannot start is logged; tasks then
+    /// get the parent-death signal instead, which reaches their main
+    /// process but not its children.
     pub fn new(book: Option<GroupBook>, watchdog: Option<WatchdogCommand>) -> Self {
         let watchdog = watchdog.and_then(|cmd| Client::start(cmd).map(Mutex::new));
         Self {
@@ -280,9 +280,10 @@ impl Supervisor {
         }
     }
 
-    /// Whether a watchdog process guards this worker's tasks.
+    /// Whether a watchdog process guards this worker's tasks (as far as
+    /// is known: a dead one is noticed, and replaced, at the next write).
     pub fn has_watchdog(&self) -> bool {
-        self.inner.watchdog.is_some()
+        self.with_watchdog(|w| w.is_running()).unwrap_or(false)
     }
 
     /// The watchdog's pid, for logs and tests.

@@ -17,11 +17,11 @@
 //! group is killed too: a straggler could otherwise keep holding a GPU that
 //! the scheduler is about to hand to the next task.
 //!
-//! No task outlives its worker: the main process is forked from one
-//! long-lived thread with `PR_SET_PDEATHSIG` ([`spawner`]); with a
-//! [`Supervisor`] the group is also recorded on disk and guarded by the
-//! watchdog process ([`groups`], [`watchdog`]), which kills the whole group
-//! when the worker exits or stops renewing its lease.
+//! No task outlives its worker: with a [`Supervisor`] the group is recorded
+//! on disk and guarded by the watchdog process ([`groups`], [`watchdog`]),
+//! which kills the whole group when the worker exits or stops renewing its
+//! lease; without a watchdog the main process is forked from one long-lived
+//! thread with `PR_SET_PDEATHSIG` ([`spawner`] says why not always).
 
 mod context;
 pub mod groups;
@@ -154,14 +154,15 @@ pub struct RunningTask {
 }
 
 /// Starts `launch`; every output line goes to `logs`. The task's main
-/// process dies with this process; see [`spawn_supervised`] for the rest
-/// of its group.
+/// process dies with this process (`PR_SET_PDEATHSIG`); see
+/// [`spawn_supervised`] for the rest of its group.
 pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningTask> {
     spawn_supervised(launch, logs, None)
 }
 
 /// [`spawn`], with the task's process group recorded and guarded by
-/// `supervisor` until it ends.
+/// `supervisor` until it ends. When the supervisor has a watchdog, the
+/// watchdog replaces the parent-death signal (see [`spawner`] for why).
 pub fn spawn_supervised(
     launch: TaskLaunch,
     logs: mpsc::Sender<LogLine>,
@@ -205,7 +206,8 @@ pub fn spawn_supervised(
     if let Some(dir) = &launch.working_dir {
         cmd.current_dir(dir);
     }
-    let mut child = spawner::spawn(cmd).map_err(|source| ExecError::Spawn {
+    let guarded = supervisor.is_some_and(Supervisor::has_watchdog);
+    let mut child = spawner::spawn(cmd, !guarded).map_err(|source| ExecError::Spawn {
         program: program.to_string(),
         source,
     })?;

@@ -1,20 +1,30 @@
-//! Forks every task process from one dedicated thread, with
-//! `PR_SET_PDEATHSIG` = SIGKILL, so a task's main process dies with its
-//! worker even when the worker is killed with `kill -9`.
+//! Starts task processes. Where no watchdog guards the worker's tasks,
+//! the main process gets `PR_SET_PDEATHSIG` = SIGKILL, so it dies with its
+//! worker even on `kill -9`.
 //!
-//! Why a dedicated thread: the kernel sends the parent-death signal when
-//! the *thread* that forked the child exits, not the process. Tokio's
-//! blocking-pool threads exit after 10 s idle, and a worker thread that
-//! enters `block_in_place` is replaced and may later retire, so a child
-//! forked from either would be SIGKILLed in the middle of its run. The
-//! spawner thread is started once and never returns (a panic while
-//! spawning is caught), so the signal fires exactly when the process dies.
-//! A subreaper (`PR_SET_CHILD_SUBREAPER`) was the other option; it only
-//! helps while the worker is alive to reap and kill, which is not the case
-//! this is for.
+//! Why only there: setting the signal needs code between fork and exec
+//! (`pre_exec`), which turns std's `posix_spawn`/vfork path into a full
+//! `fork()` that copies the page tables of the whole process. Measured on
+//! the benchmark machine class (2 vCPUs), spawning `true` went from 1.4–3.7
+//! ms to 7–8 ms with 20 MB resident and to 18–19 ms with 150 MB (a
+//! standalone scheduler with in-process workers is that big) — several
+//! times the whole per-step budget. The watchdog (`super::watchdog`) does
+//! more for the same case (the whole group, a frozen worker too) for a pipe
+//! write per task; what it cannot cover (the worker and the watchdog killed
+//! together) the next start of the worker cleans up before it registers
+//! (`super::groups`). So the signal is the fallback for a worker that has
+//! no watchdog (library use, or one that could not start).
 //!
-//! What the signal cannot do (reach the task's children, act while the
-//! worker is frozen) is the watchdog's job (`super::watchdog`).
+//! Why a dedicated thread when it is used: the kernel sends the
+//! parent-death signal when the *thread* that forked the child exits, not
+//! the process. Tokio's blocking-pool threads exit after 10 s idle, and a
+//! worker thread that enters `block_in_place` is replaced and may later
+//! retire, so a child forked from either would be SIGKILLed in the middle
+//! of its run. The spawner thread is started once and never returns (a
+//! panic while spawning is caught), so the signal fires exactly when the
+//! process dies. A subreaper (`PR_SET_CHILD_SUBREAPER`) was the other
+//! option; it only helps while the worker is alive to reap and kill, which
+//! is not the case this is for.
 
 use std::io;
 use std::sync::OnceLock;
@@ -59,10 +69,16 @@ fn spawner() -> Option<&'static mpsc::Sender<Request>> {
         .as_ref()
 }
 
-/// Spawns `cmd` (which dies with this process) from the spawner thread.
-/// Must be called inside a tokio runtime.
-pub(super) fn spawn(mut cmd: tokio::process::Command) -> io::Result<tokio::process::Child> {
-    die_with_this_process(&mut cmd);
+/// Spawns `cmd`; with `die_with_this_process`, from the spawner thread
+/// with the parent-death signal set. Must be called inside a tokio runtime.
+pub(super) fn spawn(
+    mut cmd: tokio::process::Command,
+    die_with_this_process: bool,
+) -> io::Result<tokio::process::Child> {
+    if !die_with_this_process {
+        return cmd.spawn();
+    }
+    set_pdeathsig(&mut cmd);
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| io::Error::other(format!("no tokio runtime to spawn in: {e}")))?;
     let (reply, answer) = mpsc::sync_channel(1);
@@ -85,7 +101,7 @@ pub(super) fn spawn(mut cmd: tokio::process::Command) -> io::Result<tokio::proce
 /// child's parent is then someone else, and the signal would never come).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-fn die_with_this_process(cmd: &mut tokio::process::Command) {
+fn set_pdeathsig(cmd: &mut tokio::process::Command) {
     use nix::sys::signal::Signal;
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child before exec, where only
@@ -105,4 +121,4 @@ fn die_with_this_process(cmd: &mut tokio::process::Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_this_process(_cmd: &mut tokio::process::Command) {}
+fn set_pdeathsig(_cmd: &mut tokio::process::Command) {}

@@ -267,6 +267,10 @@ impl Client {
         client.spawn().then_some(client)
     }
 
+    pub(super) fn is_running(&self) -> bool {
+        self.stdin.is_some()
+    }
+
     pub(super) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
