@@ -19,6 +19,11 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // A worker runs this binary again as its task watchdog (see
+    // trainyard_worker::exec::watchdog); that process parses no CLI.
+    if let Some(code) = trainyard_worker::exec::watchdog::main_if_invoked() {
+        return code;
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,

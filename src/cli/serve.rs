@@ -15,6 +15,7 @@ use trainyard_core::resources::ByteSize;
 use trainyard_scheduler::app::{SchedulerApp, SchedulerConfig};
 use trainyard_scheduler::logs::FollowLimits;
 use trainyard_worker::agent::{Agent, AgentOptions, IdentityFile};
+use trainyard_worker::exec::WatchdogCommand;
 use trainyard_worker::gpu::{self, DiscoveryOptions, GpuSource, GpuSpec, UsageSampler};
 use trainyard_worker::host::HostResources;
 
@@ -459,6 +460,14 @@ async fn agent_options(
     Ok(opts)
 }
 
+/// This binary as the worker's task watchdog (`main` dispatches to it);
+/// without it a killed worker's tasks' children could live on.
+fn task_watchdog() -> Option<WatchdogCommand> {
+    WatchdogCommand::this_binary()
+        .map_err(|e| tracing::warn!("cannot find this executable to run the task watchdog: {e}"))
+        .ok()
+}
+
 /// The worker's TLS settings from `--ca-cert`, `--cert`, `--key`.
 fn worker_tls(args: &WorkerArgs) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
     if args.ca_cert.is_none() && args.cert.is_none() {
@@ -511,6 +520,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             }
         };
         opts.identity = Some(std::sync::Arc::new(identity));
+        opts.watchdog = task_watchdog();
         let agent = match Agent::build(opts) {
             Ok(agent) => agent,
             Err(e) => {
@@ -606,6 +616,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             opts.memory_bytes /= u64::from(workers);
             opts.join_token = join_token.clone();
             opts.inherit_env = args.task_env.inherit_env;
+            opts.watchdog = task_watchdog();
             let agent = Agent::build(opts)?;
             let handle = agent.handle();
             let token = stop_workers.clone();

@@ -224,6 +224,7 @@ impl Term {
             self.logs.clone(),
             GrpcOptions {
                 heartbeat_interval: config.heartbeat_interval,
+                lost_worker_timeout: config.lost_worker_timeout,
                 auth: config.worker_auth.clone(),
                 tls: self.grpc_tls.clone(),
                 max_worker_gpus: config.max_worker_gpus,

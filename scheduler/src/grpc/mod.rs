@@ -55,6 +55,10 @@ pub struct GrpcOptions {
     /// Served to workers at registration. Keep it equal to the engine's
     /// `EngineOptions::heartbeat_interval` (the handle does not expose it).
     pub heartbeat_interval: Duration,
+    /// Served to workers at registration, so a cut-off worker kills its
+    /// tasks before they are retried elsewhere. Keep it equal to the
+    /// engine's `EngineOptions::lost_worker_timeout`.
+    pub lost_worker_timeout: Duration,
     /// Largest message accepted or sent (both directions).
     pub max_message_bytes: usize,
     /// How long a new Connect stream may take to send its Hello.
@@ -75,6 +79,7 @@ impl Default for GrpcOptions {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(10),
+            lost_worker_timeout: Duration::from_secs(60),
             max_message_bytes: 16 * 1024 * 1024,
             hello_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),

@@ -81,6 +81,8 @@ impl WorkerServiceImpl {
             session_credential,
             heartbeat_interval_ms: u64::try_from(self.opts.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
+            lost_worker_timeout_ms: u64::try_from(self.opts.lost_worker_timeout.as_millis())
+                .unwrap_or(u64::MAX),
             protocol_version: v1::PROTOCOL_VERSION,
             artifact_store_url: self
                 .artifacts

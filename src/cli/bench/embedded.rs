@@ -15,6 +15,7 @@ use trainyard_scheduler::app::{SchedulerApp, SchedulerConfig};
 use trainyard_scheduler::engine::EngineEvent;
 use trainyard_scheduler::store::Store;
 use trainyard_worker::agent::{Agent, AgentOptions};
+use trainyard_worker::exec::WatchdogCommand;
 use trainyard_worker::gpu::GpuSpec;
 use trainyard_worker::host::HostResources;
 
@@ -102,6 +103,9 @@ impl Instance {
             opts.cpus = fleet.slots.max(1);
             opts.memory_bytes = host.memory_bytes;
             opts.gpus = gpus.clone();
+            // What `trainyard worker` runs with: the watchdog guards the
+            // tasks (without one every spawn would be a full fork).
+            opts.watchdog = WatchdogCommand::this_binary().ok();
             let agent = Agent::build(opts).map_err(|e| anyhow!("cannot build worker {i}: {e}"))?;
             let token = stop_agents.clone();
             agents.spawn(async move {

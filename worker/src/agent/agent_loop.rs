@@ -21,11 +21,14 @@ use trainyard_proto::v1::{self, scheduler_message::Kind as In, worker_message::K
 
 use super::artifacts::{StoreArtifacts, UnusableStore};
 use super::dial::{self, DialError, Established};
+use super::fence::Fence;
 use super::job::{self, AttemptKey, Job, JobEvent};
 use super::workdir::{ArtifactHook, LocalInputs};
 use super::{AgentOptions, AgentStatus, Result};
 use crate::convert::{gpu_to_proto, gpu_usage_to_proto};
-use crate::exec::StopHandle;
+use crate::exec::{StopHandle, Supervisor};
+
+mod guard;
 
 /// Heartbeat interval when neither the scheduler nor the options say.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -44,6 +47,9 @@ struct Running {
     gpus: Vec<u32>,
     /// Killed (fenced): nothing more is reported about it.
     killed: bool,
+    /// Stopped by this worker's own fence (cut off from the scheduler):
+    /// why, for its report.
+    fenced: Option<String>,
 }
 
 /// A TaskFinished the scheduler has not confirmed yet.
@@ -63,8 +69,8 @@ struct Conn {
     tx: mpsc::Sender<v1::WorkerMessage>,
     /// Messages sent on this stream so far.
     seq: u64,
-    /// (heartbeat timestamp, its sequence number), oldest first.
-    heartbeats: VecDeque<(i64, u64)>,
+    /// (heartbeat timestamp, its sequence number, when it was sent), oldest first.
+    heartbeats: VecDeque<(i64, u64, Instant)>,
 }
 
 pub(super) struct AgentLoop {
@@ -100,6 +106,10 @@ pub(super) struct AgentLoop {
     sampler: Option<tokio::task::JoinHandle<()>>,
     events_tx: mpsc::Sender<JobEvent>,
     events_rx: Option<mpsc::Receiver<JobEvent>>,
+    /// When the scheduler last provably heard from us, and what follows.
+    fence: Fence,
+    /// Records and guards the tasks' process groups; set when `run` starts.
+    supervisor: Option<Supervisor>,
 }
 
 async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
@@ -202,6 +212,8 @@ impl AgentLoop {
             sampler,
             events_tx,
             events_rx: Some(events_rx),
+            fence: Fence::default(),
+            supervisor: None,
         }
     }
 
@@ -232,8 +244,14 @@ impl AgentLoop {
         let mut shutdown_seen = false;
         let mut drain_deadline: Option<Instant> = None;
         let mut exit_deadline: Option<Instant> = None;
+        // Before the first Register: the scheduler may hand this worker's
+        // GPUs out again as soon as it registers.
+        self.supervisor = Some(self.supervise().await);
         self.publish();
         let result = loop {
+            // First, whatever else woke the loop (after a SIGSTOP every
+            // timer is due at once).
+            self.enforce_fence();
             if self.draining && self.tasks.is_empty() {
                 if self.unconfirmed.is_empty() {
                     break Ok(());
@@ -260,11 +278,17 @@ impl AgentLoop {
                     }
                 }
                 Some(ev) = events_rx.recv() => self.on_job_event(ev).await,
+                // Wakes the loop; its top enforces the fence.
+                () = sleep_until(self.next_fence_wake()) => {}
                 est = maybe(dialing.as_mut()) => {
                     dialing = None;
                     match est {
                         Ok(est) => {
-                            let mut every = tokio::time::interval(self.heartbeat_interval(est.heartbeat_interval));
+                            let every = self.heartbeat_interval(est.heartbeat_interval);
+                            self.fence.configure(est.lost_worker_timeout, every);
+                            self.fence.heard(est.register_sent);
+                            self.renew_lease();
+                            let mut every = tokio::time::interval(every);
                             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             ticker = Some(every);
                             inbound = Some(est.inbound);
@@ -518,10 +542,11 @@ impl AgentLoop {
             gpus,
             running,
         }));
+        let sent = Instant::now();
         if let Some(seq) = self.send(m).await
             && let Some(conn) = self.conn.as_mut()
         {
-            conn.heartbeats.push_back((ts, seq));
+            conn.heartbeats.push_back((ts, seq, sent));
             if conn.heartbeats.len() > 64 {
                 conn.heartbeats.pop_front();
             }
@@ -533,11 +558,13 @@ impl AgentLoop {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let Some(pos) = conn.heartbeats.iter().position(|(t, _)| *t == ts) else {
+        let Some(pos) = conn.heartbeats.iter().position(|(t, _, _)| *t == ts) else {
             return;
         };
-        let seq = conn.heartbeats[pos].1;
+        let (_, seq, sent) = conn.heartbeats[pos];
         conn.heartbeats.drain(..=pos);
+        self.fence.heard(sent);
+        self.renew_lease();
         self.unconfirmed
             .retain(|u| u.sent_seq.is_none_or(|s| s >= seq));
         // The stream works: the next disconnect redials at once.
@@ -600,6 +627,19 @@ impl AgentLoop {
             self.ack(&a, false, "the worker is draining".into()).await;
             return;
         }
+        if self
+            .fence
+            .deadlines()
+            .is_some_and(|d| Instant::now() >= d.term)
+        {
+            self.ack(
+                &a,
+                false,
+                "the worker is cut off from the scheduler and fencing its tasks".into(),
+            )
+            .await;
+            return;
+        }
         if self.tasks.contains_key(&key) || self.unconfirmed.iter().any(|u| u.key == key) {
             // A repeated assignment (e.g. resent after a reconnect): already ours.
             self.ack(&a, true, String::new()).await;
@@ -621,6 +661,7 @@ impl AgentLoop {
                 started_at_ms: chrono::Utc::now().timestamp_millis(),
                 gpus: a.gpu_indices.clone(),
                 killed: false,
+                fenced: None,
             },
         );
         debug!(ti = %key.0, attempt = key.1, task = %a.task_id, "starting an attempt");
@@ -629,6 +670,7 @@ impl AgentLoop {
             assign: a,
             work_dir: self.opts.work_dir.clone(),
             artifacts: self.artifacts.clone(),
+            supervisor: self.supervisor.clone(),
         };
         tokio::spawn(job::run_job(job, stop, self.events_tx.clone()));
         self.publish();
@@ -667,7 +709,7 @@ impl AgentLoop {
                     }
                 }
             }
-            JobEvent::Finished(key, f) => {
+            JobEvent::Finished(key, mut f) => {
                 let Some(t) = self.tasks.remove(&key) else {
                     return;
                 };
@@ -675,6 +717,15 @@ impl AgentLoop {
                 if t.killed {
                     debug!(ti = %key.0, attempt = key.1, "killed attempt ended; not reported");
                     return;
+                }
+                // Killed by the fence, here or by the watchdog while this
+                // process was frozen: a failure the scheduler retries (if it
+                // has not declared the worker lost already).
+                if let Some(reason) = t.fenced.or_else(|| self.fenced_reason(true))
+                    && f.outcome != v1::TaskOutcome::Succeeded as i32
+                {
+                    f.outcome = v1::TaskOutcome::Failed as i32;
+                    f.error = reason;
                 }
                 let sent_seq = self.send(msg(Out::TaskFinished(f.clone()))).await;
                 self.unconfirmed.push(Unconfirmed {

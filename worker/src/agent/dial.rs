@@ -150,6 +150,12 @@ pub struct Established {
     pub artifact_store_url: String,
     /// The session credential bound to `worker_id` (keep it for the next Register).
     pub session_credential: String,
+    /// The scheduler's lost-worker timeout; zero when it did not say.
+    pub lost_worker_timeout: Duration,
+    /// Taken before Register was sent: the scheduler counts a registration
+    /// as a heartbeat, so it cannot declare this worker lost before this
+    /// moment plus its lost-worker timeout (see `fence`).
+    pub register_sent: tokio::time::Instant,
 }
 
 /// `host:port` becomes `http://host:port`.
@@ -205,6 +211,7 @@ pub async fn establish(
     running: Vec<v1::RunningAttempt>,
     max_message_bytes: usize,
 ) -> Result<Established, DialError> {
+    let register_sent = tokio::time::Instant::now();
     let url = endpoint.uri().to_string();
     let channel: Channel =
         endpoint
@@ -267,6 +274,8 @@ pub async fn establish(
         inbound,
         artifact_store_url: resp.artifact_store_url,
         session_credential: resp.session_credential,
+        lost_worker_timeout: Duration::from_millis(resp.lost_worker_timeout_ms),
+        register_sent,
     })
 }
 

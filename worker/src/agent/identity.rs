@@ -119,6 +119,14 @@ impl IdentityFile {
         Ok(file)
     }
 
+    /// Where this worker records its running tasks' process groups
+    /// (`<work dir>/.identity/<name>.groups/`), so that its next start can
+    /// kill what a killed instance left (see `exec::groups`). Covered by
+    /// this file's lock like the identity itself.
+    pub fn groups_dir(&self) -> PathBuf {
+        self.path.with_extension("groups")
+    }
+
     pub fn worker_id(&self) -> WorkerId {
         self.stored().worker_id
     }

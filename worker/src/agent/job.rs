@@ -21,7 +21,7 @@ use super::AttemptError;
 use super::mask::{MIN_SECRET_BYTES, Masker};
 use super::workdir::{ArtifactHook, AttemptPaths, UpstreamOutput};
 use crate::convert::{finished_to_proto, launch_from_assign, log_line_to_proto};
-use crate::exec::{self, ExecOutcome, ExecStatus, Metrics, StopHandle};
+use crate::exec::{self, ExecOutcome, ExecStatus, Metrics, StopHandle, Supervisor};
 
 /// Flush a log batch after this long…
 pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -46,6 +46,8 @@ pub struct Job {
     pub assign: v1::Assign,
     pub work_dir: std::path::PathBuf,
     pub artifacts: Arc<dyn ArtifactHook>,
+    /// Records and guards the task's process group (see `exec::groups`).
+    pub supervisor: Option<Supervisor>,
 }
 
 /// Collects lines into batches and masks secret values.
@@ -250,7 +252,7 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
     }
 
     let (log_tx, mut log_rx) = mpsc::channel(1024);
-    let running = exec::spawn(launch, log_tx)?;
+    let running = exec::spawn_supervised(launch, log_tx, job.supervisor.as_ref())?;
     let started = v1::TaskStarted {
         attempt: Some(batch.attempt.clone()),
         assignment_id: a.assignment_id.clone(),
@@ -361,6 +363,7 @@ mod tests {
             },
             work_dir: dir.to_path_buf(),
             artifacts: Arc::new(LocalInputs),
+            supervisor: None,
         }
     }
 

@@ -28,6 +28,14 @@
 //!   reconnect, so results that finish while disconnected are not lost.
 //! - Kill (fenced) kills the process group at once and nothing more is
 //!   reported about that attempt.
+//! - No task outlives its worker or runs on beside its retry: before the
+//!   first Register the agent kills the task process groups a previous
+//!   instance under the same identity left running (their records are in
+//!   `<work dir>/.identity/<name>.groups/`); while it runs, a watchdog
+//!   process ([`AgentOptions::watchdog`]) kills them if the worker dies or
+//!   freezes; and a worker the scheduler has not acknowledged for most of
+//!   the lost-worker timeout stops its tasks itself (`fence`), reporting
+//!   them failed when it gets through again.
 //! - Draining (handle or shutdown): Draining is sent, new assignments are
 //!   declined (the scheduler hands them back), running tasks get
 //!   `drain_grace` to finish and are cancelled after it; then `run` returns.
@@ -36,6 +44,7 @@ mod agent_loop;
 mod artifacts;
 mod dial;
 mod error;
+mod fence;
 mod identity;
 mod job;
 mod mask;
@@ -58,6 +67,7 @@ pub use identity::{IdentityError, IdentityFile};
 pub use job::{LOG_BATCH_LINES, LOG_FLUSH_INTERVAL};
 pub use workdir::{ArtifactHook, AttemptPaths, LocalInputs, Transfer, UpstreamOutput};
 
+use crate::exec::WatchdogCommand;
 use crate::gpu::{GpuInfo, UsageSampler};
 
 /// Capped exponential back-off between connection attempts.
@@ -135,8 +145,16 @@ pub struct AgentOptions {
     /// mTLS, this worker's certificate and key (`--cert`, `--key`).
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Where the worker id and session credential persist across restarts
-    /// (locked for this process); `None` keeps them in memory only.
+    /// (locked for this process); `None` keeps them in memory only. The
+    /// task process group records live beside them, so a restart can clean
+    /// up after a killed worker; without it there are none.
     pub identity: Option<Arc<IdentityFile>>,
+    /// The watchdog process that kills this worker's tasks when it dies or
+    /// freezes (`exec::watchdog`); the `trainyard` binary passes
+    /// [`WatchdogCommand::this_binary`]. `None`: task main processes die
+    /// with the worker (`PR_SET_PDEATHSIG`, at the cost of a full fork per
+    /// task), their children may not, and nothing fences a frozen worker.
+    pub watchdog: Option<WatchdogCommand>,
 }
 
 impl AgentOptions {
@@ -166,6 +184,7 @@ impl AgentOptions {
             join_token: None,
             tls: None,
             identity: None,
+            watchdog: None,
         }
     }
 }

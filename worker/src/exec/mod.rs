@@ -24,10 +24,20 @@
 //! When the task's main process ends, whatever it left behind in its process
 //! group is killed too: a straggler could otherwise keep holding a GPU that
 //! the scheduler is about to hand to the next task.
+//!
+//! No task outlives its worker: with a [`Supervisor`] the group is recorded
+//! on disk and guarded by the watchdog process ([`groups`], [`watchdog`]),
+//! which kills the whole group when the worker exits or stops renewing its
+//! lease; without a watchdog the main process is forked from one long-lived
+//! thread with `PR_SET_PDEATHSIG` ([`spawner`] says why not always).
 
 mod context;
+pub mod groups;
 pub mod logs;
 pub mod metrics;
+pub mod procfs;
+mod spawner;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
@@ -43,8 +53,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use context::TaskContext;
+pub use groups::{GroupBook, Supervisor, TAG_VAR};
 pub use logs::{LogLine, LogStream};
 pub use metrics::{Metrics, parse_metrics, read_metrics_file};
+pub use watchdog::{WatchdogCommand, mono_now_ms};
 
 /// Variables a task gets from the worker's environment by default.
 pub const CLEAN_ENV_NAMES: &[&str] = &["PATH", "HOME", "LANG", "TZ"];
@@ -166,8 +178,21 @@ pub struct RunningTask {
     seq: Arc<AtomicU64>,
 }
 
-/// Starts `launch`; every output line goes to `logs`.
+/// Starts `launch`; every output line goes to `logs`. The task's main
+/// process dies with this process (`PR_SET_PDEATHSIG`); see
+/// [`spawn_supervised`] for the rest of its group.
 pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningTask> {
+    spawn_supervised(launch, logs, None)
+}
+
+/// [`spawn`], with the task's process group recorded and guarded by
+/// `supervisor` until it ends. When the supervisor has a watchdog, the
+/// watchdog replaces the parent-death signal (see [`spawner`] for why).
+pub fn spawn_supervised(
+    launch: TaskLaunch,
+    logs: mpsc::Sender<LogLine>,
+    supervisor: Option<&Supervisor>,
+) -> Result<RunningTask> {
     let (program, args): (&str, Vec<&str>) = match (launch.shell, launch.argv.split_first()) {
         (_, None) => return Err(ExecError::EmptyArgv),
         (false, Some((program, args))) => (program, args.iter().map(String::as_str).collect()),
@@ -180,6 +205,7 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
     if let Some(dir) = &launch.working_dir {
         check_dir(dir)?;
     }
+    let tag = groups::new_tag();
     let mut cmd = tokio::process::Command::new(program);
     if !launch.inherit_env {
         cmd.env_clear()
@@ -188,6 +214,9 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
     cmd.args(&args)
         .envs(&launch.env)
         .envs(&launch.system_env)
+        // Marks every process of the attempt (children inherit it), so a
+        // restarted worker or the watchdog can tell them from strangers.
+        .env(TAG_VAR, &tag)
         .env(
             "CUDA_VISIBLE_DEVICES",
             cuda_visible_devices(&launch.gpu_indices),
@@ -206,7 +235,8 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
     if let Some(dir) = &launch.working_dir {
         cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+    let guarded = supervisor.is_some_and(Supervisor::has_watchdog);
+    let mut child = spawner::spawn(cmd, !guarded).map_err(|source| ExecError::Spawn {
         program: program.to_string(),
         source,
     })?;
@@ -214,9 +244,14 @@ pub fn spawn(launch: TaskLaunch, logs: mpsc::Sender<LogLine>) -> Result<RunningT
         program: program.to_string(),
         source: std::io::Error::other("child exited before its pid was read"),
     })?;
+    let pgid = i32::try_from(pid).unwrap_or(i32::MAX);
+    if let Some(s) = supervisor {
+        s.started(pgid, &tag, attempt_label(&launch.system_env));
+    }
     let group = GroupGuard {
-        pgid: Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+        pgid: Pid::from_raw(pgid),
         armed: true,
+        supervisor: supervisor.cloned(),
     };
     let seq = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::with_capacity(2);
@@ -291,8 +326,7 @@ impl RunningTask {
         };
         let duration = self.started.elapsed();
         // Stragglers the main process left in its group die with it.
-        self.group.signal(Signal::SIGKILL);
-        self.group.armed = false;
+        self.group.finish();
         self.drain_readers().await;
         Ok(outcome(status, ending, duration, self.timeout))
     }
@@ -414,15 +448,39 @@ fn check_dir(dir: &std::path::Path) -> Result<()> {
     }
 }
 
+/// `run/task/attempt` from the `TRAINYARD_*` variables, for logs about the
+/// group; `-` where one is missing.
+fn attempt_label(env: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| env.get(k).map_or("-", String::as_str);
+    format!(
+        "{}/{}/{}",
+        get("TRAINYARD_RUN_ID"),
+        get("TRAINYARD_TASK_ID"),
+        get("TRAINYARD_ATTEMPT")
+    )
+}
+
 /// Signals the task's process group; kills it on drop while armed.
 #[derive(Debug)]
 struct GroupGuard {
     pgid: Pid,
     /// True until the task has been reaped and its group cleaned up.
     armed: bool,
+    /// Told when the group is gone, so the record and the watchdog forget it.
+    supervisor: Option<Supervisor>,
 }
 
 impl GroupGuard {
+    /// The main process was reaped: kill what is left of the group and
+    /// stop guarding it.
+    fn finish(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.armed = false;
+        if let Some(s) = self.supervisor.take() {
+            s.ended(self.pgid.as_raw());
+        }
+    }
+
     fn signal(&self, signal: Signal) {
         match killpg(self.pgid, signal) {
             // ESRCH: the group is already empty.
@@ -437,7 +495,7 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if self.armed {
-            self.signal(Signal::SIGKILL);
+            self.finish();
         }
     }
 }
