@@ -19,10 +19,12 @@
 //! them names a store.
 //!
 //! Guarantees:
-//! - Tasks outlive the connection: a broken stream or a restarted scheduler
-//!   does not touch running processes. The agent reconnects with capped
-//!   back-off, registers again under the same worker id and lists its
-//!   running attempts in Hello.
+//! - Tasks outlive a short break in the connection: a broken stream or a
+//!   restarted scheduler does not touch running processes as long as a
+//!   heartbeat is acknowledged again within half the lost-worker timeout
+//!   (after that the fence below stops them). The agent reconnects with
+//!   capped back-off, registers again under the same worker id and lists
+//!   its running attempts in Hello.
 //! - A finished attempt's report is kept until the scheduler confirmed it (a
 //!   HeartbeatAck for a heartbeat sent after the report), and re-sent after a
 //!   reconnect, so results that finish while disconnected are not lost.

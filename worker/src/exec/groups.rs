@@ -302,6 +302,9 @@ impl Supervisor {
 
     /// A task's group started: record it and tell the watchdog.
     pub(super) fn started(&self, pgid: i32, tag: &str, attempt: String) {
+        if self.inner.book.is_none() && !self.has_watchdog() {
+            return;
+        }
         let Some(leader) = procfs::stat(pgid) else {
             // Already reaped: nothing is left to guard.
             return;

@@ -96,6 +96,9 @@ impl AgentLoop {
     /// Stops running tasks once the fence's deadlines pass: SIGTERM, then
     /// SIGKILL (see `fence`).
     pub(super) fn enforce_fence(&mut self) {
+        if self.tasks.values().all(|t| t.killed) {
+            return;
+        }
         let Some(reason) = self.fenced_reason(false) else {
             return;
         };
