@@ -13,14 +13,14 @@
 
 mod support;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use support::{BIN, Proc, copy_example_dags};
+use support::{BIN, Proc, copy_example_dags, free_port};
 
 /// Debian's paths; `TRAINYARD_CHROMIUM` / `TRAINYARD_CHROMEDRIVER` override them.
 fn chromium() -> String {
@@ -63,14 +63,6 @@ impl Drop for Driver {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_chromedriver(dir: &Path) -> (Driver, String) {

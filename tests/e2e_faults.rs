@@ -8,8 +8,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::{Cluster, task};
+use serde_json::json;
+use support::{Cluster, attempt_of, task};
 
 const LONG: Duration = Duration::from_secs(120);
 /// Fast liveness so the lost-worker paths take seconds, not minutes.
@@ -86,15 +86,6 @@ fn pid_alive(pid: &str) -> bool {
         .status()
         .unwrap()
         .success()
-}
-
-fn attempt_of(t: &Value, n: i64) -> &Value {
-    t["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["attempt"] == n)
-        .unwrap_or_else(|| panic!("no attempt {n}: {t}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

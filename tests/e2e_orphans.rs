@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Cluster, task};
+use support::{Cluster, attempt_of, task};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -164,15 +164,6 @@ fn watch_deaths(pids: Vec<i32>, within: Duration) -> std::thread::JoinHandle<Vec
         }
         dead
     })
-}
-
-fn attempt_of(t: &Value, n: i64) -> &Value {
-    t["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["attempt"] == n)
-        .unwrap_or_else(|| panic!("no attempt {n}: {t}"))
 }
 
 fn api_ms(v: &Value) -> i64 {

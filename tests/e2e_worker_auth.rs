@@ -13,18 +13,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{BIN, Cluster, task};
+use support::{BIN, Cluster, task, write_dag};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use trainyard_proto::v1::{self, worker_service_client::WorkerServiceClient};
 
 const TOKEN: &str = "join-token-for-the-tests-0123456789";
 const LONG: Duration = Duration::from_secs(120);
-
-fn write_dag(dir: &Path, name: &str, body: &str) {
-    std::fs::create_dir_all(dir.join("dags")).unwrap();
-    std::fs::write(dir.join("dags").join(format!("{name}.toml")), body).unwrap();
-}
 
 fn hello_dag(dir: &Path) {
     write_dag(

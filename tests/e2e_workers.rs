@@ -7,25 +7,10 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::{Cluster, churn_run_succeeds, example_cluster, task};
+use serde_json::json;
+use support::{Cluster, attempt_of, churn_run_succeeds, example_cluster, task, write_dag};
 
 const LONG: Duration = Duration::from_secs(120);
-
-fn write_dag(dir: &Path, name: &str, body: &str) {
-    std::fs::create_dir_all(dir.join("dags")).unwrap();
-    std::fs::write(dir.join("dags").join(format!("{name}.toml")), body).unwrap();
-}
-
-/// The attempt of a task's detail with this number.
-fn attempt(task: &Value, n: i64) -> &Value {
-    task["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["attempt"] == n)
-        .unwrap_or_else(|| panic!("no attempt {n} in {task}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_retraining_pipeline_succeeds_across_processes() {
@@ -117,12 +102,12 @@ resources = {{ gpus = 1, gpu_model = "H100" }}
     let recorded: Vec<u32> = serde_json::from_value(task(&detail, "a")["gpus"].clone()).unwrap();
     assert_eq!(recorded, a);
     // c started only after a and b ended.
-    let c_start = attempt(task(&detail, "c"), 1)["started_at"]
+    let c_start = attempt_of(task(&detail, "c"), 1)["started_at"]
         .as_str()
         .unwrap()
         .to_owned();
     for t in ["a", "b"] {
-        let end = attempt(task(&detail, t), 1)["ended_at"]
+        let end = attempt_of(task(&detail, t), 1)["ended_at"]
             .as_str()
             .unwrap()
             .to_owned();

@@ -368,6 +368,32 @@ fn wait_for_file(path: &Path, within: Duration, proc: &Proc) -> String {
     }
 }
 
+/// Writes `dir/dags/<name>.toml`.
+pub fn write_dag(dir: &Path, name: &str, body: &str) {
+    std::fs::create_dir_all(dir.join("dags")).unwrap();
+    std::fs::write(dir.join("dags").join(format!("{name}.toml")), body).unwrap();
+}
+
+/// The attempt of a task's detail (an entry of a run detail's `tasks`) with
+/// this number.
+pub fn attempt_of(task: &Value, n: i64) -> &Value {
+    task["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["attempt"] == n)
+        .unwrap_or_else(|| panic!("no attempt {n} in {task}"))
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The task entry of a run detail.
 pub fn task<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["tasks"]
