@@ -289,3 +289,84 @@ async fn restart_mid_run_finishes_the_run_with_nothing_twice_sqlite() {
 async fn restart_mid_run_finishes_the_run_with_nothing_twice_postgres() {
     restart_mid_run(TestDb::postgres().await).await;
 }
+
+/// A one-GPU worker loses its attempt (silent past the timeout), comes back
+/// under its id and connects: what its `Hello` reports decides when the
+/// lost attempt's GPU may be given out again.
+async fn lost_gpu_worker_comes_back(still_running: bool) {
+    let mut h = Harness::start(TestDb::sqlite().await, ManualClock::new(t0()), |o| {
+        o.lost_worker_timeout = std::time::Duration::from_secs(30)
+    })
+    .await;
+    let dag = h
+        .add_dag(
+            "id = \"gpu\"\n[tasks.a]\ncommand = [\"true\"]\nretries = 1\nretry_delay = \"1s\"\nresources = { gpus = 1 }\n",
+        )
+        .await;
+    let reg = registration("box", 4, &[("A100", 80)]);
+    let mut w = FakeWorker::join(&h.handle, reg.clone()).await;
+    let run = h.trigger(&dag).await;
+    let a = w.next_assign().await;
+    w.start(&a).await;
+    h.advance(Duration::seconds(40)).await;
+    assert!(matches!(
+        w.next().await,
+        WorkerCommand::Kill { attempt: 1, .. }
+    ));
+    assert_eq!(
+        ti(&*h.store, run, "a").await.state,
+        TaskState::UpForRetry,
+        "the lost attempt is retried"
+    );
+    h.advance(Duration::seconds(5)).await;
+
+    // Back under the same id (a partitioned worker, or a restart).
+    let mut again = reg;
+    again.id = Some(w.id);
+    h.handle.register_worker(again).await.unwrap();
+    let reported = if still_running {
+        vec![(a.task_instance_id, 1)]
+    } else {
+        vec![]
+    };
+    w.rx = h
+        .handle
+        .connect_worker(w.id, reported)
+        .await
+        .unwrap()
+        .commands;
+    if still_running {
+        assert!(matches!(
+            w.next().await,
+            WorkerCommand::Kill { attempt: 1, .. }
+        ));
+        h.settle().await;
+        assert!(
+            w.idle(),
+            "the retry must not get the GPU the lost attempt's process still holds"
+        );
+        let reason = h.handle.task_wait_reasons(run).await.unwrap()[&TaskId::new("a")].clone();
+        assert!(reason.starts_with("waiting for resources"), "{reason}");
+        // The kill's confirmation: the old attempt's end (fenced, no effect
+        // on the run) frees the GPU.
+        let late = h
+            .handle
+            .task_finished(w.id, a.task_instance_id, 1, TaskResult::failed("killed"))
+            .await;
+        assert!(matches!(late, Err(EngineError::Fenced { .. })), "{late:?}");
+    }
+    let b = w.next_assign().await;
+    assert_eq!((b.attempt, b.gpu_indices.clone()), (2, vec![0]));
+    w.succeed(&b).await;
+    h.wait_run(run, RunState::Success).await;
+}
+
+#[tokio::test]
+async fn a_lost_attempts_gpu_stays_held_until_the_returning_worker_reports_it_ended() {
+    lost_gpu_worker_comes_back(true).await;
+}
+
+#[tokio::test]
+async fn a_restarted_worker_that_reports_nothing_running_gets_the_lost_attempts_gpu_back() {
+    lost_gpu_worker_comes_back(false).await;
+}

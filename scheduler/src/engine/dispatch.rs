@@ -165,6 +165,7 @@ impl Core {
                 memory: demand.memory,
                 gpus: p.gpus.clone(),
                 cancelling: false,
+                lost: false,
             };
             if let Some(w) = self.workers.get_mut(&p.worker) {
                 w.held.insert((p.ti, attempt), hold);

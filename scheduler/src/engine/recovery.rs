@@ -119,6 +119,7 @@ impl Core {
                 memory: demand.memory,
                 gpus: a.gpus.clone(),
                 cancelling: false,
+                lost: false,
             };
             match self.workers.get_mut(&worker) {
                 Some(w) => {

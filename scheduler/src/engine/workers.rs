@@ -3,9 +3,18 @@
 //!
 //! Resources follow what a worker actually holds: a hold is taken when an
 //! attempt is assigned and released only when the worker reports the attempt
-//! ended, the worker is declared lost, or the engine's timeout backstop gives
-//! up on it. A cancelled attempt therefore keeps its GPUs until the process is
+//! ended or shows it is gone, or the engine's timeout backstop gives up on
+//! it. A cancelled attempt therefore keeps its GPUs until the process is
 //! really gone, so two tasks never share a GPU.
+//!
+//! A lost worker's attempts are retried elsewhere at once, but their holds
+//! stay on that worker, marked [`Hold::lost`]: its processes may still run
+//! (a partitioned or frozen worker) until the worker's own fence or a
+//! restart's clean-up kills them. The worker (same id, kept across restarts)
+//! gets those GPUs back only when it connects again and its `Hello` no longer
+//! lists the attempt, or it reports the attempt's end; a restarted worker
+//! kills what its predecessor left before it registers, so its first `Hello`
+//! is that confirmation.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -35,6 +44,10 @@ pub struct Hold {
     pub gpus: Vec<u32>,
     /// The engine cancelled the attempt and waits for the worker to confirm.
     pub cancelling: bool,
+    /// The worker was declared lost while the attempt ran: the attempt is
+    /// over for the engine (retried elsewhere), but its processes may live
+    /// on that machine until the worker confirms they are gone.
+    pub lost: bool,
 }
 
 /// One registered worker.
@@ -279,24 +292,41 @@ impl Core {
             )));
         }
         w.tx = Some(tx);
+        let runs_here = |k: &(TaskInstanceId, i32)| w.held.get(k).is_some_and(|h| !h.lost);
+        // Reported but not (or no longer) this worker's to run: killed. A
+        // lost attempt's hold stays until its end is reported.
         let foreign: Vec<(TaskInstanceId, i32)> = still_running
             .iter()
-            .filter(|k| !w.held.contains_key(k))
+            .filter(|k| !runs_here(k))
             .copied()
             .collect();
         let kept: Vec<(TaskInstanceId, i32)> = still_running
             .iter()
-            .filter(|k| w.held.contains_key(k))
+            .filter(|k| runs_here(k))
             .copied()
             .collect();
-        // Attempts the engine thinks it holds but it does not report are gone
+        // Lost attempts it no longer reports are confirmed gone: their GPUs
+        // are free again.
+        let confirmed_gone: Vec<(TaskInstanceId, i32)> = w
+            .held
+            .iter()
+            .filter(|(k, h)| h.lost && !reported.contains(k))
+            .map(|(k, _)| *k)
+            .collect();
+        // Attempts the engine thinks it runs but it does not report are gone
         // (the worker restarted, or the assignment was lost in transit).
         let missing: Vec<(TaskInstanceId, i32)> = w
             .held
-            .keys()
-            .filter(|k| !reported.contains(k))
-            .copied()
+            .iter()
+            .filter(|(k, h)| !h.lost && !reported.contains(k))
+            .map(|(k, _)| *k)
             .collect();
+        if !confirmed_gone.is_empty() {
+            info!(%worker, attempts = confirmed_gone.len(), "the worker confirmed its lost attempts are gone; their GPUs are free again");
+        }
+        for (ti, attempt) in confirmed_gone {
+            self.release_hold(worker, ti, attempt);
+        }
         for (ti, attempt) in foreign {
             self.send_to(
                 worker,
@@ -386,8 +416,17 @@ impl Core {
         });
         let held: Option<Vec<(TaskInstanceId, i32)>> = self.workers.get_mut(&worker).map(|w| {
             w.state = WorkerState::Lost;
-            let held = w.held.keys().copied().collect();
-            w.held.clear();
+            let held = w
+                .held
+                .iter()
+                .filter(|(_, h)| !h.lost)
+                .map(|(k, _)| *k)
+                .collect();
+            // Kept (not freed) until the worker confirms the processes are
+            // gone: see the module docs.
+            for hold in w.held.values_mut() {
+                hold.lost = true;
+            }
             held
         });
         for &(ti, attempt) in held.iter().flatten() {
