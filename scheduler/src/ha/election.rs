@@ -406,29 +406,33 @@ impl LeaderElection {
     /// `shutdown` fired) without an answer.
     async fn renew_until_deadline(&mut self, shutdown: &CancellationToken) -> Option<Renewed> {
         let deadline = self.deadline();
+        let mut tries = 0u32;
         loop {
-            match self.renew_once().await {
+            tries += 1;
+            let e = match self.renew_once().await {
                 Ok(found) => return Some(found),
-                Err(e) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    warn!(
-                        error = %e,
-                        left_ms = left.as_millis() as u64,
-                        "leader lease renewal failed; retrying on a fresh connection"
-                    );
-                    if left.is_zero() {
-                        return None;
-                    }
-                    let pause = self.opts.renew_retry().min(left);
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    if Instant::now() >= deadline {
-                        // One last try happens above only while time is left.
-                        return None;
-                    }
-                }
+                Err(e) => e,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            warn!(
+                error = %e,
+                left_ms = left.as_millis() as u64,
+                "leader lease renewal failed; retrying on a fresh connection"
+            );
+            // The first failure may only mean the session died while idle
+            // (a new leader ends its predecessor's sessions, a restarted
+            // database): one immediate try on a fresh connection, even past
+            // the deadline, tells "replaced" from "unreachable".
+            if tries == 1 {
+                continue;
+            }
+            if left.is_zero() {
+                return None;
+            }
+            let pause = self.opts.renew_retry().min(left);
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
