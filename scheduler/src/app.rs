@@ -29,7 +29,7 @@ use crate::engine::{EngineHandle, EngineOptions};
 use crate::ha::{ElectionOptions, HaControl, LeaderElection, Role};
 use crate::http::{self, AppState};
 use crate::logs::{FollowLimits, LogStore};
-use crate::store::{self, Store};
+use crate::store::{self, Lease, Store};
 
 /// Everything a scheduler process needs to know.
 #[derive(Debug, Clone)]
@@ -67,6 +67,17 @@ pub struct SchedulerConfig {
     pub max_worker_gpus: u32,
     /// Live log streams served at once, in total and per client address.
     pub log_follow_limits: FollowLimits,
+    /// How long the leader lease lasts (HA on PostgreSQL, `--leader-lease`):
+    /// a frozen or partitioned leader loses leadership within this plus a
+    /// third of it.
+    pub leader_lease: Duration,
+    /// The HA group whose lease the replica contends for (`--ha-group`);
+    /// `None`: the database and schema (`<db>.<schema>`).
+    pub ha_group: Option<String>,
+    /// The worker gRPC URL written into the lease while leading
+    /// (`--advertise-grpc`); `None`: `http(s)://<bound gRPC address>` unless
+    /// that address is unspecified (0.0.0.0, ::), then none.
+    pub advertise_grpc: Option<String>,
 }
 
 impl SchedulerConfig {
@@ -86,6 +97,9 @@ impl SchedulerConfig {
             tls: None,
             max_worker_gpus: 64,
             log_follow_limits: FollowLimits::default(),
+            leader_lease: crate::ha::DEFAULT_LEASE,
+            ha_group: None,
+            advertise_grpc: None,
         }
     }
 }
@@ -121,6 +135,10 @@ pub struct SchedulerApp {
     pub grpc_addr: SocketAddr,
     /// Leader or standby (see [`crate::ha`]).
     role: watch::Receiver<Role>,
+    /// The lease as this replica last saw it.
+    lease: watch::Receiver<Option<Lease>>,
+    /// The current leader's advertised worker URL.
+    leader_hint: watch::Receiver<Option<String>>,
     tasks: JoinSet<()>,
     /// Held for the process's life on SQLite (see `db_lock`).
     _db_lock: Option<db_lock::DbLock>,
@@ -175,7 +193,24 @@ impl SchedulerApp {
             ),
             None => (None, None),
         };
-        let store = store::connect(&config.db_url).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let mut election_opts = ElectionOptions::new(config.db_url.clone());
+        election_opts.lease = config.leader_lease;
+        election_opts.group = config.ha_group.clone();
+        election_opts.advertise_grpc = config
+            .advertise_grpc
+            .clone()
+            .or_else(|| default_advertise(grpc_addr, config.tls.is_some()));
+        // The pool's sessions cannot outlive a frozen leader's lease with a
+        // transaction open (see `crate::ha`).
+        let store = store::connect_with(
+            &config.db_url,
+            store::ConnectOptions {
+                pg_session_guard: Some(election_opts.session_guard()),
+                ..store::ConnectOptions::default()
+            },
+        )
+        .await?;
         let artifacts = open_artifacts(&config)?;
         info!(store = %artifacts.base_uri(), "artifact store");
         // One handle for the life of the process: each leadership term builds
@@ -188,8 +223,10 @@ impl SchedulerApp {
         let logs = LogStore::new(config.data_dir.join("logs"))
             .with_archive(artifacts.clone())
             .with_follow_limits(config.log_follow_limits);
-        let mut election = LeaderElection::new(ElectionOptions::new(config.db_url.clone()))?;
+        let mut election = LeaderElection::new(election_opts, store.clone())?;
         let role = election.role();
+        let lease = election.lease();
+        let leader_hint = election.leader_hint();
 
         let http_addr = http_listener.local_addr()?;
         let state = AppState {
@@ -213,7 +250,6 @@ impl SchedulerApp {
                 }
             });
         }
-        let grpc_addr = grpc_listener.local_addr()?;
         let term = Term {
             config,
             store: store.clone(),
@@ -224,12 +260,17 @@ impl SchedulerApp {
             grpc_listener: grpc_listener.into_std()?,
             grpc_tls,
             shutdown: shutdown.clone(),
+            leader_hint: leader_hint.clone(),
         };
-        // Lead from the start when the lock is free (always on SQLite), so a
-        // lone scheduler is running its engine when `start` returns and a
+        // Lead from the start when the lease is free (always on SQLite), so
+        // a lone scheduler is running its engine when `start` returns and a
         // broken first start is reported to the caller.
-        let first = if election.try_acquire().await {
-            match term.start(inbox).await {
+        let fence = match election.try_acquire().await {
+            true => election.fence(),
+            false => None,
+        };
+        let first = if let Some(fence) = fence {
+            match term.start(inbox, fence).await {
                 Ok(running) => {
                     election.mark_leading();
                     Phase::Leading(running)
@@ -253,9 +294,21 @@ impl SchedulerApp {
             http_addr,
             grpc_addr,
             role,
+            lease,
+            leader_hint,
             tasks,
             _db_lock: db_lock,
         })
+    }
+
+    /// The leader lease as this replica last saw it: holder, term, expiry.
+    pub fn lease(&self) -> watch::Receiver<Option<Lease>> {
+        self.lease.clone()
+    }
+
+    /// The current leader's advertised worker gRPC URL, when known.
+    pub fn leader_hint(&self) -> watch::Receiver<Option<String>> {
+        self.leader_hint.clone()
     }
 
     /// Whether this replica runs the engine now (always true on SQLite).
@@ -273,6 +326,16 @@ impl SchedulerApp {
         while self.tasks.join_next().await.is_some() {}
         self.store.close().await;
     }
+}
+
+/// `http(s)://<addr>` for a gRPC listener bound to a specific address; `None`
+/// for 0.0.0.0 or :: (no address others could dial is known).
+fn default_advertise(addr: SocketAddr, tls: bool) -> Option<String> {
+    if addr.ip().is_unspecified() {
+        return None;
+    }
+    let scheme = if tls { "https" } else { "http" };
+    Some(format!("{scheme}://{addr}"))
 }
 
 /// The configured artifact store, or `<data dir>/artifacts` (an absolute

@@ -2,7 +2,9 @@
 //! one leads; a run triggered through the standby's API is started by the
 //! leader at once (NOTIFY, no polling); when the leader stops, the standby
 //! takes over and finishes the in-flight run with no task run twice; a leader
-//! whose lock connection is killed steps down.
+//! whose lease connection is killed renews on a fresh one and keeps leading
+//! with the same term. (Frozen leaders: `tests/e2e_ha_lease.rs`, separate
+//! processes and SIGSTOP.)
 //!
 //! Postgres being down FAILS these tests (TRAINYARD_TEST_DATABASE_URL,
 //! default postgres://postgres@127.0.0.1:5432/test).
@@ -35,7 +37,7 @@ depends_on = ["a"]
 command = ["true"]
 "#;
 
-/// A new, empty database on the test server (advisory locks and NOTIFY
+/// A new, empty database on the test server (the default HA group and NOTIFY
 /// channels are per database, so each test gets its own).
 async fn fresh_database() -> String {
     let base = std::env::var("TRAINYARD_TEST_DATABASE_URL")
@@ -265,48 +267,62 @@ async fn standby_trigger_is_started_by_the_leader_and_survives_failover_once() {
     b.stop().await;
 }
 
+/// The lease row of the test database's only HA group: (term, holder, the
+/// holder's recorded lease session pids).
+async fn lease_row(pool: &sqlx::PgPool) -> (i64, String, Vec<i32>) {
+    sqlx::query_as("SELECT term, holder, backend_pids FROM leader_lease")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_whose_lock_connection_dies_steps_down_and_a_leader_remains() {
+async fn a_leader_whose_lease_connection_dies_keeps_its_term_and_its_engine() {
     let (dir, url) = setup().await;
     let a = replica(&url, dir.path(), "a").await;
     let b = replica(&url, dir.path(), "b").await;
     assert!(a.app.is_leader() && !b.app.is_leader());
     let mut a_role = a.app.role();
-    let (mut ra, mut rb) = (a.app.role(), b.app.role());
-    // Kill the server side of the leader's lock session.
+    a_role.mark_unchanged();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks \
-         WHERE locktype = 'advisory' AND granted \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let (term, holder, pids) = lease_row(&pool).await;
+    assert_eq!(
+        a.app.lease().borrow().as_ref().map(|l| l.term),
+        Some(term),
+        "the leader reports the term it holds"
+    );
+    // Kill the server side of the leader's lease session.
+    let killed: Vec<bool> =
+        sqlx::query_scalar("SELECT pg_terminate_backend(p) FROM unnest($1::int[]) p")
+            .bind(&pids)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(killed, vec![true]);
-    tokio::time::timeout(WAIT, a_role.wait_for(|r| *r == Role::Standby))
-        .await
-        .expect("the old leader did not step down")
-        .unwrap();
-    // Someone leads again, and a run triggered anywhere is started.
-    tokio::time::timeout(WAIT, async {
-        while !(a.app.is_leader() || b.app.is_leader()) {
-            tokio::select! {
-                _ = ra.changed() => {}
-                _ = rb.changed() => {}
-            }
+    // The next renewal fails, is retried on a fresh session and keeps the term.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (now_term, now_holder, now_pids) = lease_row(&pool).await;
+        assert_eq!(
+            (now_term, &now_holder),
+            (term, &holder),
+            "nobody else took the lease"
+        );
+        if now_pids != pids {
+            break;
         }
-    })
-    .await
-    .expect("no replica took the lock over");
-    assert!(!(a.app.is_leader() && b.app.is_leader()));
-    let (leader, standby) = if a.app.is_leader() {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
-    let mut events = leader.app.engine.subscribe();
-    let run = trigger_via(standby).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease was never renewed on a new session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The leader never stepped down (its role never changed) and its engine
+    // still serves: a run triggered on the standby is started by it.
+    assert!(!a_role.has_changed().unwrap(), "the leader's role changed");
+    assert!(a.app.is_leader() && !b.app.is_leader());
+    let mut events = a.app.engine.subscribe();
+    let run = trigger_via(&b).await;
     wait_run_state(&mut events, run, RunState::Running).await;
     pool.close().await;
     a.stop().await;

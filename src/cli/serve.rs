@@ -132,8 +132,50 @@ pub struct SchedulerArgs {
     /// `AZURE_*`). Workers are told this URL when they register.
     #[arg(long, env = "TRAINYARD_ARTIFACTS", value_name = "URL")]
     pub artifacts: Option<String>,
+    /// HA on PostgreSQL: how long the leader lease lasts once taken or
+    /// renewed (renewed every third of it). A frozen or partitioned leader
+    /// loses leadership within this plus a third of it (8 s by default),
+    /// and a standby takes over. At least 1s.
+    #[arg(
+        long,
+        env = "TRAINYARD_LEADER_LEASE",
+        default_value = "6s",
+        value_parser = parse_lease
+    )]
+    pub leader_lease: Duration,
+    /// HA group: the replicas that elect one leader among them (one lease
+    /// row). Default: `<database>.<schema>` of the connection, so two
+    /// installations in one database (different schemas) never share one.
+    #[arg(long, env = "TRAINYARD_HA_GROUP", value_name = "NAME", value_parser = parse_ha_group)]
+    pub ha_group: Option<String>,
+    /// The worker gRPC URL this replica writes into the lease while it
+    /// leads, so standbys can point workers at it (default:
+    /// `http(s)://<--grpc address>`, none when that is 0.0.0.0 or ::).
+    #[arg(long, env = "TRAINYARD_ADVERTISE_GRPC", value_name = "URL")]
+    pub advertise_grpc: Option<String>,
     #[command(flatten)]
     pub dag_limits: super::dag::DagLimitArgs,
+}
+
+fn parse_lease(raw: &str) -> Result<Duration, String> {
+    let lease = parse_duration(raw)?;
+    if lease < Duration::from_secs(1) {
+        return Err(format!(
+            "{raw:?} is too short for a leader lease: renewals every third of it need \
+             database round trips; use at least 1s (default 6s)"
+        ));
+    }
+    Ok(lease)
+}
+
+fn parse_ha_group(raw: &str) -> Result<String, String> {
+    let group = raw.trim();
+    if group.is_empty() || group.len() > 200 {
+        return Err(format!(
+            "{raw:?} is not an HA group name: use 1 to 200 characters, e.g. `prod`"
+        ));
+    }
+    Ok(group.to_owned())
 }
 
 fn parse_allowed_host(raw: &str) -> Result<trainyard_scheduler::http::AllowedHost, String> {
@@ -199,6 +241,9 @@ impl SchedulerArgs {
             _ => None,
         };
         config.max_worker_gpus = self.max_worker_gpus;
+        config.leader_lease = self.leader_lease;
+        config.ha_group = self.ha_group.clone();
+        config.advertise_grpc = self.advertise_grpc.clone();
         Ok(config)
     }
 

@@ -4,10 +4,18 @@
 //! A term starts the wake-up listener (Postgres) before the engine rebuilds
 //! from the store, so a run committed by a standby during the rebuild is
 //! either read by it or announced after it; then the engine, the DAG loader
-//! and the gRPC service for workers. Losing the lock cancels the term's
+//! and the gRPC service for workers. Losing the lease cancels the term's
 //! token at once; the engine hands its inbox back for the next term. While
 //! standing by, the gRPC port accepts and closes connections, so workers
 //! notice quickly and redial (through the load balancer, to the leader).
+//!
+//! The engine writes through the term's fenced store
+//! ([`crate::store::LeaseStore::fenced`]): once another replica holds a
+//! newer term, every write of this one is refused. A leader that could not
+//! renew in time ([`Held::Unsure`]) stops serving workers and the DAG
+//! loader but keeps its engine: if the lease is renewed again with the same
+//! term (nobody led in between), serving resumes on the same engine, with
+//! nothing rebuilt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +33,11 @@ use crate::clock::Clock;
 use crate::dags::DagLoaderOptions;
 use crate::engine::{Engine, EngineHandle, EngineInbox, EngineOptions};
 use crate::grpc::{self, ArtifactContext, GrpcOptions, WorkerServiceImpl};
-use crate::ha::{ElectionOptions, LeaderElection, spawn_wakeup_relay};
+use crate::ha::{ElectionOptions, Held, LeaderElection, Regained, spawn_wakeup_relay};
 use crate::logs::LogStore;
-use crate::store::{Backend, Store};
+use crate::store::{Backend, Store, TermFence};
 
-/// Pause after a term failed to start before trying for the lock again.
+/// Pause after a term failed to start before trying for the lease again.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Everything a term needs, kept across terms.
@@ -48,23 +56,39 @@ pub(super) struct Term {
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// The app's shutdown; a term's token is its child.
     pub shutdown: CancellationToken,
+    /// The current leader's advertised worker gRPC URL, from the lease row
+    /// ([`LeaderElection::leader_hint`]); `None` while unknown. For the
+    /// standby's worker endpoint, to tell workers where the leader is.
+    pub leader_hint: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// A term in progress.
 pub(super) struct Running {
     stop: CancellationToken,
     engine: JoinHandle<EngineInbox>,
+    /// The wake-up relay: runs for the whole term.
     others: JoinSet<()>,
+    /// The DAG loader and the worker service: stopped while the term is
+    /// unsure of its lease, started again when it is renewed.
+    serving: CancellationToken,
+    serving_set: JoinSet<()>,
 }
 
 impl Running {
     /// Stops the term's components and takes the engine's inbox back.
     async fn stop(mut self) -> Result<EngineInbox, AppError> {
         self.stop.cancel();
+        while self.serving_set.join_next().await.is_some() {}
         while self.others.join_next().await.is_some() {}
         self.engine
             .await
             .map_err(|e| AppError::Io(std::io::Error::other(e)))
+    }
+
+    /// Stops serving workers and the DAG loader; the engine keeps running.
+    async fn suspend(&mut self) {
+        self.serving.cancel();
+        while self.serving_set.join_next().await.is_some() {}
     }
 }
 
@@ -86,6 +110,7 @@ impl Term {
     pub async fn start(
         &self,
         inbox: EngineInbox,
+        fence: TermFence,
     ) -> Result<Running, (AppError, Option<EngineInbox>)> {
         let stop = self.shutdown.child_token();
         let mut others = JoinSet::new();
@@ -108,7 +133,8 @@ impl Term {
                 Err(e) => return Err((e.into(), Some(inbox))),
             }
         }
-        let mut opts = EngineOptions::new(self.store.clone(), self.clock.clone());
+        // Every engine write of this term carries it (see the module doc).
+        let mut opts = EngineOptions::new(self.store.fenced(fence), self.clock.clone());
         opts.heartbeat_interval = self.config.heartbeat_interval;
         opts.lost_worker_timeout = self.config.lost_worker_timeout;
         opts.pools = self.config.pools.clone();
@@ -132,13 +158,15 @@ impl Term {
                 inbox
             })
         };
+        let serving = stop.child_token();
         let mut running = Running {
             stop,
             engine,
             others,
+            serving: serving.clone(),
+            serving_set: JoinSet::new(),
         };
-        let stop = running.stop.clone();
-        match self.start_serving(&stop, &mut running.others).await {
+        match self.start_serving(&serving, &mut running.serving_set).await {
             Ok(()) => {
                 info!("leader term started: engine, dag loader and worker service running");
                 Ok(running)
@@ -152,6 +180,13 @@ impl Term {
                 }
             },
         }
+    }
+
+    /// Serves again after a suspension (the lease was renewed, same term).
+    async fn resume(&self, running: &mut Running) -> Result<(), AppError> {
+        running.serving = running.stop.child_token();
+        let serving = running.serving.clone();
+        self.start_serving(&serving, &mut running.serving_set).await
     }
 
     /// The DAG loader and the gRPC service of a term.
@@ -270,8 +305,18 @@ pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phas
     let shutdown = term.shutdown.clone();
     loop {
         phase = match phase {
-            Phase::Leading(running) => {
-                let held = election.hold(&shutdown).await;
+            Phase::Leading(mut running) => {
+                let mut held = election.hold(&shutdown).await;
+                if held == Held::Unsure {
+                    held = match suspended(&mut election, &term, &mut running).await {
+                        Some(held) => held,
+                        // Renewed with the same term: lead on, same engine.
+                        None => {
+                            phase = Phase::Leading(running);
+                            continue;
+                        }
+                    };
+                }
                 let inbox = match running.stop().await {
                     Ok(inbox) => inbox,
                     Err(e) => {
@@ -285,7 +330,7 @@ pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phas
                     election.step_down().await;
                     return;
                 }
-                warn!(?held, "leader term ended; standing by");
+                warn!(?held, leader = ?*term.leader_hint.borrow(), "leader term ended; standing by");
                 Phase::Standby(inbox)
             }
             Phase::Standby(inbox) => {
@@ -296,11 +341,14 @@ pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phas
                 if let Some(r) = refuser {
                     let _ = r.await;
                 }
-                if !won {
-                    election.step_down().await;
-                    return;
-                }
-                match term.start(inbox).await {
+                let fence = match (won, election.fence()) {
+                    (true, Some(fence)) => fence,
+                    _ => {
+                        election.step_down().await;
+                        return;
+                    }
+                };
+                match term.start(inbox, fence).await {
                     Ok(running) => {
                         election.mark_leading();
                         Phase::Leading(running)
@@ -323,5 +371,40 @@ pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phas
                 }
             }
         };
+    }
+}
+
+/// A leader unsure of its lease: stops serving (workers go elsewhere, the
+/// port refuses them as on standby) and keeps trying to renew. `None`: the
+/// same term was renewed and serving resumed on the same engine; otherwise
+/// why the term is over.
+async fn suspended(
+    election: &mut LeaderElection,
+    term: &Term,
+    running: &mut Running,
+) -> Option<Held> {
+    let shutdown = term.shutdown.clone();
+    running.suspend().await;
+    let refusing = CancellationToken::new();
+    let refuser = term.refuse_workers(refusing.clone());
+    let regained = election.regain(&shutdown).await;
+    refusing.cancel();
+    if let Some(r) = refuser {
+        let _ = r.await;
+    }
+    match regained {
+        Regained::Kept => match term.resume(running).await {
+            Ok(()) => {
+                election.mark_leading();
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "cannot serve again after renewing the lease; ending the term");
+                election.step_down().await;
+                Some(Held::Lost)
+            }
+        },
+        Regained::Lost => Some(Held::Lost),
+        Regained::Shutdown => Some(Held::Shutdown),
     }
 }

@@ -17,7 +17,10 @@
 //! cancel, clear, pause) is answered with the store's error instead, as
 //! nothing of it happened. A conflict (the store's state is not what memory
 //! says) also re-reads the runs concerned before the retry. While turns fail,
-//! the published [`StoreHealth`] says so and `/readyz` answers 503.
+//! the published [`StoreHealth`] says so and `/readyz` answers 503. A write
+//! refused because a newer leadership term exists
+//! ([`StoreError::NotLeader`]) can never succeed here: the store wakes the
+//! election, which ends the term and stops this engine.
 //!
 //! Run creation needs ids the database assigns, so it is written directly
 //! rather than batched ([`Core::before_direct_write`]): what the turn decided
@@ -357,7 +360,13 @@ impl Core {
             seed,
         );
         h.next_try = Some(tokio::time::Instant::now() + wait);
-        if !e.is_retryable() && !e.is_conflict() {
+        if e.is_not_leader() {
+            // Another replica holds a newer term: nothing of this engine can
+            // commit any more. The store woke the election, which ends this
+            // term (and stops this engine) as soon as it has read the lease;
+            // until then turns keep failing without writing anything.
+            warn!(error = %e, "this engine's term is over; waiting for the election to stop it");
+        } else if !e.is_retryable() && !e.is_conflict() {
             // Not an outage: the store refuses what the engine decided. Memory
             // is kept as it was and the turn retried, but this needs a person.
             tracing::error!(

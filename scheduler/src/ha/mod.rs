@@ -1,10 +1,13 @@
 //! High availability: several `trainyard scheduler` replicas on one
 //! PostgreSQL database, exactly one of which runs the engine.
 //!
-//! - [`LeaderElection`] (`election.rs`): a replica leads while it holds a
-//!   session-level advisory lock on a dedicated connection; standbys retry
-//!   every second; a leader whose lock connection fails steps down at once.
-//!   On SQLite there is one process and it always leads.
+//! - [`LeaderElection`] (`election.rs`): a replica leads while it holds its
+//!   HA group's row in `leader_lease` (holder, term, expiry by the
+//!   database's clock) and renews it every `lease / 3`; standbys try every
+//!   second to take a missing or expired row, which increments the term.
+//!   Every engine write carries the term and is refused once a newer one
+//!   exists ([`crate::store::TermFence`]). On SQLite there is one process
+//!   and it always leads (it takes the row too: a new term per start).
 //! - [`spawn_wakeup_relay`] (`wakeups.rs`): the leader `LISTEN`s on
 //!   `trainyard_wakeup` and hands each wake-up to its engine (a run created
 //!   by a standby's API, a DAG paused or resumed there), so nothing waits
@@ -14,10 +17,22 @@
 //!   and pause/resume are written through the store (with a wake-up) and the
 //!   other commands are refused as unavailable.
 //!
-//! Safety does not rest on the lock alone: between a leader losing its
-//! session and noticing (at most one check interval), two engines may run.
-//! Every state change is a compare-and-set in the store, so the stale one
-//! cannot move a task twice; it only fails its writes until it steps down.
+//! Safety does not rest on timing: between a leader's lease expiring and
+//! the leader noticing, it may still try to write, but every engine write
+//! checks its term in its own transaction (PostgreSQL: the lease row
+//! `FOR SHARE`, which a takeover must wait for), so no write of an old term
+//! commits once a newer term began. Timing only decides how fast a standby
+//! takes over: within `lease` + one renewal interval of the leader freezing
+//! (6 s + 2 s by default).
+//!
+//! Stuck sessions: the store's pool connections carry
+//! `idle_in_transaction_session_timeout` and `lock_timeout` of `lease / 2`
+//! ([`ElectionOptions::session_guard`]), so a frozen leader's open
+//! transaction is ended by the server before its lease expires and its row
+//! locks never block the next leader; the lease connection carries short
+//! statement, lock and idle timeouts, TCP keepalives and `tcp_user_timeout`
+//! on the server side, and every lease call is bounded on the client side.
+//! A new leader also ends the previous holder's recorded lease sessions.
 
 mod control;
 mod election;
@@ -26,23 +41,23 @@ mod wakeups;
 use std::time::Duration;
 
 pub use control::HaControl;
-pub use election::LeaderElection;
+pub use election::{Held, LeaderElection, Regained};
 pub use wakeups::spawn_wakeup_relay;
 
-use crate::store::ConnectOptions;
-
-/// The advisory lock key every replica of an installation contends for
-/// (ASCII `trainyrd`). Installations sharing one database need different keys.
-pub const LEADER_LOCK_KEY: i64 = 0x7472_6169_6e79_7264;
+use crate::store::{ConnectOptions, LeaseTimeouts};
 
 /// Whether this replica runs the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Serves reads and standby commands; waits for the lock.
+    /// Serves reads and standby commands; waits for the lease.
     Standby,
-    /// Holds the lock: runs the engine and accepts workers.
+    /// Holds the lease: runs the engine and accepts workers.
     Leader,
 }
+
+/// The default `--leader-lease`: a frozen or partitioned leader loses
+/// leadership within this plus one renewal interval (`lease / 3`), 8 s.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(6);
 
 /// How a replica takes part in the election; [`ElectionOptions::new`] fills
 /// in the defaults.
@@ -50,15 +65,21 @@ pub enum Role {
 pub struct ElectionOptions {
     /// The store's URL; `sqlite:` means a single, always-leading process.
     pub db_url: String,
-    /// Schema and application name for the lock and listener connections.
+    /// Schema and application name (`trainyard-leader`) for the lease and
+    /// listener connections.
     pub connect: ConnectOptions,
-    pub lock_key: i64,
-    /// How often a standby tries for the lock.
+    /// The HA group whose lease this replica contends for (`--ha-group`);
+    /// `None`: `current_database() || '.' || current_schema()`, so two
+    /// installations in one database with different schemas never share it.
+    pub group: Option<String>,
+    /// How long a taken or renewed lease lasts (`--leader-lease`); renewed
+    /// every third of it.
+    pub lease: Duration,
+    /// How often a standby tries to take the lease.
     pub retry_interval: Duration,
-    /// How often a leader checks that its session still holds the lock.
-    pub check_interval: Duration,
-    /// A check not answered this fast counts as a lost lock.
-    pub check_timeout: Duration,
+    /// This replica's worker gRPC URL, written into the lease while it leads
+    /// (`--advertise-grpc`), so standbys can point workers at it.
+    pub advertise_grpc: Option<String>,
 }
 
 impl ElectionOptions {
@@ -69,10 +90,50 @@ impl ElectionOptions {
                 application_name: Some("trainyard-leader".to_owned()),
                 ..ConnectOptions::default()
             },
-            lock_key: LEADER_LOCK_KEY,
+            group: None,
+            lease: DEFAULT_LEASE,
             retry_interval: Duration::from_secs(1),
-            check_interval: Duration::from_secs(1),
-            check_timeout: Duration::from_secs(2),
+            advertise_grpc: None,
+        }
+    }
+
+    /// How often the leader renews: a third of the lease, so two renewals
+    /// can fail before it runs out.
+    pub fn renew_interval(&self) -> Duration {
+        election::part(self.lease, 3)
+    }
+
+    /// How long before the lease's end (by this replica's clock, from the
+    /// last successful renewal's send time) a leader that cannot renew
+    /// stops serving: a sixth of the lease covers the clocks' rates and the
+    /// renewal's own latency.
+    pub fn safety_margin(&self) -> Duration {
+        election::part(self.lease, 6)
+    }
+
+    /// The pause between renewal retries after a failure.
+    pub(crate) fn renew_retry(&self) -> Duration {
+        election::part(self.lease, 24)
+    }
+
+    /// `idle_in_transaction_session_timeout` and `lock_timeout` of the
+    /// store's pool connections: half the lease, so a frozen leader's open
+    /// transaction is gone before its lease can be taken over.
+    pub fn session_guard(&self) -> Duration {
+        election::part(self.lease, 2)
+    }
+
+    /// The lease connection's session settings: every statement bounded by
+    /// a quarter of the lease (a renewal that hangs is abandoned and retried
+    /// on a fresh connection well before the lease runs out); the server
+    /// drops a dead peer within half the lease (`tcp_user_timeout`,
+    /// keepalives).
+    pub fn timeouts(&self) -> LeaseTimeouts {
+        LeaseTimeouts {
+            statement: election::part(self.lease, 4),
+            tcp_user: election::part(self.lease, 2),
+            keepalive_idle: election::part(self.lease, 6),
+            keepalive_interval: election::part(self.lease, 6),
         }
     }
 }

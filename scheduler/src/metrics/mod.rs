@@ -93,6 +93,13 @@ pub struct Metrics {
     pub db_query_seconds: prometheus::Gauge,
     /// Resident memory of this process (VmRSS).
     pub resident_memory: IntGauge,
+    /// The leader lease's term as this replica last saw it (its own while
+    /// leading, the holder's while standing by).
+    pub leader_term: IntGauge,
+    /// 1 while this replica leads (runs the engine).
+    pub leader: IntGauge,
+    /// When the lease as last seen expires (Unix seconds, the database's clock).
+    pub leader_lease_expiry: prometheus::Gauge,
 }
 
 /// Latency buckets from 0.5 ms (a chain step on a quiet machine) to 2 min.
@@ -223,6 +230,20 @@ impl Metrics {
             "trainyard_process_resident_memory_bytes",
             "Resident memory of the scheduler process (VmRSS).",
         )?;
+        let leader_term = IntGauge::new(
+            "trainyard_leader_term",
+            "The leader lease's term as this replica last saw it (HA): it increases \
+             with every change of leader.",
+        )?;
+        let leader = IntGauge::new(
+            "trainyard_leader",
+            "1 while this scheduler replica leads (holds the lease and runs the engine).",
+        )?;
+        let leader_lease_expiry = prometheus::Gauge::new(
+            "trainyard_leader_lease_expiry_timestamp_seconds",
+            "When the leader lease as this replica last saw it expires (Unix time, \
+             database clock).",
+        )?;
         let metrics = Self {
             registry,
             task_transitions,
@@ -241,6 +262,9 @@ impl Metrics {
             store_transactions,
             db_query_seconds,
             resident_memory,
+            leader_term,
+            leader,
+            leader_lease_expiry,
         };
         metrics.register_all()?;
         Ok(metrics)
@@ -264,6 +288,9 @@ impl Metrics {
         r.register(Box::new(self.store_transactions.clone()))?;
         r.register(Box::new(self.db_query_seconds.clone()))?;
         r.register(Box::new(self.resident_memory.clone()))?;
+        r.register(Box::new(self.leader_term.clone()))?;
+        r.register(Box::new(self.leader.clone()))?;
+        r.register(Box::new(self.leader_lease_expiry.clone()))?;
         Ok(())
     }
 

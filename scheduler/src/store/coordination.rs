@@ -1,18 +1,25 @@
 //! Coordination between scheduler replicas on one PostgreSQL database: the
 //! wake-ups one process sends another (`NOTIFY trainyard_wakeup`), the
-//! listener that receives them, and the session-level advisory lock that says
-//! which replica leads. The election logic lives in `crate::ha`; this module
-//! only holds the SQL, because only the store speaks SQL.
+//! listener that receives them, and the leader lease (the `leader_lease`
+//! row: holder, term, expiry by the database's clock) with the fence that
+//! ties every engine write to a term. The election logic lives in
+//! `crate::ha`; this module only holds the SQL, because only the store
+//! speaks SQL.
 //!
-//! SQLite has a single process, so there is nothing to coordinate: wake-ups
-//! are not sent there and `crate::ha` never opens a lock on it.
+//! SQLite has a single process, so there is little to coordinate: wake-ups
+//! are not sent there, and the one process takes the lease row through the
+//! store ([`super::LeaseStore::take_lease_alone`]) so its term fences its
+//! writes the same way.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
-use sqlx::postgres::{PgConnection, PgListener, PgPoolOptions};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnection, PgListener, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
+use tokio::sync::Notify;
 use trainyard_core::ids::{DagId, RunId};
 
 use super::ConnectOptions;
@@ -63,87 +70,449 @@ impl FromStr for Wakeup {
 /// `SqlStore::wake_in` (`SqlBackend::NOTIFY`).
 pub(crate) const PG_NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
-/// A dedicated connection holding (or trying for) a session-level advisory
-/// lock. The lock lives exactly as long as the connection's session, so a
-/// replica that dies or loses its connection releases it without help.
-#[derive(Debug)]
-pub struct LeaderLock {
-    conn: PgConnection,
-    key: i64,
-    held: bool,
+/// Who takes part in an election: a replica id (random per process, so a
+/// restarted process is a new holder) and, for people, where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
 }
 
-impl LeaderLock {
-    /// Opens the dedicated connection (not from the store's pool: a pooled
-    /// connection would carry the lock back into the pool).
-    pub async fn connect(url: &str, options: &ConnectOptions, key: i64) -> Result<Self> {
-        let conn = PgConnection::connect_with(&connect_options(url, options)?).await?;
+impl Replica {
+    /// This process: a fresh random id, the host name and the pid.
+    pub fn this_process() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-host".to_owned());
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            host,
+            pid: i64::from(std::process::id()),
+        }
+    }
+}
+
+/// The lease row of one HA group, as the database had it when read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub group: String,
+    /// The holder's replica id.
+    pub holder: String,
+    pub holder_host: String,
+    pub holder_pid: i64,
+    /// Increases on every change of holder; engine writes carry it.
+    pub term: i64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// The holder's advertised worker gRPC URL.
+    pub grpc_url: Option<String>,
+    /// `expires_at` had passed by the database's clock when this was read
+    /// (always false for SQLite's row, which is not renewed: one process).
+    pub expired: bool,
+}
+
+/// The leadership term an engine writes under. Every engine write checks,
+/// in its own transaction, that the lease of `group` still carries `term`
+/// (PostgreSQL: `SELECT … FOR SHARE`, so a takeover waits for a write in
+/// flight, and no write of an old term commits after a new term began), and
+/// is refused with [`StoreError::NotLeader`] otherwise. A refusal also wakes
+/// [`TermFence::refused`], so the election re-checks the lease at once
+/// instead of at its next renewal.
+#[derive(Debug, Clone)]
+pub struct TermFence {
+    pub group: String,
+    pub term: i64,
+    refused: Arc<Notify>,
+}
+
+impl TermFence {
+    pub fn new(group: impl Into<String>, term: i64) -> Self {
+        Self {
+            group: group.into(),
+            term,
+            refused: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Woken (a stored permit) whenever the store refused a write of this term.
+    pub fn refused(&self) -> Arc<Notify> {
+        self.refused.clone()
+    }
+
+    /// Records a refusal (called by the store).
+    pub(crate) fn note_refused(&self) {
+        self.refused.notify_one();
+    }
+}
+
+/// How long a lease lasts once taken or renewed.
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The columns of a [`Lease`] (PostgreSQL), `expired` by the database's clock.
+const LEASE_COLS: &str = "ha_group, holder, holder_host, holder_pid, term, acquired_at, \
+     renewed_at, expires_at, grpc_url, expires_at <= clock_timestamp() AS expired";
+
+fn lease_of(row: &PgRow) -> Result<Lease> {
+    Ok(Lease {
+        group: row.try_get("ha_group")?,
+        holder: row.try_get("holder")?,
+        holder_host: row.try_get("holder_host")?,
+        holder_pid: row.try_get("holder_pid")?,
+        term: row.try_get("term")?,
+        acquired_at: row.try_get("acquired_at")?,
+        renewed_at: row.try_get("renewed_at")?,
+        expires_at: row.try_get("expires_at")?,
+        grpc_url: row.try_get("grpc_url")?,
+        expired: row.try_get("expired")?,
+    })
+}
+
+/// What [`LeaseConnection::try_take`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// This replica holds the lease now (a new term, or its own term kept
+    /// when the row still named it). `previous`: the holder it took over
+    /// from, if another.
+    Won {
+        lease: Lease,
+        previous: Option<Lease>,
+    },
+    /// Another replica holds an unexpired lease.
+    Held(Lease),
+}
+
+/// What [`LeaseConnection::renew`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// Still this replica's term; the expiry moved on.
+    Kept(Lease),
+    /// The row names another holder or term (or is gone): the term is over.
+    Replaced(Option<Lease>),
+}
+
+/// Settings of the lease's session, derived from the lease length by `crate::ha`.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimeouts {
+    /// Bounds every lease statement: server side (`statement_timeout`,
+    /// `lock_timeout`, `idle_in_transaction_session_timeout`) and client side
+    /// (the call is abandoned and the connection dropped).
+    pub statement: Duration,
+    /// Server-side `tcp_user_timeout` and keepalive timing (idle, interval;
+    /// three probes), so a partitioned replica's session dies on the server
+    /// within seconds instead of TCP's two hours.
+    pub tcp_user: Duration,
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+}
+
+/// A dedicated connection for the leader lease (not from the store's pool:
+/// its statements must never queue behind the engine's, and its session
+/// settings are its own). `application_name` is `trainyard-leader`.
+///
+/// sqlx 0.8 sets no client-side TCP keepalive, so the client side is bounded
+/// by timing out every call (and dropping the connection); the server side by
+/// the keepalive GUCs and `tcp_user_timeout` set at connect.
+#[derive(Debug)]
+pub struct LeaseConnection {
+    conn: PgConnection,
+    timeout: Duration,
+}
+
+impl LeaseConnection {
+    pub async fn connect(
+        url: &str,
+        options: &ConnectOptions,
+        timeouts: LeaseTimeouts,
+    ) -> Result<Self> {
+        let ms = |d: Duration| d.as_millis().max(1).to_string();
+        let secs_at_least_1 = |d: Duration| d.as_secs().max(1).to_string();
+        let connect = connect_options(url, options)?.options([
+            ("statement_timeout", ms(timeouts.statement)),
+            ("lock_timeout", ms(timeouts.statement)),
+            (
+                "idle_in_transaction_session_timeout",
+                ms(timeouts.statement),
+            ),
+            ("tcp_user_timeout", ms(timeouts.tcp_user)),
+            (
+                "tcp_keepalives_idle",
+                secs_at_least_1(timeouts.keepalive_idle),
+            ),
+            (
+                "tcp_keepalives_interval",
+                secs_at_least_1(timeouts.keepalive_interval),
+            ),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]);
+        let conn = tokio::time::timeout(timeouts.statement, PgConnection::connect_with(&connect))
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "connecting for the leader lease took longer than {:?}",
+                    timeouts.statement
+                ))
+            })??;
         Ok(Self {
             conn,
-            key,
-            held: false,
+            timeout: timeouts.statement,
         })
     }
 
-    /// `pg_try_advisory_lock`: true when this session holds the lock now.
-    pub async fn try_acquire(&mut self) -> Result<bool> {
-        if self.held {
-            return Ok(true);
+    /// Runs `f` on the connection, abandoned after the statement timeout.
+    async fn bounded<T>(
+        &mut self,
+        what: &str,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
+    ) -> Result<T> {
+        let timeout = self.timeout;
+        match tokio::time::timeout(timeout, f(&mut self.conn)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the leader lease's {what} did not answer within {timeout:?}"
+            ))),
         }
-        self.held = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(self.key)
-            .fetch_one(&mut self.conn)
+    }
+
+    /// The default HA group: `current_database() || '.' || current_schema()`,
+    /// so two installations in one database (different schemas) never share
+    /// a lease.
+    pub async fn default_group(&mut self) -> Result<String> {
+        self.bounded("group query", async |c| {
+            Ok(sqlx::query_scalar::<_, String>(
+                "SELECT current_database() || '.' || coalesce(current_schema(), 'public')",
+            )
+            .fetch_one(c)
+            .await?)
+        })
+        .await
+    }
+
+    /// The lease row of `group` now (no lock taken).
+    pub async fn read(&mut self, group: &str) -> Result<Option<Lease>> {
+        let sql = format!("SELECT {LEASE_COLS} FROM leader_lease WHERE ha_group = $1");
+        self.bounded("read", async |c| {
+            let row = sqlx::query(&sql).bind(group).fetch_optional(c).await?;
+            row.as_ref().map(lease_of).transpose()
+        })
+        .await
+    }
+
+    /// Takes the lease when it is missing, expired, or still names `me`
+    /// (then the term is kept: nobody led in between); otherwise reports
+    /// who holds it. A takeover increments the term in a transaction that
+    /// first locks the row (`FOR UPDATE`), so it waits for an old term's
+    /// write in flight (which holds the row `FOR SHARE`) and that write's
+    /// fence re-check then fails. Afterwards the previous holder's recorded
+    /// lease sessions still alive since its last renewal are terminated.
+    pub async fn try_take(
+        &mut self,
+        group: &str,
+        me: &Replica,
+        lease: Duration,
+        grpc_url: Option<&str>,
+    ) -> Result<Taken> {
+        // A plain read first: while another holder's lease runs (the usual
+        // case for a standby) no lock is taken, so standbys never delay the
+        // leader's writes.
+        if let Some(current) = self.read(group).await?
+            && !current.expired
+            && current.holder != me.id
+        {
+            return Ok(Taken::Held(current));
+        }
+        let select = format!(
+            "SELECT {LEASE_COLS}, backend_pids FROM leader_lease WHERE ha_group = $1 FOR UPDATE"
+        );
+        let insert = format!(
+            "INSERT INTO leader_lease (ha_group, holder, holder_host, holder_pid, term, \
+             acquired_at, renewed_at, expires_at, grpc_url, backend_pids) \
+             VALUES ($1, $2, $3, $4, 1, clock_timestamp(), clock_timestamp(), \
+             clock_timestamp() + make_interval(secs => $5), $6, ARRAY[pg_backend_pid()]) \
+             ON CONFLICT (ha_group) DO NOTHING RETURNING {LEASE_COLS}"
+        );
+        let update = format!(
+            "UPDATE leader_lease SET \
+             term = CASE WHEN holder = $2 THEN term ELSE term + 1 END, \
+             acquired_at = CASE WHEN holder = $2 THEN acquired_at ELSE clock_timestamp() END, \
+             holder = $2, holder_host = $3, holder_pid = $4, renewed_at = clock_timestamp(), \
+             expires_at = clock_timestamp() + make_interval(secs => $5), grpc_url = $6, \
+             backend_pids = ARRAY[pg_backend_pid()] \
+             WHERE ha_group = $1 RETURNING {LEASE_COLS}"
+        );
+        let step = self
+            .bounded("takeover", async |c| {
+                let mut tx = c.begin().await?;
+                let row = sqlx::query(&select)
+                    .bind(group)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let previous = match &row {
+                    Some(row) => {
+                        let current = lease_of(row)?;
+                        if !current.expired && current.holder != me.id {
+                            tx.rollback().await?;
+                            return Ok(TakeStep::Held(current));
+                        }
+                        let pids: Vec<i32> = row.try_get("backend_pids")?;
+                        Some((current, pids))
+                    }
+                    None => None,
+                };
+                let sql = if previous.is_some() { &update } else { &insert };
+                let won = sqlx::query(sql)
+                    .bind(group)
+                    .bind(&me.id)
+                    .bind(&me.host)
+                    .bind(me.pid)
+                    .bind(secs(lease))
+                    .bind(grpc_url)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(won) = won else {
+                    tx.rollback().await?;
+                    return Ok(TakeStep::Raced);
+                };
+                let lease = lease_of(&won)?;
+                tx.commit().await?;
+                Ok(TakeStep::Won(lease, previous))
+            })
             .await?;
-        Ok(self.held)
-    }
-
-    /// Whether the session still holds the lock: a round trip on the lock's
-    /// own connection, bounded by `timeout`. An error or a timeout means the
-    /// session (and with it the lock) may be gone.
-    pub async fn check(&mut self, timeout: Duration) -> Result<bool> {
-        let probe = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-             AND pid = pg_backend_pid() AND granted AND objsubid = 1 \
-             AND ((classid::bigint << 32) | objid::bigint) = $1)",
-        )
-        .bind(self.key)
-        .fetch_one(&mut self.conn);
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(Ok(held)) => {
-                self.held = held;
-                Ok(held)
-            }
-            Ok(Err(e)) => {
-                self.held = false;
-                Err(e.into())
-            }
-            Err(_) => {
-                self.held = false;
-                Err(StoreError::InvalidArgument(format!(
-                    "the leader lock's connection did not answer within {timeout:?}"
-                )))
+        match step {
+            TakeStep::Held(current) => Ok(Taken::Held(current)),
+            // Another replica inserted the first row in between: it holds it.
+            TakeStep::Raced => match self.read(group).await? {
+                Some(current) => Ok(Taken::Held(current)),
+                None => Err(StoreError::Unavailable(
+                    "the leader lease row vanished while it was being taken; retrying".into(),
+                )),
+            },
+            TakeStep::Won(lease, previous) => {
+                let previous = match previous {
+                    Some((p, pids)) if p.holder != me.id => {
+                        if !pids.is_empty() {
+                            self.terminate_sessions(&pids, p.renewed_at).await;
+                        }
+                        Some(p)
+                    }
+                    _ => None,
+                };
+                Ok(Taken::Won { lease, previous })
             }
         }
     }
 
-    /// The server process of the lock's session (tests terminate it to
+    /// Ends the previous holder's lease sessions that are still alive and
+    /// already were at its last renewal (a pid reused since is not touched).
+    /// Best effort: without the privilege to signal them, they end by their
+    /// own timeouts.
+    async fn terminate_sessions(&mut self, pids: &[i32], renewed_at: DateTime<Utc>) {
+        let r = self
+            .bounded("session cleanup", async |c| {
+                Ok(sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+                     FROM pg_stat_activity WHERE pid = ANY($1) AND pid <> pg_backend_pid() \
+                     AND application_name = 'trainyard-leader' AND backend_start <= $2",
+                )
+                .bind(pids)
+                .bind(renewed_at)
+                .fetch_one(c)
+                .await?)
+            })
+            .await;
+        match r {
+            Ok(n) if n > 0 => {
+                tracing::info!(sessions = n, "ended the previous leader's lease sessions")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not end the previous leader's sessions"),
+        }
+    }
+
+    /// Renews this replica's term: moves the expiry on by `lease` from the
+    /// database's now, only while the row still names `me` and `term`.
+    pub async fn renew(
+        &mut self,
+        group: &str,
+        me: &Replica,
+        term: i64,
+        lease: Duration,
+        grpc_url: Option<&str>,
+    ) -> Result<Renewed> {
+        let sql = format!(
+            "UPDATE leader_lease SET renewed_at = clock_timestamp(), \
+             expires_at = clock_timestamp() + make_interval(secs => $4), grpc_url = $5, \
+             backend_pids = ARRAY[pg_backend_pid()] \
+             WHERE ha_group = $1 AND holder = $2 AND term = $3 RETURNING {LEASE_COLS}"
+        );
+        let renewed = self
+            .bounded("renewal", async |c| {
+                let row = sqlx::query(&sql)
+                    .bind(group)
+                    .bind(&me.id)
+                    .bind(term)
+                    .bind(secs(lease))
+                    .bind(grpc_url)
+                    .fetch_optional(c)
+                    .await?;
+                row.as_ref().map(lease_of).transpose()
+            })
+            .await?;
+        match renewed {
+            Some(l) => Ok(Renewed::Kept(l)),
+            None => Ok(Renewed::Replaced(self.read(group).await?)),
+        }
+    }
+
+    /// Gives the term up (shutdown): the lease expires now, so a standby
+    /// takes over at its next try instead of waiting out the lease.
+    pub async fn release(&mut self, group: &str, me: &Replica, term: i64) -> Result<()> {
+        self.bounded("release", async |c| {
+            sqlx::query(
+                "UPDATE leader_lease SET expires_at = clock_timestamp(), \
+                 renewed_at = clock_timestamp() \
+                 WHERE ha_group = $1 AND holder = $2 AND term = $3",
+            )
+            .bind(group)
+            .bind(&me.id)
+            .bind(term)
+            .execute(c)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The server process of the lease's session (tests terminate it to
     /// simulate a lost connection).
     pub async fn backend_pid(&mut self) -> Result<i32> {
-        Ok(sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut self.conn)
-            .await?)
+        self.bounded("pid query", async |c| {
+            Ok(sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(c)
+                .await?)
+        })
+        .await
     }
 
-    /// Releases the lock and closes the connection.
-    pub async fn release(mut self) {
-        if self.held {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut self.conn)
-                .await;
-        }
+    pub async fn close(self) {
         let _ = self.conn.close().await;
     }
+}
+
+/// One takeover transaction's outcome, before the session cleanup.
+enum TakeStep {
+    Held(Lease),
+    /// The row did not exist at the locking read and another replica's
+    /// insert won.
+    Raced,
+    /// Taken; the row as it was before (with its recorded pids), if any.
+    Won(Lease, Option<(Lease, Vec<i32>)>),
 }
 
 /// What [`WakeupListener::recv`] yields.

@@ -82,6 +82,23 @@ pub enum StoreError {
 
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// An engine write under a leadership term the lease no longer carries:
+    /// another replica took the lease over (or it was never this term's).
+    /// Nothing was written. Unavailable rather than failed precondition: the
+    /// request itself is fine and succeeds on the replica that leads now;
+    /// the engine does not retry it but ends its term (see `crate::ha`).
+    #[error(
+        "not the leader: this scheduler wrote under term {term} of HA group {group:?}, but the lease {}; \
+         nothing was written (another replica leads now; this one steps down)",
+        match current { Some(t) => format!("has term {t} now"), None => "is gone".to_owned() }
+    )]
+    NotLeader {
+        group: String,
+        term: i64,
+        /// The lease's term now (`None`: no lease row).
+        current: Option<i64>,
+    },
 }
 
 impl Classify for StoreError {
@@ -97,7 +114,7 @@ impl Classify for StoreError {
             Self::ForbiddenTaskTransition { .. }
             | Self::ForbiddenRunTransition { .. }
             | Self::SchemaTooNew { .. } => ErrorKind::FailedPrecondition,
-            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Unavailable(_) | Self::NotLeader { .. } => ErrorKind::Unavailable,
             Self::Database(_) if self.is_retryable() => ErrorKind::Unavailable,
             Self::Database(_) | Self::Corrupt { .. } | Self::Migrate(_) => ErrorKind::Internal,
         }
@@ -107,6 +124,10 @@ impl Classify for StoreError {
     /// the process get a sentence, the log gets the detail.
     fn public_message(&self) -> String {
         match self.kind() {
+            _ if self.is_not_leader() => {
+                "this scheduler replica is no longer the leader; retry (another replica leads)"
+                    .to_owned()
+            }
             ErrorKind::Unavailable => "the scheduler's database is unavailable; retry".to_owned(),
             ErrorKind::Internal => {
                 "internal database error (the scheduler log has the detail)".to_owned()
@@ -142,6 +163,12 @@ impl StoreError {
         }
     }
 
+    /// The write was refused because a newer leadership term exists: retrying
+    /// it here cannot succeed, the term is over.
+    pub fn is_not_leader(&self) -> bool {
+        matches!(self, Self::NotLeader { .. })
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
     }
@@ -158,8 +185,11 @@ impl StoreError {
                 | sqlx::Error::WorkerCrashed => true,
                 sqlx::Error::Database(db) => matches!(
                     db.code().as_deref(),
-                    // serialization_failure, deadlock_detected, admin_shutdown, SQLITE_BUSY, SQLITE_LOCKED
-                    Some("40001" | "40P01" | "57P01" | "5" | "6" | "517")
+                    // serialization_failure, deadlock_detected, admin_shutdown,
+                    // lock_not_available (`lock_timeout`: a frozen session's row
+                    // locks), idle_in_transaction_session_timeout,
+                    // SQLITE_BUSY, SQLITE_LOCKED
+                    Some("40001" | "40P01" | "57P01" | "55P03" | "25P03" | "5" | "6" | "517")
                 ),
                 _ => false,
             },

@@ -7,8 +7,10 @@
 //! attempts and workers, through [`EngineStore::commit_batch`]),
 //! [`ReadStore`] (HTTP API, UI, metrics, traces, the worker service),
 //! [`DagCatalog`] (the DAG loader), [`Coordination`] (a standby replica's
-//! writes that wake the leader) and [`StoreAdmin`] (migrations, shutdown),
-//! all over [`StoreBase`]. [`Store`] is all of them, for wiring.
+//! writes that wake the leader), [`LeaseStore`] (the leader lease's row and
+//! the engine's store of one leadership term) and [`StoreAdmin`]
+//! (migrations, shutdown), all over [`StoreBase`]. [`Store`] is all of
+//! them, for wiring.
 //!
 //! There are no single-call writes of tasks, attempts, workers, metrics or
 //! lineage: each is a [`Write`] in a [`WriteBatch`], so tests and
@@ -48,7 +50,10 @@ use chrono::{DateTime, Utc};
 use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::TaskState;
 
-pub use coordination::{LeaderLock, ListenEvent, WAKEUP_CHANNEL, Wakeup, WakeupListener};
+pub use coordination::{
+    Lease, LeaseConnection, LeaseTimeouts, ListenEvent, Renewed, Replica, Taken, TermFence,
+    WAKEUP_CHANNEL, Wakeup, WakeupListener,
+};
 pub use error::{Result, StoreError};
 pub use imp::SqlStore;
 pub use postgres::PgStore;
@@ -71,6 +76,12 @@ pub struct ConnectOptions {
     pub application_name: Option<String>,
     /// How long to wait for a pooled connection.
     pub acquire_timeout: Duration,
+    /// Postgres only: `idle_in_transaction_session_timeout` and `lock_timeout`
+    /// of every connection. Set from the leader lease (`crate::ha`): a
+    /// frozen leader's open transaction is ended by the server before its
+    /// lease can expire, so its row locks never block the next leader, and
+    /// no statement waits on a row lock for longer than this.
+    pub pg_session_guard: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -81,6 +92,7 @@ impl Default for ConnectOptions {
             pg_schema: None,
             application_name: Some("trainyard-pool".to_owned()),
             acquire_timeout: Duration::from_secs(30),
+            pg_session_guard: None,
         }
     }
 }
@@ -284,9 +296,34 @@ pub trait Coordination: ReadStore {
     ) -> Result<()>;
 }
 
+/// The leader lease as the election and the operators' surfaces see it
+/// through the store's pool, and the engine store of one term. (On
+/// PostgreSQL the election takes and renews the lease on a dedicated
+/// [`LeaseConnection`] instead.)
+#[async_trait]
+pub trait LeaseStore: StoreBase {
+    /// The lease row of `group` now, if it was ever taken.
+    async fn lease(&self, group: &str) -> Result<Option<Lease>>;
+    /// SQLite's one scheduling process (the file lock makes it the only
+    /// one) takes the lease unconditionally: a new term per start, so the
+    /// term fence applies as on PostgreSQL. `now`: the time written.
+    async fn take_lease_alone(
+        &self,
+        group: &str,
+        me: &Replica,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Lease>;
+    /// The engine's store for one leadership term: the same database, but
+    /// every [`EngineStore`] write checks `fence` in its transaction and is
+    /// refused with [`StoreError::NotLeader`] once the lease has another
+    /// term (see [`TermFence`]). Reads are unchanged.
+    fn fenced(&self, fence: TermFence) -> Arc<dyn EngineStore>;
+}
+
 /// Every store trait at once: what `store::connect` opens and what the code
 /// that wires a process (`app.rs`, the CLI, tests) hands out, each consumer
 /// getting only the trait it needs.
-pub trait Store: StoreAdmin + EngineStore + DagCatalog + Coordination {}
+pub trait Store: StoreAdmin + EngineStore + DagCatalog + Coordination + LeaseStore {}
 
-impl<T: StoreAdmin + EngineStore + DagCatalog + Coordination + ?Sized> Store for T {}
+impl<T: StoreAdmin + EngineStore + DagCatalog + Coordination + LeaseStore + ?Sized> Store for T {}

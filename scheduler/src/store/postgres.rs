@@ -29,6 +29,13 @@ pub(crate) fn connect_options(url: &str, options: &ConnectOptions) -> Result<PgC
     if let Some(name) = &options.application_name {
         connect = connect.application_name(name);
     }
+    if let Some(guard) = options.pg_session_guard {
+        let ms = guard.as_millis().max(1).to_string();
+        connect = connect.options([
+            ("idle_in_transaction_session_timeout", ms.as_str()),
+            ("lock_timeout", ms.as_str()),
+        ]);
+    }
     Ok(connect)
 }
 
@@ -41,6 +48,11 @@ impl SqlBackend for Postgres {
     /// The pool's own `BEGIN` (READ COMMITTED).
     const BEGIN_WRITE: Option<&'static str> = None;
     const NOTIFY: Option<&'static str> = Some(PG_NOTIFY);
+    /// `FOR SHARE`: a takeover's `UPDATE` of the row waits for this
+    /// transaction, and this read waits for a takeover in flight and then
+    /// sees its new term (READ COMMITTED re-checks the `WHERE`).
+    const LEASE_FENCE: &'static str =
+        "SELECT term FROM leader_lease WHERE ha_group = $1 AND term = $2 FOR SHARE";
     const MIGRATIONS_TABLE_EXISTS: &'static str =
         "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
 

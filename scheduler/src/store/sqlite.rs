@@ -34,6 +34,9 @@ impl SqlBackend for Sqlite {
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
     /// One process: nobody to wake.
     const NOTIFY: Option<&'static str> = None;
+    /// No row locks: `BEGIN IMMEDIATE` already excludes every other writer.
+    const LEASE_FENCE: &'static str =
+        "SELECT term FROM leader_lease WHERE ha_group = $1 AND term = $2";
     /// A count, read as a `bool` (SQLite integers decode as booleans).
     const MIGRATIONS_TABLE_EXISTS: &'static str =
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";

@@ -5,6 +5,7 @@
 
 mod cases_artifacts;
 mod cases_basic;
+mod cases_lease;
 mod cases_race;
 mod harness;
 
@@ -52,14 +53,25 @@ conformance_suite!(
     cases_race::concurrent_claimers_claim_each_task_exactly_once,
     cases_race::concurrent_reporters_exactly_one_wins,
     cases_race::failed_insert_mid_run_leaves_no_run,
+    cases_lease::an_old_terms_writes_are_refused_once_a_newer_term_took_the_lease,
 );
 
-/// Postgres-only: a backend killed mid-transaction.
+/// Postgres-only: a backend killed mid-transaction; the lease fence's row locks.
 mod postgres_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn killed_create_run_transaction_leaves_no_half_written_run() {
         let db = crate::harness::TestDb::postgres().await;
         crate::cases_race::killed_transaction_leaves_no_half_written_run(&db).await;
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_takeover_waits_for_an_old_terms_write_in_flight_which_is_its_last() {
+        let db = crate::harness::TestDb::postgres().await;
+        crate::cases_lease::a_takeover_waits_for_an_old_terms_write_in_flight_which_is_its_last(
+            &db,
+        )
+        .await;
         db.cleanup().await;
     }
 }

@@ -53,6 +53,11 @@ pub trait SqlBackend: Database {
     /// and nobody needs waking.
     const NOTIFY: Option<&'static str>;
 
+    /// The term fence's query (`$1` the HA group, `$2` the term): a row
+    /// when the lease still carries the term, run first in every fenced
+    /// engine transaction. PostgreSQL locks the row `FOR SHARE`.
+    const LEASE_FENCE: &'static str;
+
     /// A query answering one `bool`: whether sqlx's `_sqlx_migrations` table
     /// exists yet (each backend asks its own catalog).
     const MIGRATIONS_TABLE_EXISTS: &'static str;

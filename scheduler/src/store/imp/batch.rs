@@ -94,7 +94,7 @@ where
         if batch.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_engine_write().await?;
         let mut sink = EventSink::default();
         let fused = fuse_starts(batch);
         for (i, (write, at)) in batch.writes.iter().enumerate() {

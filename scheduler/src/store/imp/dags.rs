@@ -125,6 +125,8 @@ where
     /// Sets one boolean column of a DAG (`sql` binds the value, the
     /// time and the id). With `wake`, the leader's engine is told in
     /// the same transaction (Postgres `NOTIFY`, delivered at commit).
+    /// With `fenced`, it is an engine write under the store's term fence
+    /// ([`Self::begin_engine_write`]).
     async fn update_dag_flag(
         &self,
         sql: &'static str,
@@ -132,8 +134,13 @@ where
         value: bool,
         now: DateTime<Utc>,
         wake: bool,
+        fenced: bool,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = if fenced {
+            self.begin_engine_write().await?
+        } else {
+            self.begin_write().await?
+        };
         let done = sqlx::query(sql)
             .bind(value)
             .bind(now)
@@ -164,6 +171,8 @@ where
             paused,
             now,
             wake,
+            // The engine's pause (no wake-up) carries its term.
+            !wake,
         )
         .await
     }
@@ -178,6 +187,7 @@ where
             dag_id,
             false,
             now,
+            false,
             false,
         )
         .await

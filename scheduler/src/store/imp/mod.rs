@@ -33,6 +33,7 @@ mod builder;
 mod claim;
 mod common;
 mod dags;
+mod lease;
 mod runs;
 mod tasks;
 mod workers;
@@ -54,11 +55,12 @@ use uuid::Uuid;
 
 pub(crate) use backend::SqlBackend;
 
-use super::error::Result;
+use super::error::{Result, StoreError};
 use super::migrations::{check_not_newer, status_of};
 use super::types::*;
 use super::{
-    Coordination, DagCatalog, EngineStore, ReadStore, StoreAdmin, StoreBase, WAKEUP_CHANNEL, Wakeup,
+    Coordination, DagCatalog, EngineStore, Lease, LeaseStore, ReadStore, Replica, StoreAdmin,
+    StoreBase, TermFence, WAKEUP_CHANNEL, Wakeup,
 };
 #[cfg(doc)]
 use super::{PgStore, SqliteStore};
@@ -75,6 +77,9 @@ pub struct SqlStore<DB: Database> {
     reader: Option<Pool<DB>>,
     /// Committed write transactions (shared by clones).
     committed: Arc<AtomicU64>,
+    /// Set on the engine's store of one leadership term
+    /// ([`LeaseStore::fenced`]): its engine writes check the term first.
+    fence: Option<TermFence>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -83,6 +88,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
             writer: self.writer.clone(),
             reader: self.reader.clone(),
             committed: Arc::clone(&self.committed),
+            fence: self.fence.clone(),
         }
     }
 }
@@ -94,6 +100,7 @@ impl<DB: Database> std::fmt::Debug for SqlStore<DB> {
             .field("writer", &self.writer)
             .field("reader", &self.reader)
             .field("committed", &self.committed)
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -106,6 +113,7 @@ impl<DB: Database> SqlStore<DB> {
             writer,
             reader,
             committed: Arc::default(),
+            fence: None,
         }
     }
 
@@ -180,6 +188,39 @@ where
         Ok(match DB::BEGIN_WRITE {
             Some(begin) => self.writer.begin_with(begin).await?,
             None => self.writer.begin().await?,
+        })
+    }
+
+    /// Opens a write transaction of the engine: on a term's store
+    /// ([`LeaseStore::fenced`]) its first statement is the term fence
+    /// (`SqlBackend::LEASE_FENCE`), and a lease that no longer carries the
+    /// term refuses it with [`StoreError::NotLeader`] before anything is
+    /// written. Without a fence (tests, `bench`, SQLite tools) it is
+    /// [`Self::begin_write`].
+    pub(crate) async fn begin_engine_write(&self) -> Result<Transaction<'static, DB>> {
+        let mut tx = self.begin_write().await?;
+        let Some(fence) = &self.fence else {
+            return Ok(tx);
+        };
+        let held: Option<i64> = sqlx::query_scalar(DB::LEASE_FENCE)
+            .bind(fence.group.as_str())
+            .bind(fence.term)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if held.is_some() {
+            return Ok(tx);
+        }
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT term FROM leader_lease WHERE ha_group = $1")
+                .bind(fence.group.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        drop(tx);
+        fence.note_refused();
+        Err(StoreError::NotLeader {
+            group: fence.group.clone(),
+            term: fence.term,
+            current,
         })
     }
 
@@ -547,5 +588,53 @@ where
         now: DateTime<Utc>,
     ) -> Result<()> {
         self.sql_set_dag_paused(dag_id, paused, now, true).await
+    }
+}
+
+#[async_trait]
+impl<DB> LeaseStore for SqlStore<DB>
+where
+    DB: SqlBackend,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q crate::store::SpecJson>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<crate::store::SpecJson>: Decode<'q, DB> + Type<DB>,
+    for<'q> Json<Vec<u32>>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+{
+    async fn lease(&self, group: &str) -> Result<Option<Lease>> {
+        self.sql_lease(group).await
+    }
+    async fn take_lease_alone(
+        &self,
+        group: &str,
+        me: &Replica,
+        lease: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Lease> {
+        self.sql_take_lease_alone(group, me, lease, now).await
+    }
+    fn fenced(&self, fence: TermFence) -> Arc<dyn EngineStore> {
+        let mut store = self.clone();
+        store.fence = Some(fence);
+        Arc::new(store)
     }
 }

@@ -96,7 +96,13 @@ where
         wake: bool,
     ) -> Result<RunCreation> {
         validate_new_run(&run)?;
-        let mut tx = self.begin_write().await?;
+        // The engine's creations are fenced by its term; a standby's
+        // (`wake`) are not engine writes and need no term.
+        let mut tx = if wake {
+            self.begin_write().await?
+        } else {
+            self.begin_engine_write().await?
+        };
         let sql = format!(
             "INSERT INTO runs (id, dag_id, version_id, logical_date, trigger, params, state, \
              idempotency_key, created_at, started_at, updated_at) \
