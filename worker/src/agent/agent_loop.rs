@@ -382,7 +382,7 @@ impl AgentLoop {
                 self.wait = Duration::ZERO;
                 match e {
                     DialError::NotLeader { .. } => {
-                        info!(scheduler = %url, next = %self.schedulers.url(), "a standby replica; trying the next scheduler URL")
+                        info!(scheduler = %url, answer = %e, next = %self.schedulers.url(), "a standby replica; trying the next scheduler URL")
                     }
                     _ => {
                         warn!(scheduler = %url, error = %e, next = %self.schedulers.url(), "scheduler not reachable; trying the next URL")
