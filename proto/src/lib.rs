@@ -23,6 +23,15 @@ pub mod v1 {
     /// whose `RegisterRequest.protocol_version` differs, with a reason.
     pub const PROTOCOL_VERSION: u32 = 1;
 
+    /// How a scheduler replica that does not lead answers every call: status
+    /// `UNAVAILABLE` whose message starts with this text, so a worker knows
+    /// to try its next `--scheduler` URL rather than wait for this one.
+    pub const NOT_LEADER_PREFIX: &str = "not the leader";
+
+    /// Response metadata of a "not the leader" status: the leader's worker
+    /// URL, when the replica knows it. Absent when it does not.
+    pub const LEADER_METADATA_KEY: &str = "trainyard-leader";
+
     /// Encoded `FileDescriptorSet` of the package, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/trainyard_descriptor.bin"));

@@ -1,5 +1,17 @@
 //! A small HTTP client for the scheduler's `/api/v1`, shared by the client
 //! commands (`trigger`, `runs`, `logs`, `backfill`).
+//!
+//! `--server` may name several scheduler replicas (comma-separated). A
+//! request goes to the one that answered last (the first at start), and
+//! moves on to the next when a replica cannot be reached or answers 503 (a
+//! standby refusing a command only the leader runs, or a replica whose
+//! database is away); the replica that answered is remembered for the rest
+//! of the process. A request whose sending may have reached a replica
+//! (anything but a refused connection) is not sent again elsewhere unless
+//! it is a GET, so a trigger is never made twice. When no replica answers,
+//! the error names every URL tried and what each said.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, anyhow};
 use clap::Args;
@@ -9,11 +21,13 @@ use serde_json::Value;
 /// Where the scheduler's HTTP API is.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// The scheduler's HTTP address.
+    /// The scheduler's HTTP address; with several replicas, every
+    /// replica's address, comma-separated (tried in turn).
     #[arg(
         long,
         env = "TRAINYARD_SERVER",
         default_value = "http://127.0.0.1:8080",
+        value_name = "URL[,URL…]",
         global = true
     )]
     pub server: String,
@@ -28,17 +42,50 @@ pub struct ServerArgs {
 }
 
 pub struct Client {
-    base: String,
+    /// The replicas' base URLs, as given (scheme added, no trailing `/`).
+    bases: Vec<String>,
+    /// The replica that answered last: tried first.
+    active: AtomicUsize,
     token: Option<String>,
     http: reqwest::Client,
 }
 
+/// Requests are built against this base and re-aimed at a replica when
+/// sent ([`Client::send`]), so one builder serves every replica.
+const PLACEHOLDER: &str = "http://trainyard-server";
+
+/// What one replica said, for the error that lists them all.
+struct Attempt {
+    url: String,
+    said: String,
+    /// It answered (a 503); else it could not be reached.
+    answered: bool,
+}
+
+fn base_url(raw: &str) -> anyhow::Result<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.is_empty() {
+        return Err(anyhow!(
+            "--server has an empty entry; give one URL or several comma-separated \
+             (e.g. http://sched-a:8080,http://sched-b:8080)"
+        ));
+    }
+    let base = if raw.starts_with("http://") || raw.starts_with("https://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    reqwest::Url::parse(&base).with_context(|| format!("--server URL {raw:?} is not valid"))?;
+    Ok(base)
+}
+
 impl Client {
     pub fn new(args: &ServerArgs) -> anyhow::Result<Self> {
-        let mut base = args.server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            base = format!("http://{base}");
-        }
+        let bases = args
+            .server
+            .split(',')
+            .map(base_url)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut http = reqwest::Client::builder()
             .user_agent(concat!("trainyard-cli/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &args.ca_cert {
@@ -51,40 +98,80 @@ impl Client {
             }
         }
         Ok(Self {
-            base,
+            bases,
+            active: AtomicUsize::new(0),
             token: args.token.clone(),
             http: http.build()?,
         })
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.request(method, self.url(path));
+        let req = self.http.request(method, format!("{PLACEHOLDER}{path}"));
         match &self.token {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
     }
 
-    /// Sends, and turns a non-2xx answer into an error carrying the API's message.
+    /// Sends to the replica that answered last, then the others in order
+    /// (see the module docs), and turns a non-2xx answer into an error
+    /// carrying the API's message.
     pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the trainyard server at {} (is it running? set --server or TRAINYARD_SERVER)", self.base))?;
-        if resp.status().is_success() {
-            return Ok(resp);
+        let req = req.build()?;
+        let rel = req
+            .url()
+            .as_str()
+            .strip_prefix(PLACEHOLDER)
+            .unwrap_or("/")
+            .to_owned();
+        let resendable = req.method() == Method::GET;
+        let first = self
+            .active
+            .load(Ordering::Relaxed)
+            .min(self.bases.len() - 1);
+        let order = (0..self.bases.len()).map(|i| (first + i) % self.bases.len());
+        let mut tried: Vec<Attempt> = Vec::new();
+        for i in order {
+            let base = &self.bases[i];
+            let Some(mut attempt) = req.try_clone() else {
+                return Err(anyhow!(
+                    "this request cannot be sent (its body cannot be copied)"
+                ));
+            };
+            *attempt.url_mut() = reqwest::Url::parse(&format!("{base}{rel}"))
+                .with_context(|| format!("{base}{rel} is not a valid URL"))?;
+            match self.http.execute(attempt).await {
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    let said = error_text(resp).await;
+                    tried.push(Attempt {
+                        url: base.clone(),
+                        said,
+                        answered: true,
+                    });
+                }
+                Ok(resp) => {
+                    self.active.store(i, Ordering::Relaxed);
+                    if resp.status().is_success() {
+                        return Ok(resp);
+                    }
+                    return Err(anyhow!("{}", error_text(resp).await));
+                }
+                // Nothing reached the replica: safe to send elsewhere.
+                Err(e) if e.is_connect() || resendable => tried.push(Attempt {
+                    url: base.clone(),
+                    said: format!("cannot reach it: {}", error_chain(&e)),
+                    answered: false,
+                }),
+                Err(e) => {
+                    return Err(anyhow!(
+                        "the request to {base} failed after it was sent: {} (not sent to another \
+                         --server URL, so it cannot take effect twice; check whether it did)",
+                        error_chain(&e)
+                    ));
+                }
+            }
         }
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| body.trim().to_owned());
-        Err(anyhow!("{} ({})", message, status_words(status)))
+        Err(no_replica_answered(&tried))
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
@@ -101,6 +188,52 @@ impl Client {
         resp.json()
             .await
             .context("the server sent a body that is not JSON")
+    }
+}
+
+/// The API's error message and the status, from an error answer.
+async fn error_text(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.trim().to_owned());
+    format!("{} ({})", message, status_words(status))
+}
+
+/// reqwest's error with its causes (the cause says "connection refused").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+fn no_replica_answered(tried: &[Attempt]) -> anyhow::Error {
+    match tried {
+        [one] if one.answered => anyhow!("{}", one.said),
+        [one] => anyhow!(
+            "cannot reach the trainyard server at {} ({}; is it running? set --server or \
+             TRAINYARD_SERVER, several replicas comma-separated)",
+            one.url,
+            one.said.trim_start_matches("cannot reach it: ")
+        ),
+        _ => {
+            let each: Vec<String> = tried
+                .iter()
+                .map(|a| format!("{}: {}", a.url, a.said))
+                .collect();
+            anyhow!(
+                "no trainyard server in --server answered the request ({}); is the leader \
+                 running?",
+                each.join("; ")
+            )
+        }
     }
 }
 

@@ -323,11 +323,15 @@ pub struct SchedulerCmd {
 /// Settings of one worker (`trainyard worker`; `standalone` shares some).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// The scheduler's gRPC address (`https://…` when it serves TLS).
+    /// The scheduler's gRPC address (`https://…` when it serves TLS); for
+    /// several replicas on one PostgreSQL, every replica's address,
+    /// comma-separated: the worker registers with whichever leads, moves on
+    /// when a standby answers "not the leader", and follows a failover.
     #[arg(
         long,
         env = "TRAINYARD_SCHEDULER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL[,URL…]"
     )]
     pub scheduler: String,
     /// Worker join token: one of the scheduler's `--worker-token` values

@@ -6,8 +6,10 @@
 //! either read by it or announced after it; then the engine, the DAG loader
 //! and the gRPC service for workers. Losing the lease cancels the term's
 //! token at once; the engine hands its inbox back for the next term. While
-//! standing by, the gRPC port accepts and closes connections, so workers
-//! notice quickly and redial (through the load balancer, to the leader).
+//! standing by, the gRPC port answers every worker call "not the leader"
+//! (`grpc::standby`, naming the leader's advertised URL from the lease when
+//! it is known), so workers move on to their next `--scheduler` URL (or
+//! redial through a load balancer) at once.
 //!
 //! The engine writes through the term's fenced store
 //! ([`crate::store::LeaseStore::fenced`]): once another replica holds a
@@ -280,21 +282,26 @@ impl Term {
         Ok(())
     }
 
-    /// While standing by: accept worker connections and close them at once.
+    /// While standing by: the worker endpoint answers every call "not the
+    /// leader" (`grpc::standby`), with the leader's URL once the election
+    /// knows it, so workers with several `--scheduler` URLs move on at once.
     fn refuse_workers(&self, until: CancellationToken) -> Option<JoinHandle<()>> {
         let listener = match self.grpc_clone() {
             Ok(l) => l,
             Err(e) => {
-                warn!(error = %e, "cannot watch the gRPC port while on standby");
+                warn!(error = %e, "cannot answer workers on the gRPC port while on standby");
                 return None;
             }
         };
+        // The leader's worker URL from the lease, as the election last read
+        // it; the endpoint reads it at every call.
+        let hint = self.leader_hint.clone();
+        let tls = self.grpc_tls.clone();
         Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = until.cancelled() => return,
-                    accepted = listener.accept() => drop(accepted),
-                }
+            if let Err(err) =
+                grpc::serve_standby(listener, hint, tls, until.cancelled_owned()).await
+            {
+                warn!(error = %err, "standby worker endpoint stopped");
             }
         }))
     }
@@ -338,8 +345,13 @@ pub(super) async fn supervise(mut election: LeaderElection, term: Term, mut phas
                 let refuser = term.refuse_workers(refusing.clone());
                 let won = election.acquire(&shutdown).await;
                 refusing.cancel();
-                if let Some(r) = refuser {
-                    let _ = r.await;
+                if let Some(mut r) = refuser
+                    && tokio::time::timeout(grpc::STANDBY_STOP_GRACE, &mut r)
+                        .await
+                        .is_err()
+                {
+                    // A connection still open: its answers are stale now.
+                    r.abort();
                 }
                 let fence = match (won, election.fence()) {
                     (true, Some(fence)) => fence,

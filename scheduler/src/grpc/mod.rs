@@ -6,7 +6,9 @@
 //! Connect handshake), `session` (one worker's Connect stream: engine
 //! commands out, reports in) and `artifacts` (upstream attempts for inputs,
 //! lineage, secret masking, log archiving — active with an
-//! [`ArtifactContext`]).
+//! [`ArtifactContext`]). `standby` is the endpoint of a replica that does
+//! not lead: every call answered "not the leader" (with the leader's URL
+//! when known), so workers with several `--scheduler` URLs move on at once.
 //!
 //! Invariants:
 //! - With join tokens, every call is authenticated before its first message
@@ -33,6 +35,7 @@ pub mod convert;
 mod error;
 mod service;
 mod session;
+mod standby;
 
 use std::future::Future;
 use std::time::Duration;
@@ -48,6 +51,7 @@ pub use artifacts::{ArtifactContext, mask_lines};
 pub use auth::{WorkerAuth, WorkerAuthError};
 pub use error::{GrpcError, Result, status_of};
 pub use service::WorkerServiceImpl;
+pub use standby::{STANDBY_STOP_GRACE, StandbyService, serve_standby};
 
 /// Settings of the worker service; [`GrpcOptions::default`] suits production.
 #[derive(Debug, Clone)]

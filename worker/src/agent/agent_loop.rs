@@ -14,15 +14,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval};
 use tokio_stream::StreamExt as _;
 use tonic::Streaming;
-use tonic::transport::Endpoint;
 use tracing::{debug, info, instrument, warn};
 use trainyard_core::ids::WorkerId;
 use trainyard_proto::v1::{self, scheduler_message::Kind as In, worker_message::Kind as Out};
 
+use super::ack_watch::AckWatch;
 use super::artifacts::{StoreArtifacts, UnusableStore};
 use super::dial::{self, DialError, Established};
 use super::fence::Fence;
 use super::job::{self, AttemptKey, Job, JobEvent};
+use super::schedulers::{Next, Schedulers};
 use super::workdir::{ArtifactHook, LocalInputs};
 use super::{AgentOptions, AgentStatus, Result};
 use crate::convert::{gpu_to_proto, gpu_usage_to_proto};
@@ -38,6 +39,9 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 const MAX_PENDING_LOG_LINES: usize = 100_000;
 /// After a drain, how long to wait for the scheduler to confirm the last results.
 const CONFIRM_WAIT: Duration = Duration::from_secs(30);
+/// Longest one dial (connect, Register, open the stream) may take before the
+/// next URL is tried: a frozen replica accepts TCP and then says nothing.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One attempt this worker runs.
 struct Running {
@@ -75,7 +79,8 @@ struct Conn {
 
 pub(super) struct AgentLoop {
     opts: AgentOptions,
-    endpoint: Endpoint,
+    /// The scheduler URLs and which one is dialled next.
+    schedulers: Schedulers,
     /// Join token and the session credential of `worker_id`.
     credentials: dial::Credentials,
     /// The hook new attempts use; running ones keep the one they started with.
@@ -97,8 +102,13 @@ pub(super) struct AgentLoop {
     heartbeat_every: Duration,
     /// Last heartbeat timestamp, kept strictly increasing (it keys confirmations).
     last_heartbeat_ms: i64,
-    /// Wait before the next dial; reset once a stream proves healthy.
+    /// The back-off after a whole round of URLs failed; reset once a
+    /// stream proves healthy.
     delay: Duration,
+    /// Wait before the next dial: zero within a round, `delay` after one.
+    wait: Duration,
+    /// Drops a stream whose scheduler stopped acknowledging heartbeats.
+    ack_watch: AckWatch,
     connections: u64,
     usage: watch::Receiver<Vec<v1::GpuUsage>>,
     /// Keeps `usage` open when no sampler runs.
@@ -166,8 +176,11 @@ impl AgentLoop {
         status: watch::Sender<AgentStatus>,
     ) -> Self {
         // Checked in Agent::build; a fallback keeps this infallible.
-        let endpoint = dial::endpoint(&opts.scheduler_url, opts.tls.as_ref())
-            .unwrap_or_else(|_| Endpoint::from_static("http://127.0.0.1:1"));
+        let schedulers =
+            Schedulers::new(&opts.schedulers, opts.tls.as_ref()).unwrap_or_else(|_| {
+                Schedulers::new(&["http://127.0.0.1:1".to_owned()], None)
+                    .unwrap_or_else(|_| unreachable!("a literal URL"))
+            });
         // Both checked in Agent::build.
         let credentials = dial::Credentials {
             token: dial::JoinToken::new(opts.join_token.as_deref()).unwrap_or_default(),
@@ -191,7 +204,7 @@ impl AgentLoop {
         Self {
             heartbeat_every: every,
             opts,
-            endpoint,
+            schedulers,
             credentials,
             artifacts,
             artifacts_from_scheduler: None,
@@ -206,6 +219,8 @@ impl AgentLoop {
             draining: false,
             last_heartbeat_ms: 0,
             delay: Duration::ZERO,
+            wait: Duration::ZERO,
+            ack_watch: AckWatch::default(),
             connections: 0,
             usage,
             _usage_tx: usage_tx,
@@ -227,7 +242,7 @@ impl AgentLoop {
         });
     }
 
-    #[instrument(skip_all, fields(worker = %self.worker_id, scheduler = %self.opts.scheduler_url), err)]
+    #[instrument(skip_all, fields(worker = %self.worker_id, schedulers = %self.schedulers.describe()), err)]
     pub(super) async fn run(
         mut self,
         mut drain_rx: watch::Receiver<bool>,
@@ -280,6 +295,7 @@ impl AgentLoop {
                 Some(ev) = events_rx.recv() => self.on_job_event(ev).await,
                 // Wakes the loop; its top enforces the fence.
                 () = sleep_until(self.next_fence_wake()) => {}
+                () = sleep_until(self.ack_watch.deadline()) => self.drop_if_stalled(),
                 est = maybe(dialing.as_mut()) => {
                     dialing = None;
                     match est {
@@ -287,6 +303,8 @@ impl AgentLoop {
                             let every = self.heartbeat_interval(est.heartbeat_interval);
                             self.fence.configure(est.lost_worker_timeout, every);
                             self.fence.heard(est.register_sent);
+                            self.ack_watch.opened(Instant::now(), every, est.lost_worker_timeout);
+                            self.schedulers.connected();
                             self.renew_lease();
                             let mut every = tokio::time::interval(every);
                             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -297,21 +315,18 @@ impl AgentLoop {
                             self.on_connected(est.worker_id, est.tx).await;
                         }
                         Err(e) if e.is_fatal() => break Err(e.into()),
-                        Err(e) => {
-                            self.delay = self.opts.reconnect.next(self.delay);
-                            warn!(error = %e, retry_in = ?self.delay, "scheduler not reachable");
-                        }
+                        Err(e) => self.dial_failed(&e),
                     }
                 }
                 m = next_message(inbound.as_mut()) => match m {
                     Some(Ok(m)) => self.on_message(m).await,
                     Some(Err(status)) => {
-                        warn!(code = ?status.code(), message = status.message(), "stream to the scheduler ended");
-                        self.disconnect();
+                        warn!(scheduler = %self.schedulers.url(), code = ?status.code(), message = status.message(), "stream to the scheduler ended");
+                        self.stream_ended(false);
                     }
                     None => {
-                        warn!("the scheduler closed the stream");
-                        self.disconnect();
+                        warn!(scheduler = %self.schedulers.url(), "the scheduler closed the stream");
+                        self.stream_ended(false);
                     }
                 },
                 () = tick(ticker.as_mut()) => self.heartbeat().await,
@@ -358,7 +373,56 @@ impl AgentLoop {
         self.heartbeat_every
     }
 
-    /// One connection try after the current back-off delay.
+    /// A dial failed (not fatally): the next URL at once while the round
+    /// lasts, else the back-off.
+    fn dial_failed(&mut self, e: &DialError) {
+        let url = self.schedulers.url().to_owned();
+        match self.schedulers.failed(e) {
+            Next::Now => {
+                self.wait = Duration::ZERO;
+                match e {
+                    DialError::NotLeader { .. } => {
+                        info!(scheduler = %url, answer = %e, next = %self.schedulers.url(), "a standby replica; trying the next scheduler URL")
+                    }
+                    _ => {
+                        warn!(scheduler = %url, error = %e, next = %self.schedulers.url(), "scheduler not reachable; trying the next URL")
+                    }
+                }
+            }
+            Next::BackOff => {
+                self.delay = self.opts.reconnect.next(self.delay);
+                self.wait = self.delay;
+                warn!(scheduler = %url, error = %e, retry_in = ?self.delay, schedulers = %self.schedulers.describe(),
+                    "no scheduler URL leads or answers; retrying after a back-off");
+            }
+        }
+    }
+
+    /// The stream ended (closed, failed, or dropped as stalled): redial,
+    /// after the back-off left from before it (zero once it proved healthy).
+    fn stream_ended(&mut self, stalled: bool) {
+        self.schedulers.stream_ended(stalled);
+        self.wait = if stalled { Duration::ZERO } else { self.delay };
+        self.disconnect();
+    }
+
+    /// Drops the stream when its scheduler stopped acknowledging heartbeats
+    /// (`ack_watch`): a frozen scheduler never closes it by itself.
+    fn drop_if_stalled(&mut self) {
+        if self.conn.is_none() {
+            self.ack_watch.closed();
+            return;
+        }
+        let Some(silent) = self.ack_watch.stalled(Instant::now()) else {
+            return;
+        };
+        warn!(scheduler = %self.schedulers.url(), silent = ?silent, running = self.tasks.len(),
+            "the scheduler stopped acknowledging heartbeats; dropping the stream and trying the next URL \
+             (running tasks keep running and are listed to whichever scheduler leads)");
+        self.stream_ended(true);
+    }
+
+    /// One connection try after the current wait.
     fn dial(&self) -> BoxFuture<'static, std::result::Result<Established, DialError>> {
         let o = &self.opts;
         let request = v1::RegisterRequest {
@@ -392,13 +456,28 @@ impl AgentLoop {
             })
             .collect();
         running.extend(self.unconfirmed.iter().map(|u| u.running.clone()));
-        let endpoint = self.endpoint.clone();
+        let endpoint = self.schedulers.endpoint();
+        let url = self.schedulers.url().to_owned();
         let credentials = self.credentials.clone();
-        let delay = self.delay;
+        let delay = self.wait;
         let max = o.max_message_bytes;
         Box::pin(async move {
             tokio::time::sleep(delay).await;
-            dial::establish(endpoint, credentials, request, running, max).await
+            let Some(endpoint) = endpoint else {
+                return Err(DialError::BadUrl {
+                    url,
+                    reason: "no scheduler URL configured".into(),
+                });
+            };
+            tokio::time::timeout(
+                DIAL_TIMEOUT,
+                dial::establish(endpoint, credentials, request, running, max),
+            )
+            .await
+            .unwrap_or(Err(DialError::TimedOut {
+                url,
+                after: DIAL_TIMEOUT,
+            }))
         })
     }
 
@@ -459,6 +538,7 @@ impl AgentLoop {
             heartbeats: VecDeque::new(),
         });
         info!(
+            scheduler = %self.schedulers.url(),
             connections = self.connections,
             held = self.tasks.len(),
             "connected to the scheduler"
@@ -485,6 +565,7 @@ impl AgentLoop {
 
     fn disconnect(&mut self) {
         self.conn = None;
+        self.ack_watch.closed();
         for u in &mut self.unconfirmed {
             u.sent_seq = None;
         }
@@ -611,7 +692,11 @@ impl AgentLoop {
                     .retain(|l| key_of(l.attempt.as_ref()).as_ref() != Some(&key));
             }
             In::Ping(_) => self.heartbeat().await,
-            In::HeartbeatAck(a) => self.confirm(a.timestamp_unix_ms),
+            In::HeartbeatAck(a) => {
+                // Any acknowledgement shows the scheduler's engine is alive.
+                self.ack_watch.acknowledged(Instant::now());
+                self.confirm(a.timestamp_unix_ms);
+            }
         }
     }
 

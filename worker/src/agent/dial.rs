@@ -28,6 +28,19 @@ pub enum DialError {
     },
     #[error("the scheduler rejected this worker: {0}")]
     Rejected(String),
+    /// Connecting, Register and opening the stream together took too long
+    /// (a frozen or overloaded scheduler): the next URL is tried.
+    #[error("the scheduler at {url} did not answer within {after:?}")]
+    TimedOut { url: String, after: Duration },
+    /// A standby replica: the worker tries its next `--scheduler` URL (the
+    /// leader's first, when the replica named it and it is one of them).
+    #[error("{url}: {message}")]
+    NotLeader {
+        url: String,
+        /// The leader's worker URL from the `trainyard-leader` metadata.
+        leader: Option<String>,
+        message: String,
+    },
     #[error("{call} failed: {status}")]
     Call {
         call: &'static str,
@@ -97,6 +110,25 @@ fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         next = e.source();
     }
     None
+}
+
+/// The "not the leader" answer of a standby replica, recognised by its
+/// message or its leader metadata (`grpc::standby` in the scheduler).
+fn not_leader(url: &str, status: &Status) -> Option<DialError> {
+    let leader = status
+        .metadata()
+        .get(v1::LEADER_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    let says_so = status.message().starts_with(v1::NOT_LEADER_PREFIX);
+    (status.code() == Code::Unavailable && (says_so || leader.is_some())).then(|| {
+        DialError::NotLeader {
+            url: url.to_owned(),
+            leader,
+            message: status.message().to_owned(),
+        }
+    })
 }
 
 /// Adds the join token (`authorization: Bearer <token>`) to every call.
@@ -235,11 +267,14 @@ pub async fn establish(
         .register(request)
         .await
         .map_err(|status| match tls_problem(&status) {
-            Some(reason) => DialError::TlsRefused { url, reason },
-            None => DialError::Call {
+            Some(reason) => DialError::TlsRefused {
+                url: url.clone(),
+                reason,
+            },
+            None => not_leader(&url, &status).unwrap_or(DialError::Call {
                 call: "Register",
                 status,
-            },
+            }),
         })?
         .into_inner();
     if !resp.accepted {
@@ -262,9 +297,11 @@ pub async fn establish(
     let inbound = client
         .connect(ReceiverStream::new(rx))
         .await
-        .map_err(|status| DialError::Call {
-            call: "Connect",
-            status,
+        .map_err(|status| {
+            not_leader(&url, &status).unwrap_or(DialError::Call {
+                call: "Connect",
+                status,
+            })
         })?
         .into_inner();
     Ok(Established {
@@ -280,6 +317,7 @@ pub async fn establish(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -312,6 +350,30 @@ mod tests {
             JoinToken::new(Some("bad\ntoken")),
             Err(DialError::BadToken(_))
         ));
+    }
+
+    #[test]
+    fn a_standbys_answer_is_recognised_with_its_leader_hint() {
+        let mut status = Status::unavailable("not the leader: this replica is a standby");
+        status
+            .metadata_mut()
+            .insert(v1::LEADER_METADATA_KEY, "http://b:1".parse().unwrap());
+        match not_leader("http://a:1", &status) {
+            Some(DialError::NotLeader { leader, url, .. }) => {
+                assert_eq!(leader.as_deref(), Some("http://b:1"));
+                assert_eq!(url, "http://a:1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let bare = Status::unavailable("not the leader: standby");
+        assert!(matches!(
+            not_leader("http://a:1", &bare),
+            Some(DialError::NotLeader { leader: None, .. })
+        ));
+        // Any other outage is not a standby's answer.
+        assert!(not_leader("http://a:1", &Status::unavailable("restarting")).is_none());
+        let e = not_leader("http://a:1", &bare).unwrap();
+        assert!(!e.is_fatal());
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! Shape: [`AgentOptions`] → [`Agent::build`] → [`Agent::run`] with a
 //! shutdown future, plus a cheap [`AgentHandle`] (drain, status).
 //!
-//! Module map: `dial` (dial + Register + Connect/Hello, one try), `job` (one
+//! Module map: `dial` (dial + Register + Connect/Hello, one try),
+//! `schedulers` (the configured scheduler URLs and which one is dialled
+//! next: standbys' "not the leader" and the leader hint), `ack_watch` (a
+//! scheduler that stops acknowledging heartbeats is dropped), `job` (one
 //! attempt: directories, inputs, exec, log batches, metrics, outputs),
 //! `mask` (secret values and their encoded forms in log lines),
 //! `workdir` (per-attempt directories, the [`ArtifactHook`] and its same-host
@@ -22,9 +25,14 @@
 //! - Tasks outlive a short break in the connection: a broken stream or a
 //!   restarted scheduler does not touch running processes as long as a
 //!   heartbeat is acknowledged again within half the lost-worker timeout
-//!   (after that the fence below stops them). The agent reconnects with
-//!   capped back-off, registers again under the same worker id and lists
-//!   its running attempts in Hello.
+//!   (after that the fence below stops them). The agent reconnects —
+//!   trying each of its scheduler URLs in turn, backing off (capped) only
+//!   after a whole round found no leader — registers again under the same
+//!   worker id and session credential (one installation, whichever replica
+//!   leads) and lists its running attempts in Hello.
+//! - A frozen scheduler is left: a stream with no HeartbeatAck for a few
+//!   heartbeat intervals (`ack_watch`) is dropped and the next URL tried,
+//!   well before the fence stops running tasks.
 //! - A finished attempt's report is kept until the scheduler confirmed it (a
 //!   HeartbeatAck for a heartbeat sent after the report), and re-sent after a
 //!   reconnect, so results that finish while disconnected are not lost.
@@ -42,6 +50,7 @@
 //!   declined (the scheduler hands them back), running tasks get
 //!   `drain_grace` to finish and are cancelled after it; then `run` returns.
 
+mod ack_watch;
 mod agent_loop;
 mod artifacts;
 mod dial;
@@ -50,6 +59,7 @@ mod fence;
 mod identity;
 mod job;
 mod mask;
+mod schedulers;
 mod workdir;
 
 pub use error::AttemptError;
@@ -98,8 +108,11 @@ impl Backoff {
 /// Everything the agent needs; [`AgentOptions::new`] fills in defaults.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// `http://host:port` (a bare `host:port` is accepted).
-    pub scheduler_url: String,
+    /// The scheduler replicas, in the order they are tried: each
+    /// `http(s)://host:port` (a bare `host:port` is accepted). One URL for a
+    /// single scheduler or a load balancer; several to follow a failover
+    /// without one (see `schedulers`).
+    pub schedulers: Vec<String>,
     /// Shown in the UI; unique per scheduler. Defaults to the hostname.
     pub name: String,
     pub hostname: String,
@@ -160,10 +173,13 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
-    pub fn new(scheduler_url: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
+    /// `scheduler`: one URL, or several comma-separated (an empty entry
+    /// is refused by [`Agent::build`]).
+    pub fn new(scheduler: impl Into<String>, work_dir: impl Into<PathBuf>) -> Self {
         let hostname = hostname();
+        let scheduler = scheduler.into();
         Self {
-            scheduler_url: scheduler_url.into(),
+            schedulers: scheduler.split(',').map(|u| u.trim().to_owned()).collect(),
             name: hostname.clone(),
             hostname,
             labels: BTreeMap::new(),
@@ -274,7 +290,7 @@ pub struct Agent {
 impl Agent {
     /// Checks the options and prepares the work dir; connects nothing yet.
     pub fn build(mut opts: AgentOptions) -> Result<Agent> {
-        dial::endpoint(&opts.scheduler_url, opts.tls.as_ref())?;
+        schedulers::Schedulers::new(&opts.schedulers, opts.tls.as_ref())?;
         dial::JoinToken::new(opts.join_token.as_deref())?;
         if opts.slots == 0 {
             return Err(AgentError::Options("slots must be at least 1".into()));
@@ -359,6 +375,13 @@ mod tests {
     fn build_refuses_a_bad_url_and_zero_slots() {
         let tmp = std::env::temp_dir();
         assert!(Agent::build(AgentOptions::new("http://[::1", &tmp)).is_err());
+        // Several URLs: each is checked, and the error names the bad one.
+        match Agent::build(AgentOptions::new("127.0.0.1:1, http://[::1", &tmp)) {
+            Err(AgentError::Dial(DialError::BadUrl { url, .. })) => assert_eq!(url, "http://[::1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Agent::build(AgentOptions::new("127.0.0.1:1,,127.0.0.1:2", &tmp)).is_err());
+        assert!(Agent::build(AgentOptions::new("127.0.0.1:1, 127.0.0.1:2", &tmp)).is_ok());
         let mut o = AgentOptions::new("127.0.0.1:1", &tmp);
         o.slots = 0;
         assert!(matches!(Agent::build(o), Err(AgentError::Options(_))));
