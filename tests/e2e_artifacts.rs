@@ -12,7 +12,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Cluster, churn_run_succeeds, copy_example_dags, example_cluster, task};
+use support::{
+    Cluster, churn_run_succeeds, copy_example_dags, deployed_models, example_cluster, task,
+};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -64,8 +66,8 @@ async fn the_gate_deploys_a_good_model_and_skips_a_bad_one_with_inputs_through_t
     // output only through the artifact store.
     let cluster = example_cluster().await;
     let (good, _) = churn_run_succeeds(&cluster, json!({ "epochs": 40 })).await;
-    let models = cluster.dir.path().join("dags/models");
-    assert!(models.join("CURRENT").exists(), "deploy wrote CURRENT");
+    let models = deployed_models(&cluster, &good);
+    assert!(models.join("CURRENT").exists(), "deploy published CURRENT");
     assert!(
         models.join(format!("churn-{good}.json")).exists(),
         "deploy copied the model"
@@ -148,7 +150,7 @@ async fn the_gate_deploys_a_good_model_and_skips_a_bad_one_with_inputs_through_t
     assert_eq!(task(&detail, "evaluate")["state"], "success", "{detail}");
     assert_eq!(task(&detail, "deploy")["state"], "skipped", "{detail}");
     assert!(
-        !models.join(format!("churn-{bad}.json")).exists(),
+        !deployed_models(&cluster, &bad).exists(),
         "the bad model was deployed"
     );
 

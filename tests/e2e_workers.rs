@@ -8,17 +8,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Cluster, attempt_of, churn_run_succeeds, example_cluster, task, write_dag};
+use support::{
+    Cluster, attempt_of, churn_run_succeeds, deployed_models, example_cluster, task, write_dag,
+};
 
 const LONG: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_retraining_pipeline_succeeds_across_processes() {
     let cluster = example_cluster().await;
-    churn_run_succeeds(&cluster, json!({ "epochs": 40 })).await;
+    let (run, _) = churn_run_succeeds(&cluster, json!({ "epochs": 40 })).await;
     assert!(
-        cluster.dir.path().join("dags/models/CURRENT").exists(),
-        "deploy wrote the model"
+        deployed_models(&cluster, &run).join("CURRENT").exists(),
+        "deploy published the model"
     );
 }
 

@@ -147,6 +147,31 @@ impl ArtifactStore {
         })
     }
 
+    /// Stores `bytes` at `key` in one request (small objects, such as a
+    /// DAG's code files).
+    pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let location = parse_key(key)?;
+        let uri = self.uri(location.as_ref());
+        self.store
+            .put(&location, bytes.into())
+            .await
+            .map_err(|e| Error::store(&uri, e))?;
+        Ok(())
+    }
+
+    /// Reads a whole object into memory (small objects only).
+    pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+        let location = parse_key(key)?;
+        let uri = self.uri(location.as_ref());
+        self.store
+            .get(&location)
+            .await
+            .map_err(|e| Error::store(&uri, e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::store(&uri, e))
+    }
+
     /// Lists the objects under `prefix` (segment-wise: `a/b` does not match
     /// `a/bc`), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {

@@ -43,6 +43,8 @@ pub struct SchedulerConfig {
     pub data_dir: PathBuf,
     /// Size and task caps on DAG files, checked before parsing.
     pub dag_limits: crate::dags::DagLimits,
+    /// Code snapshots shipped with DAG versions (`None`: none).
+    pub dag_code: Option<DagCodeConfig>,
     pub heartbeat_interval: Duration,
     pub lost_worker_timeout: Duration,
     /// Named pool slot counts.
@@ -87,6 +89,7 @@ impl SchedulerConfig {
             dags_dir: None,
             data_dir: data_dir.into(),
             dag_limits: crate::dags::DagLimits::default(),
+            dag_code: Some(DagCodeConfig::default()),
             heartbeat_interval: Duration::from_secs(5),
             lost_worker_timeout: Duration::from_secs(30),
             pools: BTreeMap::new(),
@@ -100,6 +103,24 @@ impl SchedulerConfig {
             leader_lease: crate::ha::DEFAULT_LEASE,
             ha_group: None,
             advertise_grpc: None,
+        }
+    }
+}
+
+/// How DAG code snapshots are taken (see [`crate::dags::CodeOptions`]).
+#[derive(Debug, Clone)]
+pub struct DagCodeConfig {
+    /// Most bytes of code a DAG folder ships with each version.
+    pub max_bytes: trainyard_core::resources::ByteSize,
+    /// Globs (relative to the DAG folder) left out of snapshots.
+    pub exclude: Vec<String>,
+}
+
+impl Default for DagCodeConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: trainyard_core::resources::ByteSize::mib(crate::dags::DEFAULT_MAX_CODE_MIB),
+            exclude: Vec::new(),
         }
     }
 }

@@ -13,9 +13,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use tempfile::TempDir;
 use tokio::sync::{mpsc, oneshot};
+use trainyard_core::dag::DagSpec;
+use trainyard_core::dag::code::CodeSnapshot;
 use trainyard_core::ids::DagId;
 use trainyard_core::resources::ByteSize;
-use trainyard_scheduler::dags::{DagLimits, DagLoader, DagLoaderOptions, FileError, dag_files};
+use trainyard_scheduler::dags::{
+    CodeOptions, DagLimits, DagLoader, DagLoaderOptions, FileError, dag_files, exclude_set,
+};
 use trainyard_scheduler::store::{self, Dag, Store};
 
 fn dag(id: &str, command: &str) -> String {
@@ -607,4 +611,107 @@ async fn watcher_picks_up_new_edited_and_deleted_files() {
 #[tokio::test]
 async fn polling_watcher_picks_up_new_edited_and_deleted_files() {
     watch_picks_up_changes(Some(Duration::from_millis(100))).await;
+}
+
+// ---- code that follows the version (dags/code.rs) ----
+
+fn code_options(fx: &Fixture, max: u64, exclude: &[&str]) -> CodeOptions {
+    let store = fx._tmp.path().join("artifacts");
+    CodeOptions {
+        artifacts: trainyard_artifacts::ArtifactStore::from_url(&store.display().to_string())
+            .unwrap(),
+        root: "dags".into(),
+        max_bytes: ByteSize(max),
+        exclude: exclude_set(&exclude.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap(),
+    }
+}
+
+fn code_loader(fx: &Fixture, code: CodeOptions) -> (DagLoader, mpsc::UnboundedReceiver<DagId>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let loader = DagLoaderOptions::new(&fx.dir, fx.store.clone())
+        .notify_channel(tx)
+        .code(Some(code))
+        .build()
+        .unwrap();
+    (loader, rx)
+}
+
+async fn code_of(fx: &Fixture, id: &str) -> Option<CodeSnapshot> {
+    let version = fx.dag(id).await.current_version_id.unwrap();
+    let stored = fx.store.get_dag_version(version).await.unwrap();
+    stored.spec.decode::<DagSpec>().unwrap().code
+}
+
+#[tokio::test]
+async fn a_version_records_its_file_and_the_folders_code_and_stores_them() {
+    let fx = Fixture::new().await;
+    fx.write("a.toml", &dag("a", "true"));
+    fx.write("b.toml", &dag("b", "true"));
+    fx.write("jobs/train.py", "print('v1')\n");
+    fx.write("jobs/__pycache__/train.cpython-311.pyc", "bytecode");
+    fx.write("jobs/.swp", "editor");
+    fx.write("data/big.csv", "1,2,3\n");
+    let (mut loader, _rx) = code_loader(&fx, code_options(&fx, 1 << 20, &["data/**"]));
+    loader.load_all(t(0)).await.unwrap();
+    let code = code_of(&fx, "a").await.expect("a snapshot");
+    assert_eq!(code.root, "dags");
+    let paths: Vec<&str> = code.files.iter().map(|f| f.path.as_str()).collect();
+    // Its own TOML, not the other DAG's; no caches, hidden or excluded files.
+    assert_eq!(paths, ["a.toml", "jobs/train.py"]);
+    let store = code_options(&fx, 1, &[]).artifacts;
+    for f in &code.files {
+        let bytes = store.get_bytes(&f.object_key()).await.unwrap();
+        assert_eq!(bytes.len() as u64, f.size, "{} stored", f.path);
+    }
+}
+
+#[tokio::test]
+async fn editing_a_code_file_makes_new_versions_and_a_pyc_does_not() {
+    let fx = Fixture::new().await;
+    fx.write("a.toml", &dag("a", "true"));
+    fx.write("jobs/train.py", "print('v1')\n");
+    let (mut loader, mut rx) = code_loader(&fx, code_options(&fx, 1 << 20, &[]));
+    loader.load_all(t(0)).await.unwrap();
+    let first = fx.dag("a").await.current_version_id.unwrap();
+    drain(&mut rx);
+
+    fx.write("jobs/__pycache__/train.cpython-311.pyc", "bytecode");
+    loader.reload_all(t(1)).await;
+    assert_eq!(fx.dag("a").await.current_version_id, Some(first));
+    assert!(drain(&mut rx).is_empty());
+
+    fx.write("jobs/train.py", "print('v2')\n");
+    loader.reload_all(t(2)).await;
+    let second = fx.dag("a").await.current_version_id.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(drain(&mut rx), ["a"]);
+    // The first version keeps the first file's digest.
+    let old = fx.store.get_dag_version(first).await.unwrap();
+    let old = old.spec.decode::<DagSpec>().unwrap().code.unwrap();
+    let new = code_of(&fx, "a").await.unwrap();
+    let digest = |c: &CodeSnapshot| {
+        c.files
+            .iter()
+            .find(|f| f.path == "jobs/train.py")
+            .map(|f| f.sha256.clone())
+    };
+    assert_ne!(digest(&old), digest(&new));
+}
+
+#[tokio::test]
+async fn a_folder_over_the_code_cap_ships_no_code_and_says_why() {
+    let fx = Fixture::new().await;
+    fx.write("a.toml", &dag("a", "true"));
+    fx.write("jobs/blob.bin", &"x".repeat(2048));
+    let (mut loader, _rx) = code_loader(&fx, code_options(&fx, 1024, &[]));
+    let report = loader.load_all(t(0)).await.unwrap();
+    assert!(fx.dag("a").await.active, "the DAG itself loads");
+    assert_eq!(code_of(&fx, "a").await, None);
+    let message = report
+        .errors
+        .iter()
+        .map(|(_, e)| e.to_string())
+        .find(|m| m.contains("--dag-code-max-bytes"))
+        .expect("an error naming the flag");
+    assert!(message.contains("2048 bytes"), "{message}");
 }

@@ -50,7 +50,7 @@ impl DagLimitArgs {
     }
 }
 
-fn parse_size(raw: &str) -> Result<ByteSize, String> {
+pub fn parse_size(raw: &str) -> Result<ByteSize, String> {
     ByteSize::parse(raw).map_err(|e| format!("{e}; write e.g. 2MiB or 500KB"))
 }
 

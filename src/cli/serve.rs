@@ -155,6 +155,29 @@ pub struct SchedulerArgs {
     pub advertise_grpc: Option<String>,
     #[command(flatten)]
     pub dag_limits: super::dag::DagLimitArgs,
+    /// Most bytes of code (the DAG folder's non-TOML files) shipped with
+    /// each DAG version to the workers, e.g. 64MiB; `0` ships none (tasks
+    /// then run in each worker's working directory). A folder over it ships
+    /// none and says so in the log.
+    #[arg(
+        long,
+        env = "TRAINYARD_DAG_CODE_MAX_BYTES",
+        default_value = "64MiB",
+        value_name = "SIZE",
+        value_parser = super::dag::parse_size
+    )]
+    pub dag_code_max_bytes: trainyard_core::resources::ByteSize,
+    /// Leave files matching GLOB (relative to the DAG folder, e.g.
+    /// `data/**` or `*.csv`) out of the code shipped with DAG versions.
+    /// Repeat for several; the env var is comma-separated. Hidden files,
+    /// `__pycache__/` and `*.pyc` are always left out.
+    #[arg(
+        long = "dag-code-exclude",
+        env = "TRAINYARD_DAG_CODE_EXCLUDE",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub dag_code_exclude: Vec<String>,
 }
 
 fn parse_lease(raw: &str) -> Result<Duration, String> {
@@ -214,6 +237,12 @@ impl SchedulerArgs {
         let mut config = SchedulerConfig::new(db, &self.data_dir);
         config.dags_dir = Some(self.dags.clone());
         config.dag_limits = self.dag_limits.limits();
+        config.dag_code = (self.dag_code_max_bytes.bytes() > 0).then(|| {
+            trainyard_scheduler::app::DagCodeConfig {
+                max_bytes: self.dag_code_max_bytes,
+                exclude: self.dag_code_exclude.clone(),
+            }
+        });
         config.heartbeat_interval = self.heartbeat_interval;
         config.lost_worker_timeout = self.lost_worker_timeout;
         config.pools = self.pools.iter().cloned().collect::<BTreeMap<_, _>>();

@@ -80,12 +80,17 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &str, args: &[String], dir: &Path, envs: &[(&str, String)]) -> Proc {
+    spawn_in(name, args, dir, dir, envs)
+}
+
+/// Like `spawn`, with the log in `dir` and the process running in `cwd`.
+fn spawn_in(name: &str, args: &[String], dir: &Path, cwd: &Path, envs: &[(&str, String)]) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let err = out.try_clone().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(args)
-        .current_dir(dir)
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -264,6 +269,32 @@ impl Cluster {
         self.workers.len() - 1
     }
 
+    /// Starts `trainyard worker` with `cwd` as its current directory and
+    /// its work dir inside it (a machine that never saw the DAG folder);
+    /// its log is still `<name>.log` in the cluster's dir.
+    pub fn start_worker_in(&mut self, cwd: &Path, name: &str, gpus: &str, extra: &[&str]) -> usize {
+        let mut args: Vec<String> = [
+            "worker",
+            "--scheduler",
+            &format!("{}://{}", self.scheme, self.addrs.grpc),
+            "--name",
+            name,
+            "--gpus",
+            gpus,
+            "--work-dir",
+            &cwd.join(format!("work-{name}")).display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let env = self.env_refs();
+        let mut proc = spawn_in(name, &args, self.dir.path(), cwd, &env);
+        proc.name = name.to_owned();
+        self.workers.push(proc);
+        self.workers.len() - 1
+    }
+
     fn env_refs(&self) -> Vec<(&str, String)> {
         self.env.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
@@ -414,6 +445,15 @@ pub async fn example_cluster() -> Cluster {
     cluster.start_worker("cpu-b", "none", &[]);
     cluster.wait_workers(2).await;
     cluster
+}
+
+/// Where `churn_retrain`'s deploy of `run` published the model: its output
+/// in the scheduler's default artifact store (`data/artifacts`).
+pub fn deployed_models(cluster: &Cluster, run: &str) -> std::path::PathBuf {
+    cluster
+        .dir
+        .path()
+        .join(format!("data/artifacts/runs/{run}/deploy/1/out"))
 }
 
 /// Triggers `churn_retrain` with `params`, waits, and checks the run and every

@@ -176,6 +176,7 @@ pub(crate) fn parse(file: &str, source: &str) -> Result<DagSpec, DagErrors> {
             .unwrap_or_default(),
         params: read_params(&mut c, root),
         tasks: BTreeMap::new(),
+        code: None,
     };
 
     let defaults = match get_table(&mut c, root, "defaults") {

@@ -13,6 +13,7 @@
 //! evaluation, durations).
 
 mod build;
+pub mod code;
 mod error;
 mod graph;
 mod interp;
@@ -67,6 +68,11 @@ pub struct DagSpec {
     pub params: BTreeMap<String, ParamValue>,
     /// Tasks by id, with `[defaults]` applied.
     pub tasks: BTreeMap<String, TaskSpec>,
+    /// The version's code files, recorded by the scheduler's DAG loader (a
+    /// parsed file has none; see [`code`]). Specs stored before snapshots
+    /// existed read as `None`: their tasks run in the worker's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<code::CodeSnapshot>,
 }
 
 /// What happens when a cron slot comes due while the DAG already has

@@ -32,7 +32,7 @@ use super::{AppError, SchedulerConfig};
 use trainyard_core::ids::DagId;
 
 use crate::clock::Clock;
-use crate::dags::DagLoaderOptions;
+use crate::dags::{CodeOptions, DagLoaderOptions};
 use crate::engine::{Engine, EngineHandle, EngineInbox, EngineOptions};
 use crate::grpc::{self, ArtifactContext, GrpcOptions, WorkerServiceImpl};
 use crate::ha::{ElectionOptions, Held, LeaderElection, Regained, spawn_wakeup_relay};
@@ -213,7 +213,22 @@ impl Term {
             let initial: Arc<std::sync::Mutex<Option<Vec<DagId>>>> =
                 Arc::new(std::sync::Mutex::new(Some(Vec::new())));
             let collecting = initial.clone();
+            let code = match &config.dag_code {
+                Some(code) => {
+                    let exclude = crate::dags::exclude_set(&code.exclude)
+                        .map_err(|e| dags_error(&format!("--dag-code-exclude: {e}")))?;
+                    let cwd = std::env::current_dir()?;
+                    Some(CodeOptions {
+                        artifacts: self.artifacts.clone(),
+                        root: crate::dags::snapshot_root(dir, &cwd),
+                        max_bytes: code.max_bytes,
+                        exclude,
+                    })
+                }
+                None => None,
+            };
             let mut loader = DagLoaderOptions::new(dir.clone(), self.store.clone())
+                .code(code)
                 .on_change(move |dag_id| {
                     if let Ok(mut pending) = collecting.lock()
                         && let Some(pending) = pending.as_mut()

@@ -50,6 +50,24 @@ pub enum FileError {
         limit: usize,
     },
 
+    /// The folder's code files are over `--dag-code-max-bytes`: versions
+    /// loaded from it ship no code snapshot.
+    #[error(
+        "{dir}: the DAG folder's code files total {size} bytes, over the {limit} limit, so no code snapshot ships with its DAGs and their tasks run in each worker's working directory; exclude data files with --dag-code-exclude (TRAINYARD_DAG_CODE_EXCLUDE) or raise --dag-code-max-bytes (TRAINYARD_DAG_CODE_MAX_BYTES)"
+    )]
+    CodeTooLarge {
+        dir: PathBuf,
+        size: u64,
+        limit: ByteSize,
+    },
+
+    /// The DAG's code could not be put into the artifact store; the file
+    /// is tried again on the next scan.
+    #[error(
+        "{path}: the DAG's code files could not be stored, so this version is not registered yet (tried again on the next scan): {message}"
+    )]
+    CodeUpload { path: PathBuf, message: String },
+
     /// A second file claims a DAG id another file already defines. The first
     /// keeps it; the second is ignored until one of them changes.
     #[error(

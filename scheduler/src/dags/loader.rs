@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use trainyard_core::dag::{DagSpec, parse_dag};
 use trainyard_core::ids::{DagId, DagVersionId};
 
+use super::code::CodeCollector;
 use super::error::{DagLoadError, FileError, Result};
 use super::limits::{read_capped, read_head};
 use super::scan::{DirScan, content_hash, guess_dag_id, scan_dir};
@@ -39,6 +40,8 @@ pub struct DagLoader {
     pending_deactivations: BTreeMap<DagId, PathBuf>,
     /// Whether `load_all` has read the store's view once.
     seeded: bool,
+    /// The folder's code files, when versions ship code snapshots.
+    code: Option<CodeCollector>,
 }
 
 struct FileEntry {
@@ -82,15 +85,22 @@ impl DagLoader {
         if !dir.is_dir() {
             return Err(DagLoadError::NotADir { path: dir });
         }
+        let code = options.code.clone().map(CodeCollector::new);
         Ok(Self {
             dir,
             options,
+            code,
             files: BTreeMap::new(),
             owners: BTreeMap::new(),
             known: HashMap::new(),
             pending_deactivations: BTreeMap::new(),
             seeded: false,
         })
+    }
+
+    /// Whether versions ship the folder's code (so every file matters).
+    pub(super) fn ships_code(&self) -> bool {
+        self.code.is_some()
     }
 
     /// The folder watched, canonical.
@@ -180,6 +190,10 @@ impl DagLoader {
         }
         for path in gone {
             self.forget(&path, &mut orphans);
+        }
+        // Code first: its digest is part of every version's hash below.
+        if let Some(code) = &mut self.code {
+            report.errors.extend(code.scan(&self.dir));
         }
 
         for path in &on_disk {
@@ -302,7 +316,10 @@ impl DagLoader {
             }
             Err(source) => return read_failed(source, report),
         };
-        let hash = content_hash(&bytes);
+        let hash = match &self.code {
+            Some(code) => code.version_hash(&content_hash(&bytes)),
+            None => content_hash(&bytes),
+        };
         let unchanged = self
             .files
             .get(path)
@@ -421,6 +438,18 @@ impl DagLoader {
             );
             report.errors.push((path.to_path_buf(), error));
             return;
+        }
+        let mut spec = spec;
+        if let Some(code) = &mut self.code {
+            match code.snapshot(&self.dir, path, &source).await {
+                Ok(snapshot) => spec.code = snapshot,
+                Err(error) => {
+                    // The file entry stays as it was, so the next scan retries.
+                    tracing::warn!(%error, "dag code not stored");
+                    report.errors.push((path.to_path_buf(), error));
+                    return;
+                }
+            }
         }
         let spec = match crate::store::SpecJson::encode(&spec) {
             Ok(spec) => spec,

@@ -23,7 +23,11 @@
 //!   metadata, never read) or with more tasks than the task cap (counted
 //!   before parsing) is a parse error on its DAG like any broken file, so a
 //!   35 MB file of a million tasks costs a `stat`, not gigabytes;
-//! - non-`.toml` files and hidden files and folders are ignored;
+//! - non-`.toml` files are not DAGs; with code snapshots on
+//!   ([`DagLoaderOptions::code`], `code.rs`) they are the DAGs' code: each
+//!   version records the folder's code files and its own TOML with their
+//!   digests (uploaded to the artifact store), and editing one registers a
+//!   new version of the folder's DAGs; hidden files and folders are ignored;
 //! - a folder that cannot be listed (unmounted share, the DAG folder itself
 //!   removed) is reported, and its DAGs are kept as they were rather than
 //!   all deactivated at once.
@@ -41,6 +45,7 @@
 //! notifications are lost. On filesystems with no notifications at all, set
 //! [`DagLoaderOptions::poll_interval`] to poll instead.
 
+mod code;
 mod error;
 mod limits;
 mod loader;
@@ -58,6 +63,7 @@ use trainyard_core::ids::DagId;
 
 use crate::store::DagCatalog;
 
+pub use code::{CodeOptions, DEFAULT_MAX_CODE_MIB, exclude_set, snapshot_root};
 pub use error::{DagLoadError, FileError, Result};
 pub use limits::{DagLimits, count_task_tables};
 pub use loader::DagLoader;
@@ -92,6 +98,9 @@ pub struct DagLoaderOptions {
     pub clock: NowFn,
     /// Size and task caps checked before a file is parsed.
     pub limits: DagLimits,
+    /// Code snapshots shipped with every version; `None` (default): none,
+    /// tasks run in each worker's working directory.
+    pub code: Option<CodeOptions>,
 }
 
 impl DagLoaderOptions {
@@ -108,6 +117,7 @@ impl DagLoaderOptions {
             poll_interval: None,
             clock: Arc::new(Utc::now),
             limits: DagLimits::default(),
+            code: None,
         }
     }
 
@@ -146,6 +156,11 @@ impl DagLoaderOptions {
 
     pub fn limits(mut self, limits: DagLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    pub fn code(mut self, code: Option<CodeOptions>) -> Self {
+        self.code = code;
         self
     }
 

@@ -112,7 +112,7 @@ impl DagLoader {
 
     /// Whether an event may concern a DAG file. Errors and unknown kinds count
     /// (a rescan is cheap and safe); reads, hidden paths and existing non-DAG
-    /// files do not. A path that no longer exists or has no `.toml` extension
+    /// files do not (unless versions ship code, where every file counts). A path that no longer exists or has no `.toml` extension
     /// may have been a folder full of DAG files, so it counts.
     fn is_relevant(&self, event: &notify::Result<Event>) -> bool {
         let event = match event {
@@ -139,6 +139,11 @@ impl DagLoader {
         }
         if is_hidden_below(&self.dir, path) {
             return false;
+        }
+        // With code snapshots every other file is part of the DAGs' code
+        // (the scan skips byte-code caches itself).
+        if self.ships_code() {
+            return true;
         }
         has_toml_extension(path) || path.is_dir() || !path.exists()
     }

@@ -262,6 +262,7 @@ impl Core {
                     attempt: u.attempt,
                 })
                 .collect(),
+            code: run.spec.code.clone(),
         })
     }
 }

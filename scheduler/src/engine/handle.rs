@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use trainyard_core::dag::code::CodeSnapshot;
 use trainyard_core::ids::{DagId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{RunState, TaskState};
 
@@ -175,6 +176,9 @@ pub struct Assignment {
     /// knows it: the worker service names their outputs from this without
     /// reading the store.
     pub upstream_attempts: Vec<UpstreamAttempt>,
+    /// The code of the run's DAG version, when one was shipped.
+    #[serde(default)]
+    pub code: Option<CodeSnapshot>,
 }
 
 /// An upstream task's successful attempt, whose outputs an assignment reads.

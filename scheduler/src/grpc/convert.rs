@@ -455,6 +455,19 @@ pub fn assign_to_proto(a: &Assignment) -> v1::Assign {
         inherit_env: a.inherit_env,
         // Filled by the session from the store (see grpc::artifacts).
         upstream_outputs: Vec::new(),
+        code: a.code.as_ref().map(|c| v1::CodeSnapshot {
+            root: c.root.clone(),
+            files: c
+                .files
+                .iter()
+                .map(|f| v1::CodeFile {
+                    path: f.path.clone(),
+                    sha256: f.sha256.clone(),
+                    size: f.size,
+                    executable: f.executable,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -737,6 +750,15 @@ mod tests {
             logical_date: chrono::Utc.with_ymd_and_hms(2026, 1, 2, 3, 0, 0).unwrap(),
             upstream: vec!["ingest".into()],
             upstream_attempts: Vec::new(),
+            code: Some(trainyard_core::dag::code::CodeSnapshot {
+                root: "dags".into(),
+                files: vec![trainyard_core::dag::code::CodeFile {
+                    path: "jobs/train.py".into(),
+                    sha256: "ab".repeat(32),
+                    size: 12,
+                    executable: true,
+                }],
+            }),
         };
         let msg = command_to_proto(&WorkerCommand::Assign(a.clone()));
         let Some(v1::scheduler_message::Kind::Assign(p)) = msg.kind else {
@@ -757,6 +779,16 @@ mod tests {
         assert_eq!(p.secret_env, vec!["TOKEN".to_owned()]);
         assert!(p.inherit_env);
         assert_eq!(p.memory_bytes, 0);
+        let code = p.code.expect("the version's code");
+        assert_eq!(code.root, "dags");
+        assert_eq!(
+            (
+                code.files[0].path.as_str(),
+                code.files[0].size,
+                code.files[0].executable
+            ),
+            ("jobs/train.py", 12, true)
+        );
     }
 
     #[test]

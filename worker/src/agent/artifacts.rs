@@ -7,9 +7,12 @@
 //! read (its successful one). Transfers stream in bounded memory whatever the
 //! size (see the artifacts crate).
 
+use std::path::{Path, PathBuf};
+
 use futures::future::BoxFuture;
 use tracing::info;
 use trainyard_artifacts::{ArtifactStore, AttemptKey};
+use trainyard_core::dag::code::CodeSnapshot;
 
 use super::AttemptError;
 use super::workdir::{ArtifactHook, AttemptPaths, Transfer, empty_input, safe_component};
@@ -109,6 +112,19 @@ impl ArtifactHook for StoreArtifacts {
     ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(self.upload(attempt))
     }
+
+    fn fetch_code<'a>(
+        &'a self,
+        work_dir: &'a Path,
+        code: &'a CodeSnapshot,
+        tree: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<PathBuf>, AttemptError>> {
+        Box::pin(async move {
+            super::code::materialize(&self.store, work_dir, code, tree)
+                .await
+                .map(Some)
+        })
+    }
 }
 
 /// A configured store this worker cannot open (bad URL, missing
@@ -131,6 +147,15 @@ impl ArtifactHook for UnusableStore {
         &'a self,
         _attempt: &'a AttemptPaths,
     ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
+        Box::pin(async move { Err(AttemptError::StoreUnusable(self.reason.clone())) })
+    }
+
+    fn fetch_code<'a>(
+        &'a self,
+        _work_dir: &'a Path,
+        _code: &'a CodeSnapshot,
+        _tree: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<PathBuf>, AttemptError>> {
         Box::pin(async move { Err(AttemptError::StoreUnusable(self.reason.clone())) })
     }
 }

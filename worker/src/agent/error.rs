@@ -34,6 +34,22 @@ pub enum AttemptError {
     /// The attempt's outputs could not be uploaded.
     #[error("uploading outputs: {0}")]
     Outputs(#[source] trainyard_artifacts::Error),
+    /// A file of the DAG version's code could not be fetched.
+    #[error("fetching the DAG version's code file {path}: {source}")]
+    Code {
+        path: String,
+        #[source]
+        source: trainyard_artifacts::Error,
+    },
+    /// A fetched code file does not have the digest the version recorded.
+    #[error(
+        "the DAG version's code file {path} in the artifact store is corrupt: its sha256 is {found}, the version recorded {expected}"
+    )]
+    CodeCorrupt {
+        path: String,
+        expected: String,
+        found: String,
+    },
     /// The configured artifact store cannot be opened on this worker.
     #[error("{0}")]
     StoreUnusable(String),
@@ -52,11 +68,14 @@ impl Classify for AttemptError {
             Self::Launch(crate::exec::ExecError::EmptyArgv) => ErrorKind::Invalid,
             // The command or its working directory does not exist here.
             Self::Launch(_) => ErrorKind::FailedPrecondition,
-            Self::Inputs { source, .. } | Self::Outputs(source) => match source {
-                trainyard_artifacts::Error::NotFound { .. } => ErrorKind::NotFound,
-                trainyard_artifacts::Error::Store { .. } => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+            Self::CodeCorrupt { .. } => ErrorKind::Internal,
+            Self::Inputs { source, .. } | Self::Outputs(source) | Self::Code { source, .. } => {
+                match source {
+                    trainyard_artifacts::Error::NotFound { .. } => ErrorKind::NotFound,
+                    trainyard_artifacts::Error::Store { .. } => ErrorKind::Unavailable,
+                    _ => ErrorKind::Internal,
+                }
+            }
             Self::StoreUnusable(_) => ErrorKind::FailedPrecondition,
             Self::Workdir { .. } => ErrorKind::Internal,
             Self::Stopped => ErrorKind::Conflict,

@@ -220,6 +220,21 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
     let inputs = fetched.records.into_iter().map(artifact_to_proto).collect();
 
     let mut assign = a.clone();
+    // The version's code, unless the task names its own directory.
+    if let Some(code) = a.code.as_ref().filter(|_| a.working_dir.is_empty()) {
+        let snapshot = super::code::from_proto(code);
+        match job
+            .artifacts
+            .fetch_code(&job.work_dir, &snapshot, &paths.dir.join("code"))
+            .await?
+        {
+            Some(dir) => assign.working_dir = dir.display().to_string(),
+            None => batch.system(
+                "this worker has no artifact store, so the DAG version's code is not fetched; \
+                 the task runs in the worker's working directory",
+            ),
+        }
+    }
     assign.output_dir = paths.out_dir.display().to_string();
     assign.input_dir = paths.in_dir.display().to_string();
     assign.metrics_file = paths.metrics_file.display().to_string();

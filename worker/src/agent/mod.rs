@@ -53,6 +53,7 @@
 mod ack_watch;
 mod agent_loop;
 mod artifacts;
+mod code;
 mod dial;
 mod error;
 mod fence;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 use trainyard_artifacts::ArtifactRecord;
+use trainyard_core::dag::code::CodeSnapshot;
 
 use super::AttemptError;
 
@@ -141,6 +142,15 @@ pub trait ArtifactHook: Send + Sync + fmt::Debug {
         &'a self,
         attempt: &'a AttemptPaths,
     ) -> BoxFuture<'a, Result<Transfer, AttemptError>>;
+    /// Before the task starts: build the DAG version's code tree in `tree`
+    /// (see `code.rs`) and return the folder to run in; `None` when this
+    /// worker has no artifact store to fetch it from.
+    fn fetch_code<'a>(
+        &'a self,
+        work_dir: &'a Path,
+        code: &'a CodeSnapshot,
+        tree: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<PathBuf>, AttemptError>>;
 }
 
 /// Creates `in/<upstream>/` empty and says why in the task log.
@@ -176,6 +186,15 @@ impl ArtifactHook for LocalInputs {
         _attempt: &'a AttemptPaths,
     ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(async { Ok(Transfer::default()) })
+    }
+
+    fn fetch_code<'a>(
+        &'a self,
+        _work_dir: &'a Path,
+        _code: &'a CodeSnapshot,
+        _tree: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<PathBuf>, AttemptError>> {
+        Box::pin(async { Ok(None) })
     }
 }
 
