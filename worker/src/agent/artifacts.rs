@@ -109,6 +109,10 @@ impl ArtifactHook for StoreArtifacts {
     ) -> BoxFuture<'a, Result<Transfer, AttemptError>> {
         Box::pin(self.upload(attempt))
     }
+
+    fn stores_outputs(&self) -> bool {
+        true
+    }
 }
 
 /// A configured store this worker cannot open (bad URL, missing
