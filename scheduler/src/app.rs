@@ -29,6 +29,7 @@ use crate::engine::{EngineHandle, EngineOptions};
 use crate::ha::{ElectionOptions, HaControl, LeaderElection, Role};
 use crate::http::{self, AppState};
 use crate::logs::{FollowLimits, LogStore};
+use crate::retention::{Retention, RetentionOptions};
 use crate::store::{self, Store};
 
 /// Everything a scheduler process needs to know.
@@ -67,6 +68,10 @@ pub struct SchedulerConfig {
     pub max_worker_gpus: u32,
     /// Live log streams served at once, in total and per client address.
     pub log_follow_limits: FollowLimits,
+    /// How long finished runs (rows, artifacts, archived and local logs)
+    /// are kept after they ended; zero keeps them forever (`--retention`,
+    /// see [`crate::retention`]).
+    pub retention: Duration,
 }
 
 impl SchedulerConfig {
@@ -86,6 +91,7 @@ impl SchedulerConfig {
             tls: None,
             max_worker_gpus: 64,
             log_follow_limits: FollowLimits::default(),
+            retention: crate::retention::DEFAULT_RETENTION,
         }
     }
 }
@@ -212,6 +218,20 @@ impl SchedulerApp {
                     tracing::error!(error = %err, "http server stopped");
                 }
             });
+        }
+        {
+            // On every replica, for the life of the process: its deletes are
+            // guarded in the store (safe beside another replica's), and each
+            // replica's local log folder is its own.
+            let retention = Retention::new(
+                store.clone(),
+                artifacts.clone(),
+                logs.clone(),
+                clock.clone(),
+                RetentionOptions::new(config.retention),
+            );
+            let token = shutdown.clone();
+            tasks.spawn(retention.run(token));
         }
         let grpc_addr = grpc_listener.local_addr()?;
         let term = Term {
