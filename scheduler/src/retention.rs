@@ -162,8 +162,7 @@ impl Retention {
         pruned.local_logs += self.remove_orphan_logs().await;
         let m = &crate::metrics::global().retention_pruned;
         m.with_label_values(&["runs"]).inc_by(pruned.runs);
-        m.with_label_values(&["artifacts"])
-            .inc_by(pruned.artifacts);
+        m.with_label_values(&["artifacts"]).inc_by(pruned.artifacts);
         m.with_label_values(&["local_logs"])
             .inc_by(pruned.local_logs);
         if pruned != Pruned::default() {

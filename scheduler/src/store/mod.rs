@@ -294,7 +294,7 @@ pub trait Coordination: ReadStore {
 /// Why deleting runs outside the engine (the only writer of runs and
 /// tasks) does not race with it: the engine never writes a finished run
 /// except to reopen it (a user clears a task of it, `clear_task`), and that
-/// write is a compare-and-set on the run's finished state in the engine's
+/// write (back to `queued`) is a compare-and-set on the run's finished state in the engine's
 /// turn. [`RetentionStore::delete_expired_run`] is one `DELETE` guarded by
 /// the same facts (finished, ended before the cutoff) in one transaction,
 /// so whichever commits first wins: a reopened run is no longer finished

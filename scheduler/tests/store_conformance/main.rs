@@ -6,6 +6,7 @@
 mod cases_artifacts;
 mod cases_basic;
 mod cases_race;
+mod cases_retention;
 mod harness;
 
 /// Instantiates each named case once per backend, like quickwit's
@@ -52,6 +53,7 @@ conformance_suite!(
     cases_race::concurrent_claimers_claim_each_task_exactly_once,
     cases_race::concurrent_reporters_exactly_one_wins,
     cases_race::failed_insert_mid_run_leaves_no_run,
+    cases_retention::retention_prunes_old_finished_runs_and_keeps_active_and_recent_ones,
 );
 
 /// Postgres-only: a backend killed mid-transaction.

@@ -57,7 +57,9 @@ pub(super) async fn remove_attempt_dir(dir: &Path) {
             remove_empty_parents(dir, 2).await;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(dir = %dir.display(), error = %e, "could not remove a successful attempt's folder"),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "could not remove a successful attempt's folder")
+        }
     }
 }
 
@@ -295,7 +297,10 @@ mod tests {
 
     #[test]
     fn the_sweep_runs_a_quarter_of_the_period_within_bounds() {
-        assert_eq!(sweep_interval(DEFAULT_KEEP_FAILED), Duration::from_secs(600));
+        assert_eq!(
+            sweep_interval(DEFAULT_KEEP_FAILED),
+            Duration::from_secs(600)
+        );
         assert_eq!(sweep_interval(Duration::ZERO), Duration::from_secs(1));
         assert_eq!(
             sweep_interval(Duration::from_secs(60)),

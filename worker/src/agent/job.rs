@@ -486,7 +486,10 @@ mod tests {
             "the successful attempt's folder (and its emptied parents) are gone"
         );
 
-        let mut bad = job(tmp.path(), r#"echo partial > "$TRAINYARD_OUTPUT_DIR/m.bin"; exit 3"#);
+        let mut bad = job(
+            tmp.path(),
+            r#"echo partial > "$TRAINYARD_OUTPUT_DIR/m.bin"; exit 3"#,
+        );
         bad.key.1 = 2;
         bad.artifacts = hook;
         let events = collect(bad).await;

@@ -2,7 +2,7 @@
 -- attempts, metrics and artifacts (and their consumers) go with it by
 -- ON DELETE CASCADE. Every guard is in this one statement, so it cannot
 -- race with the engine reopening the run (a clear moves it back to
--- `running` with a compare-and-set first; whichever commits first wins and
+-- `queued` with a compare-and-set first; whichever commits first wins and
 -- the other matches nothing):
 --   $1 the run, $2 the cutoff (its end must be before it).
 DELETE FROM runs
