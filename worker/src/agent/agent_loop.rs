@@ -648,6 +648,13 @@ impl AgentLoop {
             }
             In::Ping(_) => self.heartbeat().await,
             In::HeartbeatAck(a) => self.confirm(a.timestamp_unix_ms),
+            // A re-sent report the scheduler already had: done with it.
+            In::FinishRecorded(r) => {
+                if let Some(key) = key_of(r.attempt.as_ref()) {
+                    debug!(ti = %key.0, attempt = key.1, note = %r.note, "finish report already recorded");
+                    self.unconfirmed.retain(|u| u.key != key);
+                }
+            }
         }
     }
 
