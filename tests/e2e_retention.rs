@@ -218,13 +218,14 @@ async fn default_standalone_keeps_no_folder_or_local_log_of_successful_attempts(
         String::from_utf8_lossy(&cli.stdout),
         String::from_utf8_lossy(&cli.stderr)
     );
-    let du = Command::new("du")
-        .args(["-sk", "data"])
+    // For the record (not asserted): what the data dir holds afterwards.
+    let du = Command::new("sh")
+        .args(["-c", "du -sk data data/* data/artifacts/runs 2>/dev/null"])
         .current_dir(dir.path())
         .output()
         .unwrap();
     eprintln!(
-        "data dir after {n} tasks: {}",
+        "data dir after {n} tasks (KiB):\n{}",
         String::from_utf8_lossy(&du.stdout).trim()
     );
     drop(proc);
