@@ -220,7 +220,10 @@ async fn default_standalone_keeps_no_folder_or_local_log_of_successful_attempts(
     );
     // For the record (not asserted): what the data dir holds afterwards.
     let du = Command::new("sh")
-        .args(["-c", "du -sk data data/* data/artifacts/runs 2>/dev/null"])
+        .args([
+            "-c",
+            "for p in data data/* data/artifacts/runs; do du -sk \"$p\"; done 2>/dev/null",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
