@@ -133,10 +133,14 @@ fn local(setting: &str, dir: PathBuf, options: &[(&str, &str)]) -> Result<Backen
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let dir = dir.canonicalize().map_err(|e| Error::io(&dir, e))?;
-    let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| Error::InvalidUrl {
-        url: setting.to_owned(),
-        reason: e.to_string(),
-    })?;
+    // Deleting an object removes the folders it leaves empty (up to the
+    // store's root), so pruned runs leave no empty tree behind.
+    let store = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| Error::InvalidUrl {
+            url: setting.to_owned(),
+            reason: e.to_string(),
+        })?
+        .with_automatic_cleanup(true);
     let base_uri = Url::from_directory_path(&dir)
         .map(|u| u.as_str().trim_end_matches('/').to_owned())
         .unwrap_or_else(|()| format!("file://{}", dir.display()));

@@ -192,6 +192,26 @@ impl ArtifactStore {
         Ok(listed)
     }
 
+    /// Deletes every object under `prefix` (segment-wise, as [`Self::list`];
+    /// a local store's emptied folders go too) and returns how many there
+    /// were. Deleting what is already gone is not an error, so a pass
+    /// interrupted halfway can simply run again.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        let prefix_path = parse_key(prefix)?;
+        let listed = self.list(prefix).await?;
+        let mut deleted = 0;
+        for object in listed {
+            let location = parse_key(&object.key)?;
+            match self.store.delete(&location).await {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store(&object.uri, e)),
+            }
+        }
+        tracing::debug!(prefix = %prefix_path, deleted, "deleted a prefix");
+        Ok(deleted)
+    }
+
     /// Attempt numbers of `task_id` in `run_id` that stored any output, in
     /// ascending order. For a worker that was not told which upstream attempt
     /// succeeded; the scheduler's record of the successful attempt is the

@@ -29,6 +29,7 @@ use crate::engine::{EngineHandle, EngineOptions};
 use crate::ha::{ElectionOptions, HaControl, LeaderElection, Role};
 use crate::http::{self, AppState};
 use crate::logs::{FollowLimits, LogStore};
+use crate::retention::{Retention, RetentionOptions};
 use crate::store::{self, Lease, Store};
 
 /// Everything a scheduler process needs to know.
@@ -80,6 +81,10 @@ pub struct SchedulerConfig {
     /// (`--advertise-grpc`); `None`: `http(s)://<bound gRPC address>` unless
     /// that address is unspecified (0.0.0.0, ::), then none.
     pub advertise_grpc: Option<String>,
+    /// How long finished runs (rows, artifacts, archived and local logs)
+    /// are kept after they ended; zero keeps them forever (`--retention`,
+    /// see [`crate::retention`]).
+    pub retention: Duration,
 }
 
 impl SchedulerConfig {
@@ -103,6 +108,7 @@ impl SchedulerConfig {
             leader_lease: crate::ha::DEFAULT_LEASE,
             ha_group: None,
             advertise_grpc: None,
+            retention: crate::retention::DEFAULT_RETENTION,
         }
     }
 }
@@ -270,6 +276,20 @@ impl SchedulerApp {
                     tracing::error!(error = %err, "http server stopped");
                 }
             });
+        }
+        {
+            // On every replica, for the life of the process: its deletes are
+            // guarded in the store (safe beside another replica's), and each
+            // replica's local log folder is its own.
+            let retention = Retention::new(
+                store.clone(),
+                artifacts.clone(),
+                logs.clone(),
+                clock.clone(),
+                RetentionOptions::new(config.retention),
+            );
+            let token = shutdown.clone();
+            tasks.spawn(retention.run(token));
         }
         let term = Term {
             config,

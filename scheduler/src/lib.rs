@@ -8,5 +8,6 @@ pub mod ha;
 pub mod http;
 pub mod logs;
 pub mod metrics;
+pub mod retention;
 pub mod store;
 pub mod tls;

@@ -9,9 +9,11 @@
 //!
 //! Archive: with an artifact store ([`LogStore::with_archive`]) the whole file
 //! of an attempt is uploaded when the attempt ends
-//! (`runs/<run>/<task>/<attempt>/log.txt`), and [`LogStore::read`] serves it
-//! from there when the local file is gone (a wiped or replaced scheduler
-//! disk), so logs outlive both the worker and the scheduler's disk.
+//! (`runs/<run>/<task>/<attempt>/log.txt`) and the local file is removed;
+//! [`LogStore::read`] serves it from there when the local file is gone, so
+//! logs outlive both the worker and the scheduler's disk, and the disk holds
+//! only running attempts' logs (plus any whose upload failed, until the
+//! retention task prunes their run).
 //!
 //! Followers: live streams of a task's new lines are bounded per client and
 //! in total, and hold a channel only while someone reads it (`follow.rs`).
@@ -164,7 +166,53 @@ impl LogStore {
         let record = store
             .put_log(&archive_key(run, task, attempt)?, &path)
             .await?;
+        // The archive is the copy from now on (`read` falls back to it), so
+        // the scheduler's disk holds only attempts still running. Lines of
+        // a finished attempt are refused by the worker session, so nothing
+        // recreates the file.
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                // The task's and run's folders, once empty; a concurrent
+                // append for another attempt keeps them (not empty).
+                for dir in path.ancestors().skip(1).take(2) {
+                    if tokio::fs::remove_dir(dir).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%run, task, attempt, error = %e, "could not remove the archived log's local copy")
+            }
+        }
         Ok(record.uri)
+    }
+
+    /// Removes what is left locally of a run's logs (attempts whose archive
+    /// failed or that never ended); the retention task calls it for runs
+    /// it pruned. Missing is fine.
+    pub async fn remove_run(&self, run: RunId) -> Result<()> {
+        match tokio::fs::remove_dir_all(self.root.join(run.to_string())).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Run ids that have a local log folder (the retention task removes
+    /// those whose run no longer exists, e.g. pruned by another replica).
+    pub async fn local_runs(&self) -> Result<Vec<RunId>> {
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.root).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(entry) = entries.next_entry().await? {
+            if let Some(run) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(run);
+            }
+        }
+        Ok(out)
     }
 
     pub fn root(&self) -> &Path {
@@ -273,7 +321,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn an_archived_log_is_served_after_the_local_folder_is_wiped() {
+    async fn an_archived_log_leaves_no_local_copy_and_is_served_from_the_archive() {
         let dir = tempfile::tempdir().unwrap();
         let archive = tempfile::tempdir().unwrap();
         let store = ArtifactStore::from_url(&archive.path().display().to_string()).unwrap();
@@ -290,7 +338,10 @@ mod tests {
         // A silent attempt still gets an (empty) archived log.
         logs.archive(run, "quiet", 1).await.unwrap();
 
-        std::fs::remove_dir_all(dir.path().join("logs")).unwrap();
+        assert!(
+            !dir.path().join("logs").join(run.to_string()).exists(),
+            "the local copies went once archived"
+        );
         assert_eq!(logs.read(run, "train", 1).await.unwrap(), "epoch 1\n");
         assert_eq!(logs.read(run, "quiet", 1).await.unwrap(), "");
         assert!(matches!(

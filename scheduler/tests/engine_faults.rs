@@ -75,10 +75,11 @@ fn result_for(task: &str, attempt: i32) -> TaskResult {
     }
 }
 
-/// A report the engine fenced (its attempt ended in a retried turn) is fine.
+/// A report the engine fenced (its attempt ended in a retried turn), or
+/// answered as already recorded (its commit's answer was lost), is fine.
 fn tolerate(r: Result<(), EngineError>) {
     match r {
-        Ok(()) | Err(EngineError::Fenced { .. }) => {}
+        Ok(()) | Err(EngineError::Fenced { .. } | EngineError::AlreadyRecorded { .. }) => {}
         Err(e) => panic!("worker report failed: {e}"),
     }
 }

@@ -141,22 +141,31 @@ async fn malformed_registrations_and_streams_get_invalid_argument_and_the_server
 struct RawWorker {
     tx: mpsc::Sender<v1::WorkerMessage>,
     inbound: tonic::Streaming<v1::SchedulerMessage>,
+    /// The id and session credential registered, for a reconnect.
+    id: String,
+    credential: String,
 }
 
 impl RawWorker {
     async fn connect(s: &Scheduler) -> Self {
+        Self::register_and_hello(s, register_request("raw"), vec![]).await
+    }
+
+    /// Registers (again, when the request names an id) and opens a stream
+    /// whose Hello lists `running`, as the agent does after a reconnect.
+    async fn register_and_hello(
+        s: &Scheduler,
+        request: v1::RegisterRequest,
+        running: Vec<v1::RunningAttempt>,
+    ) -> Self {
         let mut client = s.client().await;
-        let resp = client
-            .register(register_request("raw"))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(resp.accepted);
+        let resp = client.register(request).await.unwrap().into_inner();
+        assert!(resp.accepted, "{}", resp.reason);
         let (tx, rx) = mpsc::channel(64);
         tx.send(wm(Out::Hello(v1::Hello {
-            worker_id: resp.worker_id,
-            running: vec![],
-            session_credential: resp.session_credential,
+            worker_id: resp.worker_id.clone(),
+            running,
+            session_credential: resp.session_credential.clone(),
         })))
         .await
         .unwrap();
@@ -165,7 +174,37 @@ impl RawWorker {
             .await
             .unwrap()
             .into_inner();
-        Self { tx, inbound }
+        Self {
+            tx,
+            inbound,
+            id: resp.worker_id,
+            credential: resp.session_credential,
+        }
+    }
+
+    /// A new stream for the same worker (the old one is dropped).
+    async fn reconnect(self, s: &Scheduler, running: Vec<v1::RunningAttempt>) -> Self {
+        let mut request = register_request("raw");
+        request.worker_id = self.id.clone();
+        request.session_credential = self.credential.clone();
+        drop(self);
+        Self::register_and_hello(s, request, running).await
+    }
+
+    /// Messages until a FinishRecorded for `attempt`; with `listed` (the
+    /// Hello listed it) a Kill for it may come first; anything else panics.
+    async fn expect_finish_recorded(
+        &mut self,
+        attempt: &v1::AttemptRef,
+        listed: bool,
+    ) -> v1::FinishRecorded {
+        loop {
+            match self.next().await {
+                In::FinishRecorded(r) if r.attempt.as_ref() == Some(attempt) => return r,
+                In::Kill(k) if listed && k.attempt.as_ref() == Some(attempt) => continue,
+                other => panic!("expected FinishRecorded for {attempt:?}, got {other:?}"),
+            }
+        }
     }
 
     /// The next message that is not a heartbeat ack.
@@ -350,5 +389,84 @@ command = ["true"]
         .unwrap()
         .unwrap()
         .unwrap();
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_re_sent_for_a_recorded_attempt_is_answered_as_a_duplicate_and_changes_nothing() {
+    let mut s = Scheduler::start().await;
+    let mut w = RawWorker::connect(&s).await;
+    let dag = s
+        .add_dag(
+            r#"
+id = "dup"
+[tasks.a]
+command = ["true"]
+[tasks.b]
+depends_on = ["a"]
+command = ["true"]
+"#,
+        )
+        .await;
+    let run = s.trigger(&dag).await;
+    let a = w.next_assign().await;
+    w.run_attempt(&a, v1::TaskOutcome::Succeeded).await;
+    let b = w.next_assign().await;
+    let store = s.store.clone();
+    s.until("a recorded as succeeded", || {
+        let store = store.clone();
+        async move { store.task_instances(run).await.unwrap()[0].state == TaskState::Success }
+    })
+    .await;
+
+    // The same report again on the same stream while the run is active
+    // (decided from the engine's memory): a duplicate, not a Kill.
+    let a_ref = a.attempt.clone().unwrap();
+    w.finish(a_ref.clone(), v1::TaskOutcome::Succeeded).await;
+    let answer = w.expect_finish_recorded(&a_ref, false).await;
+    assert!(answer.note.contains("already recorded"), "{answer:?}");
+
+    // b finishes, the run ends; the stream breaks before any confirmation
+    // and the worker reconnects listing b (unconfirmed) and re-sends it
+    // (decided from the store: the run is no longer in memory).
+    w.run_attempt(&b, v1::TaskOutcome::Succeeded).await;
+    assert_eq!(s.wait_run(run).await, RunState::Success);
+    let b_ref = b.attempt.clone().unwrap();
+    let listed = v1::RunningAttempt {
+        attempt: Some(b_ref.clone()),
+        assignment_id: b.assignment_id.clone(),
+        started_at_unix_ms: 0,
+        gpu_indices: vec![],
+    };
+    let mut w = w.reconnect(&s, vec![listed]).await;
+    w.finish(b_ref.clone(), v1::TaskOutcome::Succeeded).await;
+    w.expect_finish_recorded(&b_ref, true).await;
+    // A "re-send" that contradicts what is recorded is no re-send: fenced.
+    w.finish(b_ref.clone(), v1::TaskOutcome::Failed).await;
+    match w.next().await {
+        In::Kill(k) => assert_eq!(k.attempt.as_ref(), Some(&b_ref)),
+        other => panic!("expected Kill, got {other:?}"),
+    }
+
+    let tis = s.store.task_instances(run).await.unwrap();
+    assert!(
+        tis.iter()
+            .all(|t| t.state == TaskState::Success && t.attempt == 1),
+        "{tis:?}"
+    );
+    assert_eq!(s.store.get_run(run).await.unwrap().state, RunState::Success);
+    let attempts = s.store.run_attempts(run).await.unwrap();
+    assert_eq!(attempts.len(), 2, "no attempt recorded twice: {attempts:?}");
+
+    // A report for an attempt that was never this worker's is still fenced.
+    let foreign = v1::AttemptRef {
+        task_instance_id: a_ref.task_instance_id.clone(),
+        attempt: 7,
+    };
+    w.finish(foreign.clone(), v1::TaskOutcome::Succeeded).await;
+    match w.next().await {
+        In::Kill(k) => assert_eq!(k.attempt, Some(foreign)),
+        other => panic!("expected Kill, got {other:?}"),
+    }
     s.shutdown().await;
 }

@@ -876,3 +876,78 @@ async fn ids_no_dag_file_can_have_are_400_on_sqlite() {
 async fn ids_no_dag_file_can_have_are_400_on_postgres() {
     ids_no_dag_file_can_have_are_400(Harness::postgres(utc(2026, 1, 1, 0, 0)).await).await;
 }
+
+#[tokio::test]
+async fn a_catch_up_beyond_the_limit_records_skipped_slots_with_their_range_in_the_api() {
+    let clock = trainyard_scheduler::clock::ManualClock::new(utc(2026, 5, 1, 0, 30));
+    let h = Harness::start(engine_support::TestDb::sqlite().await, clock, |o| {
+        o.catchup_limit = 5
+    })
+    .await;
+    let (h, router, _d) = setup_on(h).await;
+    let id = h
+        .add_dag(
+            "id = \"hourly\"\nschedule = \"0 * * * *\"\ncatchup = true\nmax_active_runs = 100\n[tasks.a]\ncommand = [\"true\"]\n",
+        )
+        .await;
+    h.advance(chrono::Duration::hours(1)).await; // the 01:00 slot runs
+    h.handle.pause(id.clone()).await.unwrap();
+    for _ in 0..20 {
+        h.advance(chrono::Duration::hours(1)).await;
+    }
+    h.handle.resume(id.clone()).await.unwrap();
+    h.settle().await;
+
+    // 02:00 … 21:00 were missed: the latest 5 run, the 15 before are recorded.
+    let mut dates: Vec<_> = h
+        .runs_of(&id)
+        .await
+        .into_iter()
+        .filter_map(|r| r.logical_date)
+        .collect();
+    dates.sort();
+    assert_eq!(dates.len(), 6, "{dates:?}");
+    assert_eq!(dates[1], utc(2026, 5, 1, 17, 0));
+
+    let detail = send(
+        &router,
+        req(Method::GET, "/api/v1/dags/hourly", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.text());
+    let body = detail.json();
+    assert_eq!(body["dag"]["skipped_slots"], 15, "{body}");
+    let skipped = &body["skipped"][0];
+    assert_eq!(skipped["slots"], 15);
+    assert_eq!(skipped["first_logical_date"], "2026-05-01T02:00:00Z");
+    assert_eq!(skipped["last_logical_date"], "2026-05-01T16:00:00Z");
+    assert!(
+        skipped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("catch-up limit of 5"),
+        "{skipped}"
+    );
+    let list = send(
+        &router,
+        req(Method::GET, "/api/v1/dags", Some(VIEWER), None),
+    )
+    .await;
+    let hourly = list.json()["dags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "hourly")
+        .cloned()
+        .unwrap();
+    assert_eq!(hourly["skipped_slots"], 15);
+    assert_eq!(
+        list.json()["dags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == "retrain")
+            .unwrap()["skipped_slots"],
+        0
+    );
+}

@@ -153,6 +153,20 @@ pub struct SchedulerArgs {
     /// `http(s)://<--grpc address>`, none when that is 0.0.0.0 or ::).
     #[arg(long, env = "TRAINYARD_ADVERTISE_GRPC", value_name = "URL")]
     pub advertise_grpc: Option<String>,
+    /// How long a finished run is kept after it ended, e.g. `30d`, `12h`:
+    /// then its history (tasks, attempts, events, metrics, lineage), its
+    /// artifacts and archived logs in the artifact store and its local logs
+    /// are pruned by a background task. `0` keeps everything forever. Never
+    /// pruned: active runs, a DAG's latest successful and latest scheduled
+    /// run, and runs whose artifacts another run consumed.
+    #[arg(
+        long,
+        env = "TRAINYARD_RETENTION",
+        default_value = "30d",
+        value_name = "DURATION",
+        value_parser = parse_retention
+    )]
+    pub retention: Duration,
     #[command(flatten)]
     pub dag_limits: super::dag::DagLimitArgs,
     /// Most bytes of code (the DAG folder's non-TOML files) shipped with
@@ -199,6 +213,14 @@ fn parse_ha_group(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(group.to_owned())
+}
+
+/// A duration, or `0` for "keep forever".
+fn parse_retention(raw: &str) -> Result<Duration, String> {
+    if raw.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(raw)
 }
 
 fn parse_allowed_host(raw: &str) -> Result<trainyard_scheduler::http::AllowedHost, String> {
@@ -248,6 +270,7 @@ impl SchedulerArgs {
         config.pools = self.pools.iter().cloned().collect::<BTreeMap<_, _>>();
         config.catchup_limit = self.catchup_limit;
         config.artifacts_url = self.artifacts.clone();
+        config.retention = self.retention;
         let mut tokens = self.api_tokens.clone();
         if let Some(list) = &self.api_tokens_list {
             tokens.extend(trainyard_scheduler::http::parse_token_list(list)?);
@@ -418,6 +441,25 @@ pub struct WorkerArgs {
     pub artifacts: Option<String>,
     #[command(flatten)]
     pub task_env: TaskEnvArgs,
+    #[command(flatten)]
+    pub work_dirs: WorkDirArgs,
+}
+
+/// What is kept of finished attempts' folders (`worker` and `standalone`).
+#[derive(Debug, Clone, Args)]
+pub struct WorkDirArgs {
+    /// How long a failed attempt's folder (outputs, inputs, metrics file)
+    /// is kept in the work dir to debug from before a periodic sweep
+    /// removes it, e.g. `24h`, `30m`, `0s`. A successful attempt's folder
+    /// is removed as soon as its outputs are in the artifact store.
+    #[arg(
+        long,
+        env = "TRAINYARD_KEEP_FAILED_WORK_DIRS",
+        default_value = "24h",
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    pub keep_failed_work_dirs: Duration,
 }
 
 /// How tasks' environments are built (`worker` and `standalone`).
@@ -589,6 +631,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         opts.artifact_url = args.artifacts.clone();
         opts.join_token = args.token.clone();
         opts.inherit_env = args.task_env.inherit_env;
+        opts.keep_failed_work_dirs = args.work_dirs.keep_failed_work_dirs;
         opts.tls = worker_tls(&args)?;
         let identity = match IdentityFile::open(&work_dir, &opts.name) {
             Ok(identity) => identity,
@@ -640,6 +683,8 @@ pub struct StandaloneArgs {
     pub resources: WorkerResourceArgs,
     #[command(flatten)]
     pub task_env: TaskEnvArgs,
+    #[command(flatten)]
+    pub work_dirs: WorkDirArgs,
     /// Write the bound addresses here as JSON once serving.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
@@ -694,6 +739,7 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
             opts.memory_bytes /= u64::from(workers);
             opts.join_token = join_token.clone();
             opts.inherit_env = args.task_env.inherit_env;
+            opts.keep_failed_work_dirs = args.work_dirs.keep_failed_work_dirs;
             opts.watchdog = task_watchdog();
             let agent = Agent::build(opts)?;
             let handle = agent.handle();

@@ -10,7 +10,9 @@
 //! - `catchup = false`: only the latest due slot runs, older missed ones are dropped.
 //! - `catchup = true`: every missed slot runs, oldest first, but at most
 //!   `catchup_limit` of them: the most recent ones (an outage of a year on an
-//!   hourly schedule must not flood the queue with 8,760 runs).
+//!   hourly schedule must not flood the queue with 8,760 runs). The older
+//!   ones are recorded as skipped slots by the engine (`runs.rs`): a count on
+//!   the DAG and a row naming the first and last, never silently lost.
 //! - A DAG that never ran starts counting at its `start_date`, or, without
 //!   one, at the moment it was registered (so a new DAG does not backfill history).
 
@@ -41,6 +43,8 @@ pub struct SlotPlan {
     pub due: Vec<DateTime<Utc>>,
     /// Missed slots left out (catchup off, or beyond the limit).
     pub dropped: usize,
+    /// The first and last slot left out, when any was.
+    pub dropped_range: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// The first slot after `now` (None: the schedule has ended).
     pub next: Option<DateTime<Utc>>,
 }
@@ -59,15 +63,19 @@ pub fn plan(
         cursor.unwrap_or_else(|| s.start_date.unwrap_or(registered_at) - Duration::nanoseconds(1));
     let mut due = VecDeque::new();
     let mut dropped = 0usize;
+    let mut dropped_range: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
     let limit = if s.catchup { s.catchup_limit.max(1) } else { 1 };
     for slot in fire_times(s.schedule, s.tz, after, s.start_date, s.end_date)
         .take_while(|t| *t <= now)
         .take(MAX_EXAMINED)
     {
         due.push_back(slot);
-        if due.len() > limit {
-            due.pop_front();
+        if due.len() > limit
+            && let Some(left_out) = due.pop_front()
+        {
             dropped += 1;
+            let first = dropped_range.map_or(left_out, |(first, _)| first);
+            dropped_range = Some((first, left_out));
         }
     }
     let from = if now > after { now } else { after };
@@ -75,6 +83,7 @@ pub fn plan(
     SlotPlan {
         due: due.into(),
         dropped,
+        dropped_range,
         next,
     }
 }
@@ -110,6 +119,10 @@ mod tests {
             (6..=10).map(|h| at(2026, 1, 1, h, 0)).collect::<Vec<_>>()
         );
         assert_eq!(p.dropped, 5);
+        assert_eq!(
+            p.dropped_range,
+            Some((at(2026, 1, 1, 1, 0), at(2026, 1, 1, 5, 0)))
+        );
         assert_eq!(p.next, Some(at(2026, 1, 1, 11, 0)));
     }
 

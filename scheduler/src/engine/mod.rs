@@ -125,6 +125,10 @@ pub enum EngineError {
     /// A report about an attempt that is no longer current; nothing changed.
     #[error("task instance {ti} attempt {attempt} is no longer current on this worker")]
     Fenced { ti: TaskInstanceId, attempt: i32 },
+    /// A finish report for an attempt whose end is already recorded (the
+    /// worker re-sent it after a reconnect); nothing changed, nothing is wrong.
+    #[error("the end of task instance {ti} attempt {attempt} is already recorded")]
+    AlreadyRecorded { ti: TaskInstanceId, attempt: i32 },
     #[error("{0}")]
     InvalidRequest(String),
     /// A malformed request value (e.g. a logical date outside years 1–9999).
@@ -152,7 +156,7 @@ impl trainyard_core::error::Classify for EngineError {
             Self::WorkerCredential(_) => ErrorKind::Unauthenticated,
             // A report for an attempt that is no longer current: someone
             // (a retry, a timeout, a lost-worker decision) moved it first.
-            Self::Fenced { .. } => ErrorKind::Conflict,
+            Self::Fenced { .. } | Self::AlreadyRecorded { .. } => ErrorKind::Conflict,
             // E.g. "declared lost; register again", an inactive DAG: the
             // request is well formed, the state does not allow it.
             Self::InvalidRequest(_)

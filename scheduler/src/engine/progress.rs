@@ -105,10 +105,15 @@ impl Core {
         let Some((run_id, idx)) = self.current(worker, ti, attempt) else {
             // The confirmation of an attempt the engine cancelled is expected.
             let hold = self.release_hold(worker, ti, attempt);
-            return match hold {
-                Some(h) if h.cancelling => Ok(()),
-                _ => Err(EngineError::Fenced { ti, attempt }),
-            };
+            if hold.is_some_and(|h| h.cancelling) {
+                return Ok(());
+            }
+            // A report re-sent after a reconnect, for an end already
+            // recorded: nothing to do, and nothing to kill.
+            if self.end_recorded(worker, ti, attempt, result.outcome).await {
+                return Err(EngineError::AlreadyRecorded { ti, attempt });
+            }
+            return Err(EngineError::Fenced { ti, attempt });
         };
         // Memory may move ahead of the commit: the turn puts it back if the
         // commit fails, and the freed GPUs reach no worker before it commits.
@@ -188,6 +193,38 @@ impl Core {
         }));
         self.settled(run_id, idx, to, attempt, retry_at).await;
         Ok(())
+    }
+
+    /// Whether this report repeats what is recorded: `worker`'s attempt
+    /// `attempt` of `ti` ended, from a report with the same success or
+    /// failure (not declared lost or handed back, which a worker never
+    /// reported). The store's attempt row says; only reports for attempts
+    /// that are not current get here, so the read is rare. A failed read
+    /// counts as "no": the report is then fenced, as before.
+    async fn end_recorded(
+        &self,
+        worker: WorkerId,
+        ti: TaskInstanceId,
+        attempt: i32,
+        outcome: TaskOutcome,
+    ) -> bool {
+        let succeeded = outcome == TaskOutcome::Succeeded;
+        match self.store.attempts(ti).await {
+            Ok(rows) => rows.iter().any(|a| {
+                a.attempt == attempt
+                    && a.worker_id == Some(worker)
+                    && a.ended_at.is_some()
+                    && match a.outcome {
+                        Some(AttemptOutcome::Success) => succeeded,
+                        Some(AttemptOutcome::Lost | AttemptOutcome::HandedBack) | None => false,
+                        Some(_) => !succeeded,
+                    }
+            }),
+            Err(e) => {
+                debug!(%ti, attempt, error = %e, "cannot read the attempt to tell a duplicate report");
+                false
+            }
+        }
     }
 
     /// When the next attempt may start, or `None` when no retries are left.

@@ -17,7 +17,9 @@ use super::progress::metrics_by_task;
 use super::state::{ActiveRun, DagEntry, params_json};
 use super::timers::TimerKind;
 use super::{Core, EngineError, EngineEvent, Result};
-use crate::store::{NewRun, NewTaskInstance, Run, RunCreation, RunFilter, RunTransition, Write};
+use crate::store::{
+    NewRun, NewTaskInstance, Run, RunCreation, RunFilter, RunTransition, SkippedSlots, Write,
+};
 
 /// Most runs one backfill may create.
 const MAX_BACKFILL: usize = 10_000;
@@ -108,6 +110,25 @@ impl Core {
         let (version, generation) = (entry.version_id, entry.generation);
         if plan.dropped > 0 {
             info!(dag = %id, dropped = plan.dropped, catchup = spec.catchup, "missed slots dropped");
+        }
+        // With catchup on, a slot left out is one the user asked to run:
+        // recorded (in this turn's batch), with the range, so it can be
+        // backfilled. Without catchup only the latest slot is meant to run.
+        if spec.catchup
+            && let Some((first, last)) = plan.dropped_range
+        {
+            warn!(dag = %id, skipped = plan.dropped, %first, %last, limit = self.opts.catchup_limit,
+                "catch-up skipped slots beyond the catch-up limit; backfill them if they are needed");
+            self.write(Write::SkippedSlots(SkippedSlots {
+                dag_id: id.clone(),
+                slots: plan.dropped as u64,
+                first,
+                last,
+                reason: format!(
+                    "beyond the catch-up limit of {} (--catchup-limit); `trainyard backfill` runs them",
+                    self.opts.catchup_limit
+                ),
+            }));
         }
         for slot in plan.due {
             if let Some(v) = version {

@@ -359,6 +359,25 @@ impl Session {
     ) -> Result<(), End> {
         match r {
             Ok(()) => Ok(()),
+            // A re-sent finish whose first copy was recorded: tell the
+            // worker it is done; not a refusal, nothing to kill.
+            Err(EngineError::AlreadyRecorded { .. }) => {
+                debug!(%ti, attempt, "duplicate finish report, already recorded");
+                self.held.remove(&(ti, attempt));
+                let answer = v1::SchedulerMessage {
+                    kind: Some(v1::scheduler_message::Kind::FinishRecorded(
+                        v1::FinishRecorded {
+                            attempt: Some(convert::attempt_to_proto(ti, attempt)),
+                            note: "duplicate: the end of this attempt is already recorded"
+                                .to_owned(),
+                        },
+                    )),
+                };
+                // As with Kill: a worker that does not read loses nothing
+                // (the next HeartbeatAck confirms the report too).
+                let _ = self.out.try_send(Ok(answer));
+                Ok(())
+            }
             Err(EngineError::Fenced { .. }) => {
                 if self.refused.len() < 4096 && self.refused.insert((ti, attempt)) {
                     warn!(%ti, attempt, "refused a report about an attempt that is not current on this worker (stale, or not assigned to this worker); telling it to kill the attempt");

@@ -57,8 +57,26 @@ pub struct DagSummary {
     pub parse_error_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Cron slots a catch-up (`catchup = true`) left out because they were
+    /// beyond `--catchup-limit`, in total since the DAG was registered;
+    /// `skipped` on the DAG's detail names their ranges.
+    pub skipped_slots: u64,
     /// Newest first.
     pub recent_runs: Vec<RunBrief>,
+}
+
+/// Slots one catch-up left out (beyond `--catchup-limit`); backfill the
+/// range to run them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SkippedSlotsView {
+    /// How many slots.
+    pub slots: u64,
+    /// Logical date of the first and the last skipped slot.
+    pub first_logical_date: DateTime<Utc>,
+    pub last_logical_date: DateTime<Utc>,
+    pub reason: String,
+    /// When the catch-up that skipped them ran.
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// `GET /api/v1/dags`.
@@ -106,6 +124,8 @@ pub struct DagDetail {
     pub spec: Option<Value>,
     pub version: Option<VersionInfo>,
     pub graph: Graph,
+    /// The latest catch-ups that skipped slots (at most 20), newest first.
+    pub skipped: Vec<SkippedSlotsView>,
 }
 
 /// A DAG summary plus its parsed spec (when a version exists).
@@ -159,6 +179,7 @@ pub async fn dag_summary(
         parse_error_at: dag.parse_error_at,
         created_at: dag.created_at,
         updated_at: dag.updated_at,
+        skipped_slots: dag.skipped_slots,
         recent_runs,
         id: dag.id,
     };
@@ -288,11 +309,25 @@ pub async fn dag_detail(state: &AppState, raw: &str) -> ApiResult<DagDetail> {
         Some((spec, v)) => (Some(spec), Some(v)),
         None => (None, None),
     };
+    let skipped = state
+        .store
+        .skipped_slots(&id, 20)
+        .await?
+        .into_iter()
+        .map(|r| SkippedSlotsView {
+            slots: r.slots,
+            first_logical_date: r.first_logical_date,
+            last_logical_date: r.last_logical_date,
+            reason: r.reason,
+            recorded_at: r.recorded_at,
+        })
+        .collect();
     Ok(DagDetail {
         dag: summary,
         spec,
         version,
         graph,
+        skipped,
     })
 }
 

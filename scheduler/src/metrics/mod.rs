@@ -65,6 +65,9 @@ pub struct Metrics {
     pub task_transitions: IntCounterVec,
     /// Run state changes, by the state entered.
     pub run_transitions: IntCounterVec,
+    /// What the retention task removed, by kind (`runs`, `artifacts`,
+    /// `local_logs`).
+    pub retention_pruned: IntCounterVec,
     /// Task instances per non-terminal state (store, at scrape time).
     pub tasks: IntGaugeVec,
     /// Ready (or run start, for root tasks) → process started.
@@ -147,6 +150,15 @@ impl Metrics {
                 "Run state changes, by the state entered.",
             ),
             &["state"],
+        )?;
+        let retention_pruned = IntCounterVec::new(
+            Opts::new(
+                "trainyard_retention_pruned_total",
+                "What the retention task removed past --retention: finished runs (with their \
+                 rows), objects in the artifact store (outputs and archived logs), local log \
+                 folders.",
+            ),
+            &["kind"],
         )?;
         let tasks = IntGaugeVec::new(
             Opts::new(
@@ -248,6 +260,7 @@ impl Metrics {
             registry,
             task_transitions,
             run_transitions,
+            retention_pruned,
             tasks,
             scheduling_latency,
             run_duration,
@@ -274,6 +287,7 @@ impl Metrics {
         let r = &self.registry;
         r.register(Box::new(self.task_transitions.clone()))?;
         r.register(Box::new(self.run_transitions.clone()))?;
+        r.register(Box::new(self.retention_pruned.clone()))?;
         r.register(Box::new(self.tasks.clone()))?;
         r.register(Box::new(self.scheduling_latency.clone()))?;
         r.register(Box::new(self.run_duration.clone()))?;

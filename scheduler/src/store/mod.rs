@@ -8,7 +8,8 @@
 //! [`ReadStore`] (HTTP API, UI, metrics, traces, the worker service),
 //! [`DagCatalog`] (the DAG loader), [`Coordination`] (a standby replica's
 //! writes that wake the leader), [`LeaseStore`] (the leader lease's row and
-//! the engine's store of one leadership term) and [`StoreAdmin`]
+//! the engine's store of one leadership term), [`RetentionStore`] (the
+//! retention task's deletes of old finished runs) and [`StoreAdmin`]
 //! (migrations, shutdown), all over [`StoreBase`]. [`Store`] is all of
 //! them, for wiring.
 //!
@@ -226,6 +227,9 @@ pub trait ReadStore: StoreBase {
 
     /// Every artifact of a run with its consumers, by producer then key.
     async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>>;
+
+    /// The DAG's records of cron slots skipped by catch-ups, newest first.
+    async fn skipped_slots(&self, dag_id: &DagId, limit: u32) -> Result<Vec<SkippedSlotsRecord>>;
 }
 
 /// The engine's writes. Every change to a task, an attempt, a worker row or
@@ -321,9 +325,51 @@ pub trait LeaseStore: StoreBase {
     fn fenced(&self, fence: TermFence) -> Arc<dyn EngineStore>;
 }
 
+/// The retention task's deletes (`crate::retention`): finished runs whose
+/// end is older than the retention, with everything recorded about them.
+///
+/// Why deleting runs outside the engine (the only writer of runs and
+/// tasks) does not race with it: the engine never writes a finished run
+/// except to reopen it (a user clears a task of it, `clear_task`), and that
+/// write (back to `queued`) is a compare-and-set on the run's finished state in the engine's
+/// turn. [`RetentionStore::delete_expired_run`] is one `DELETE` guarded by
+/// the same facts (finished, ended before the cutoff) in one transaction,
+/// so whichever commits first wins: a reopened run is no longer finished
+/// and is not deleted; a deleted run makes the engine's compare-and-set
+/// match nothing, the turn is retried from the store, and the clear is
+/// answered "not found". A run the engine holds in memory is never finished
+/// in the store (memory holds unfinished runs only).
+#[async_trait]
+pub trait RetentionStore: StoreBase {
+    /// Finished runs that ended before `cutoff`, the oldest end first,
+    /// after skipping the first `skip` (runs a guard keeps), at most
+    /// `limit` (1..=10,000).
+    async fn expired_runs(
+        &self,
+        cutoff: DateTime<Utc>,
+        skip: u32,
+        limit: u32,
+    ) -> Result<Vec<RunId>>;
+    /// Deletes the run with its task instances, attempts, events, metrics
+    /// and artifact rows (lineage) in one transaction, only if it is still
+    /// finished and ended before `cutoff`, none of its artifacts was
+    /// consumed by another run, and it is neither its DAG's latest
+    /// successful run (the `when` baseline) nor its latest scheduled one
+    /// (where cron resumes). Whether it was deleted.
+    async fn delete_expired_run(&self, run: RunId, cutoff: DateTime<Utc>) -> Result<bool>;
+    /// Whether the run exists (local log folders of runs another replica pruned).
+    async fn run_exists(&self, run: RunId) -> Result<bool>;
+}
+
 /// Every store trait at once: what `store::connect` opens and what the code
 /// that wires a process (`app.rs`, the CLI, tests) hands out, each consumer
 /// getting only the trait it needs.
-pub trait Store: StoreAdmin + EngineStore + DagCatalog + Coordination + LeaseStore {}
+pub trait Store:
+    StoreAdmin + EngineStore + DagCatalog + Coordination + LeaseStore + RetentionStore
+{
+}
 
-impl<T: StoreAdmin + EngineStore + DagCatalog + Coordination + LeaseStore + ?Sized> Store for T {}
+impl<T> Store for T where
+    T: StoreAdmin + EngineStore + DagCatalog + Coordination + LeaseStore + RetentionStore + ?Sized
+{
+}

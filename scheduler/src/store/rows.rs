@@ -25,7 +25,7 @@ pub(crate) const TI_COLS: &str = "id, run_id, dag_id, task_id, state, attempt, m
      created_at, updated_at";
 
 pub(crate) const DAG_COLS: &str = "id, paused, active, current_version_id, file_path, \
-     parse_error, parse_error_at, created_at, updated_at";
+     parse_error, parse_error_at, created_at, updated_at, skipped_slots";
 
 pub(crate) const ATTEMPT_COLS: &str = "id, task_instance_id, run_id, attempt, worker_id, gpus, \
      outcome, exit_code, error, log_location, assigned_at, started_at, ended_at";
@@ -122,6 +122,7 @@ where
             parse_error_at: r.try_get("parse_error_at")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            skipped_slots: u64::try_from(r.try_get::<i64, _>("skipped_slots")?).unwrap_or(0),
         })
     }
 

@@ -52,6 +52,32 @@ pub struct Dag {
     pub parse_error_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Cron slots missed beyond the catch-up limit and never run, in total
+    /// (each catch-up that skipped any is a [`SkippedSlotsRecord`]).
+    pub skipped_slots: u64,
+}
+
+/// Cron slots a catch-up skipped (a [`Write::SkippedSlots`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSlots {
+    pub dag_id: DagId,
+    /// How many slots were skipped.
+    pub slots: u64,
+    /// The first and last skipped logical date.
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    /// Why, for people (e.g. "beyond the catch-up limit of 100").
+    pub reason: String,
+}
+
+/// One catch-up's skipped slots, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedSlotsRecord {
+    pub slots: u64,
+    pub first_logical_date: DateTime<Utc>,
+    pub last_logical_date: DateTime<Utc>,
+    pub reason: String,
+    pub recorded_at: DateTime<Utc>,
 }
 
 /// A DAG version's parsed spec as JSON text, never as a `serde_json::Value`
@@ -533,6 +559,8 @@ pub enum Write {
         attempt: i32,
         location: String,
     },
+    /// Cron slots a catch-up left out (beyond the catch-up limit).
+    SkippedSlots(SkippedSlots),
 }
 
 /// The writes one engine turn decided, with the time each was decided.

@@ -260,6 +260,11 @@ impl ReadStore for FaultyStore {
         let r = self.inner.run_artifacts(run_id).await;
         self.after(fail, r)
     }
+    async fn skipped_slots(&self, dag_id: &DagId, limit: u32) -> Result<Vec<SkippedSlotsRecord>> {
+        let fail = self.before(Kind::Read, "skipped_slots")?;
+        let r = self.inner.skipped_slots(dag_id, limit).await;
+        self.after(fail, r)
+    }
 }
 
 #[async_trait]

@@ -7,6 +7,7 @@ mod cases_artifacts;
 mod cases_basic;
 mod cases_lease;
 mod cases_race;
+mod cases_retention;
 mod harness;
 
 /// Instantiates each named case once per backend, like quickwit's
@@ -54,6 +55,7 @@ conformance_suite!(
     cases_race::concurrent_reporters_exactly_one_wins,
     cases_race::failed_insert_mid_run_leaves_no_run,
     cases_lease::an_old_terms_writes_are_refused_once_a_newer_term_took_the_lease,
+    cases_retention::retention_prunes_old_finished_runs_and_keeps_active_and_recent_ones,
 );
 
 /// Postgres-only: a backend killed mid-transaction; the lease fence's row locks.

@@ -4,10 +4,11 @@
 //! this loop through [`JobEvent`]s, so a slow or broken connection never
 //! stalls a task's process.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
@@ -20,6 +21,7 @@ use trainyard_proto::v1::{self, scheduler_message::Kind as In, worker_message::K
 
 use super::ack_watch::AckWatch;
 use super::artifacts::{StoreArtifacts, UnusableStore};
+use super::cleanup;
 use super::dial::{self, DialError, Established};
 use super::fence::Fence;
 use super::job::{self, AttemptKey, Job, JobEvent};
@@ -54,6 +56,9 @@ struct Running {
     /// Stopped by this worker's own fence (cut off from the scheduler):
     /// why, for its report.
     fenced: Option<String>,
+    /// (run id, task id): with the attempt number, where its folder is; the
+    /// work dir sweep never touches a running attempt's folder.
+    place: (String, String),
 }
 
 /// A TaskFinished the scheduler has not confirmed yet.
@@ -120,6 +125,8 @@ pub(super) struct AgentLoop {
     fence: Fence,
     /// Records and guards the tasks' process groups; set when `run` starts.
     supervisor: Option<Supervisor>,
+    /// A work dir sweep is running (one at a time; see `cleanup`).
+    sweeping: Arc<AtomicBool>,
 }
 
 async fn maybe<F: Future + Unpin>(f: Option<&mut F>) -> F::Output {
@@ -229,7 +236,31 @@ impl AgentLoop {
             events_rx: Some(events_rx),
             fence: Fence::default(),
             supervisor: None,
+            sweeping: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Starts a sweep of failed attempts' folders past their keep period,
+    /// off the loop (it walks the disk), unless one is still running.
+    fn sweep_work_dir(&self) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let running: HashSet<(String, String, u32)> = self
+            .tasks
+            .iter()
+            .map(|(k, t)| (t.place.0.clone(), t.place.1.clone(), k.1))
+            .collect();
+        let (dir, keep, busy) = (
+            self.opts.work_dir.clone(),
+            self.opts.keep_failed_work_dirs,
+            self.sweeping.clone(),
+        );
+        let started = SystemTime::now();
+        tokio::task::spawn_blocking(move || {
+            cleanup::sweep(&dir, keep, SystemTime::now(), started, &running);
+            busy.store(false, Ordering::Release);
+        });
     }
 
     fn publish(&self) {
@@ -263,6 +294,10 @@ impl AgentLoop {
         // GPUs out again as soon as it registers.
         self.supervisor = Some(self.supervise().await);
         self.publish();
+        // At start (what a previous instance left), then periodically.
+        let mut sweep_every =
+            tokio::time::interval(cleanup::sweep_interval(self.opts.keep_failed_work_dirs));
+        sweep_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             // First, whatever else woke the loop (after a SIGSTOP every
             // timer is due at once).
@@ -296,6 +331,7 @@ impl AgentLoop {
                 // Wakes the loop; its top enforces the fence.
                 () = sleep_until(self.next_fence_wake()) => {}
                 () = sleep_until(self.ack_watch.deadline()) => self.drop_if_stalled(),
+                _ = sweep_every.tick() => self.sweep_work_dir(),
                 est = maybe(dialing.as_mut()) => {
                     dialing = None;
                     match est {
@@ -697,6 +733,13 @@ impl AgentLoop {
                 self.ack_watch.acknowledged(Instant::now());
                 self.confirm(a.timestamp_unix_ms);
             }
+            // A re-sent report the scheduler already had: done with it.
+            In::FinishRecorded(r) => {
+                if let Some(key) = key_of(r.attempt.as_ref()) {
+                    debug!(ti = %key.0, attempt = key.1, note = %r.note, "finish report already recorded");
+                    self.unconfirmed.retain(|u| u.key != key);
+                }
+            }
         }
     }
 
@@ -747,6 +790,7 @@ impl AgentLoop {
                 gpus: a.gpu_indices.clone(),
                 killed: false,
                 fenced: None,
+                place: (a.run_id.clone(), a.task_id.clone()),
             },
         );
         debug!(ti = %key.0, attempt = key.1, task = %a.task_id, "starting an attempt");

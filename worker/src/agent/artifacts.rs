@@ -125,6 +125,10 @@ impl ArtifactHook for StoreArtifacts {
                 .map(Some)
         })
     }
+
+    fn stores_outputs(&self) -> bool {
+        true
+    }
 }
 
 /// A configured store this worker cannot open (bad URL, missing

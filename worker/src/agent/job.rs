@@ -18,6 +18,7 @@ use tracing::{debug, instrument};
 use trainyard_proto::v1;
 
 use super::AttemptError;
+use super::cleanup;
 use super::mask::{MIN_SECRET_BYTES, Masker};
 use super::workdir::{ArtifactHook, AttemptPaths, UpstreamOutput};
 use crate::convert::{finished_to_proto, launch_from_assign, log_line_to_proto};
@@ -130,6 +131,34 @@ struct Done {
     outputs: Vec<v1::Artifact>,
 }
 
+/// What becomes of an attempt's folder once it ended (see `cleanup`).
+async fn settle_dir(job: &Job, status: ExecStatus) {
+    let a = &job.assign;
+    let Ok(paths) = AttemptPaths::new(
+        &job.work_dir,
+        &a.run_id,
+        &a.dag_id,
+        &a.task_id,
+        job.key.1,
+        Vec::new(),
+    ) else {
+        return;
+    };
+    if tokio::fs::symlink_metadata(&paths.dir).await.is_err() {
+        return;
+    }
+    match status {
+        // Its outputs are in the store (the upload succeeded, or the status
+        // would be Failed): nothing here is needed any more.
+        ExecStatus::Succeeded if job.artifacts.stores_outputs() => {
+            cleanup::remove_attempt_dir(&paths.dir).await;
+        }
+        // Same-host fallback: downstream tasks read `out/` in place.
+        ExecStatus::Succeeded => cleanup::mark_ended(&paths.dir, "succeeded").await,
+        other => cleanup::mark_ended(&paths.dir, &format!("{other:?}").to_lowercase()).await,
+    }
+}
+
 fn artifact_to_proto(r: trainyard_artifacts::ArtifactRecord) -> v1::Artifact {
     v1::Artifact {
         key: r.key,
@@ -181,6 +210,9 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
         }
     };
     batch.flush().await;
+    // Before the report: once the loop hears of the end, the attempt no
+    // longer counts as running for the sweep.
+    settle_dir(&job, done.outcome.status).await;
     let mut finished = finished_to_proto(attempt_ref, &done.outcome, &done.metrics, Utc::now());
     finished.inputs = done.inputs;
     finished.outputs = done.outputs;
@@ -447,6 +479,53 @@ mod tests {
         assert_eq!(f.outputs[0].key, "runs/run1/task/1/out/model.bin");
         assert_eq!(f.outputs[0].size, 8);
         assert!(f.inputs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_successful_uploaded_attempt_leaves_no_folder_and_a_failed_one_is_kept_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let hook: Arc<dyn ArtifactHook> = Arc::new(
+            crate::agent::StoreArtifacts::from_url(&store.path().display().to_string()).unwrap(),
+        );
+        let mut ok = job(tmp.path(), r#"echo model > "$TRAINYARD_OUTPUT_DIR/m.bin""#);
+        ok.artifacts = hook.clone();
+        let events = collect(ok).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished: {events:?}");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Succeeded as i32);
+        assert!(store.path().join("runs/run1/task/1/out/m.bin").is_file());
+        assert!(
+            !tmp.path().join("run1").exists(),
+            "the successful attempt's folder (and its emptied parents) are gone"
+        );
+
+        let mut bad = job(
+            tmp.path(),
+            r#"echo partial > "$TRAINYARD_OUTPUT_DIR/m.bin"; exit 3"#,
+        );
+        bad.key.1 = 2;
+        bad.artifacts = hook;
+        let events = collect(bad).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished: {events:?}");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Failed as i32);
+        let dir = tmp.path().join("run1/task/2");
+        assert!(dir.join("out/m.bin").is_file(), "kept to debug from");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(crate::agent::cleanup::ENDED_MARKER)).unwrap(),
+            "failed\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_store_a_successful_folder_stays_for_downstream_tasks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = collect(job(tmp.path(), r#"echo x > "$TRAINYARD_OUTPUT_DIR/x""#)).await;
+        assert!(matches!(events.last(), Some(JobEvent::Finished(..))));
+        assert!(tmp.path().join("run1/task/1/out/x").is_file());
     }
 
     fn batcher(secrets: &[&str]) -> (Batcher, mpsc::Receiver<JobEvent>) {

@@ -12,7 +12,8 @@
 //! attempt: directories, inputs, exec, log batches, metrics, outputs),
 //! `mask` (secret values and their encoded forms in log lines),
 //! `workdir` (per-attempt directories, the [`ArtifactHook`] and its same-host
-//! fallback [`LocalInputs`]), `artifacts` ([`StoreArtifacts`], the hook on
+//! fallback [`LocalInputs`]), `cleanup` (which attempt folders go when:
+//! successful ones once uploaded, failed ones after a keep period), `artifacts` ([`StoreArtifacts`], the hook on
 //! object storage) and `agent_loop` (the one task that owns the connection
 //! and the table of running attempts).
 //!
@@ -53,6 +54,7 @@
 mod ack_watch;
 mod agent_loop;
 mod artifacts;
+pub mod cleanup;
 mod code;
 mod dial;
 mod error;
@@ -134,6 +136,10 @@ pub struct AgentOptions {
     pub heartbeat_interval: Option<Duration>,
     /// How long running tasks may take to finish once draining starts.
     pub drain_grace: Duration,
+    /// How long a failed attempt's folder is kept for debugging before the
+    /// periodic sweep removes it (`--keep-failed-work-dirs`, default 24 h);
+    /// a successful one goes once its outputs are uploaded (see `cleanup`).
+    pub keep_failed_work_dirs: Duration,
     pub reconnect: Backoff,
     /// Kept across reconnects; `None` picks a new one at build.
     pub worker_id: Option<WorkerId>,
@@ -193,6 +199,7 @@ impl AgentOptions {
             work_dir: work_dir.into(),
             heartbeat_interval: None,
             drain_grace: Duration::from_secs(300),
+            keep_failed_work_dirs: cleanup::DEFAULT_KEEP_FAILED,
             reconnect: Backoff::default(),
             worker_id: None,
             artifacts: None,

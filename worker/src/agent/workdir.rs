@@ -2,9 +2,9 @@
 //!
 //! Layout: `<work_dir>/<run_id>/<task_id>/<attempt>/` holding `out/`
 //! (`TRAINYARD_OUTPUT_DIR`), `in/` (`TRAINYARD_INPUT_DIR`) and
-//! `metrics.json` (`TRAINYARD_METRICS_FILE`). Directories are kept after the
-//! attempt ends: downstream tasks on this host read them, and people debug
-//! from them.
+//! `metrics.json` (`TRAINYARD_METRICS_FILE`). A successful attempt's folder
+//! goes once its outputs are in the artifact store; a failed one is kept
+//! for `--keep-failed-work-dirs` to debug from (see `cleanup`).
 //!
 //! Artifacts: an [`ArtifactHook`] fetches inputs before the task starts and
 //! uploads outputs after it exits. The object_store implementation is
@@ -151,6 +151,12 @@ pub trait ArtifactHook: Send + Sync + fmt::Debug {
         code: &'a CodeSnapshot,
         tree: &'a Path,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, AttemptError>>;
+    /// Whether an uploaded `out_dir` is kept elsewhere, so a successful
+    /// attempt's folder can go once the upload succeeded (see `cleanup`).
+    /// False for the same-host fallback, whose downstream tasks read it.
+    fn stores_outputs(&self) -> bool {
+        false
+    }
 }
 
 /// Creates `in/<upstream>/` empty and says why in the task log.

@@ -159,6 +159,9 @@ where
                 } => {
                     Self::tx_set_attempt_log_location(&mut tx, *id, *attempt, location).await?;
                 }
+                Write::SkippedSlots(s) => {
+                    Self::tx_record_skipped_slots(&mut tx, s, now).await?;
+                }
             }
         }
         // Every event of the turn in one insert, then one commit.

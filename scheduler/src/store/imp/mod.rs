@@ -34,6 +34,7 @@ mod claim;
 mod common;
 mod dags;
 mod lease;
+mod retention;
 mod runs;
 mod tasks;
 mod workers;
@@ -59,8 +60,8 @@ use super::error::{Result, StoreError};
 use super::migrations::{check_not_newer, status_of};
 use super::types::*;
 use super::{
-    Coordination, DagCatalog, EngineStore, Lease, LeaseStore, ReadStore, Replica, StoreAdmin,
-    StoreBase, TermFence, WAKEUP_CHANNEL, Wakeup,
+    Coordination, DagCatalog, EngineStore, Lease, LeaseStore, ReadStore, Replica, RetentionStore,
+    StoreAdmin, StoreBase, TermFence, WAKEUP_CHANNEL, Wakeup,
 };
 #[cfg(doc)]
 use super::{PgStore, SqliteStore};
@@ -446,6 +447,9 @@ where
     async fn run_artifacts(&self, run_id: RunId) -> Result<Vec<StoredArtifact>> {
         self.sql_run_artifacts(run_id).await
     }
+    async fn skipped_slots(&self, dag_id: &DagId, limit: u32) -> Result<Vec<SkippedSlotsRecord>> {
+        self.sql_skipped_slots(dag_id, limit).await
+    }
 }
 
 #[async_trait]
@@ -636,5 +640,50 @@ where
         let mut store = self.clone();
         store.fence = Some(fence);
         Arc::new(store)
+    }
+}
+
+#[async_trait]
+impl<DB> RetentionStore for SqlStore<DB>
+where
+    DB: SqlBackend,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'c> &'c str: ColumnIndex<DB::Row>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Uuid: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> DateTime<Utc>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<Value>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q Value>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<&'q crate::store::SpecJson>: Encode<'q, DB> + Type<DB>,
+    for<'q> Json<crate::store::SpecJson>: Decode<'q, DB> + Type<DB>,
+    for<'q> Json<Vec<u32>>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i32>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB>,
+    for<'q> Option<Uuid>: Encode<'q, DB>,
+    for<'q> Option<DateTime<Utc>>: Encode<'q, DB>,
+{
+    async fn expired_runs(
+        &self,
+        cutoff: DateTime<Utc>,
+        skip: u32,
+        limit: u32,
+    ) -> Result<Vec<RunId>> {
+        self.sql_expired_runs(cutoff, skip, limit).await
+    }
+    async fn delete_expired_run(&self, run: RunId, cutoff: DateTime<Utc>) -> Result<bool> {
+        self.sql_delete_expired_run(run, cutoff).await
+    }
+    async fn run_exists(&self, run: RunId) -> Result<bool> {
+        self.sql_run_exists(run).await
     }
 }
