@@ -203,3 +203,45 @@ async fn a_sigstopped_leader_loses_the_lease_to_a_standby_and_wakes_up_as_standb
     );
     pool.close().await;
 }
+
+/// A single scheduler `kill -9`ed and started again on the same machine
+/// leads at once: its predecessor's process is gone, so the new one does
+/// not wait out the dead holder's lease (a frozen holder, above, still
+/// exists and is waited out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_restarted_after_kill_9_on_the_same_host_leads_without_waiting_out_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dag(dir.path(), "ha_lease", DAG);
+    let db = fresh_pg_database().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let mut first = start_replica(dir.path(), &db, "first");
+    let http = wait_ready_file(dir.path(), "first", &mut first).await;
+    let first = Replica { proc: first, http };
+    assert!(matches!(readyz(&client, &first).await, Some((200, _))));
+    let (term, _) = lease(&pool).await;
+    first.proc.signal("KILL");
+    drop(first);
+
+    let mut second = start_replica(dir.path(), &db, "second");
+    let http = wait_ready_file(dir.path(), "second", &mut second).await;
+    let second = Replica { proc: second, http };
+    // Ready (the ready file) and leading, though the dead holder's 6 s
+    // lease has not run out yet.
+    let (status, body) = readyz(&client, &second).await.unwrap();
+    assert_eq!(status, 200, "{body}\n{}", second.proc.log_text());
+    let (new_term, holder) = lease(&pool).await;
+    assert_eq!(new_term, term + 1);
+    assert_eq!(i64::from(second.proc.pid()), holder);
+    assert!(
+        second
+            .proc
+            .log_text()
+            .contains("its process is gone; taking the lease"),
+        "{}",
+        second.proc.log_text()
+    );
+}

@@ -150,6 +150,32 @@ impl TermFence {
     }
 }
 
+/// Whether the lease's holder provably died: it ran on this host (same
+/// host name) and its process no longer exists. A scheduler restarted on
+/// the same machine then leads at once instead of waiting out its dead
+/// predecessor's lease. Safe either way: a holder that is alive after all
+/// (a host name shared by two machines) has its next write refused by the
+/// term fence and steps down; a reused pid looks alive, and the lease is
+/// simply waited out (so is a container's pid 1, and replicas sharing a
+/// process in tests).
+fn holder_is_gone(current: &Lease, me: &Replica) -> bool {
+    current.holder != me.id
+        && current.holder_host == me.host
+        && current.holder_pid != me.pid
+        && !process_exists(current.holder_pid)
+}
+
+#[cfg(target_os = "linux")]
+fn process_exists(pid: i64) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_exists(_pid: i64) -> bool {
+    // Unknown: assume alive, so the lease is waited out.
+    true
+}
+
 /// How long a lease lasts once taken or renewed.
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -324,6 +350,7 @@ impl LeaseConnection {
         if let Some(current) = self.read(group).await?
             && !current.expired
             && current.holder != me.id
+            && !holder_is_gone(&current, me)
         {
             return Ok(Taken::Held(current));
         }
@@ -356,9 +383,20 @@ impl LeaseConnection {
                 let previous = match &row {
                     Some(row) => {
                         let current = lease_of(row)?;
-                        if !current.expired && current.holder != me.id {
+                        if !current.expired
+                            && current.holder != me.id
+                            && !holder_is_gone(&current, me)
+                        {
                             tx.rollback().await?;
                             return Ok(TakeStep::Held(current));
+                        }
+                        if !current.expired && current.holder != me.id {
+                            tracing::info!(
+                                holder = %current.holder,
+                                pid = current.holder_pid,
+                                host = %current.holder_host,
+                                "the lease's holder ran on this host and its process is gone; taking the lease without waiting for it to expire"
+                            );
                         }
                         let pids: Vec<i32> = row.try_get("backend_pids")?;
                         Some((current, pids))
