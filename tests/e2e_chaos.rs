@@ -727,13 +727,15 @@ impl Event {
     }
 }
 
-/// A report travels from the task's exit to the scheduler in milliseconds;
-/// a worker killed or frozen this soon after a task ended may not have sent it.
+/// A report travels from the task's exit to the scheduler in milliseconds,
+/// and the watchdog kills a dead worker's tasks in about as long: a task
+/// that ended this close to its worker's `kill -9` (or SIGSTOP) may have
+/// had no report sent for it.
 const REPORT_WINDOW_NS: i64 = 1_000_000_000;
 
 /// Why the scheduler may never have heard that an attempt on `worker`
 /// ended at `end_ns`: its worker was frozen then, or killed or frozen
-/// within [`REPORT_WINDOW_NS`] after. `None`: nothing explains a retry.
+/// within [`REPORT_WINDOW_NS`] of it. `None`: nothing explains a retry.
 fn lost_report_cause(events: &[Event], worker: &str, end_ns: i64) -> Option<String> {
     let mine: Vec<&Event> = events.iter().filter(|e| e.worker == worker).collect();
     let before = mine
@@ -747,18 +749,25 @@ fn lost_report_cause(events: &[Event], worker: &str, end_ns: i64) -> Option<Stri
         ));
     }
     mine.iter()
-        .filter(|e| e.act != Act::Cont && e.at_ns >= end_ns && e.at_ns - end_ns <= REPORT_WINDOW_NS)
-        .min_by_key(|e| e.at_ns)
+        .filter(|e| e.act != Act::Cont && (e.at_ns - end_ns).abs() <= REPORT_WINDOW_NS)
+        .min_by_key(|e| (e.at_ns - end_ns).abs())
         .map(|e| {
-            format!(
-                "then its worker got {} {:.1} ms later, before the report got through",
-                if e.act == Act::Kill {
-                    "kill -9"
-                } else {
-                    "SIGSTOP"
-                },
-                (e.at_ns - end_ns) as f64 / 1e6
-            )
+            let what = if e.act == Act::Kill {
+                "kill -9"
+            } else {
+                "SIGSTOP"
+            };
+            let ms = (e.at_ns - end_ns) as f64 / 1e6;
+            if ms >= 0.0 {
+                format!(
+                    "then its worker got {what} {ms:.1} ms later, before the report got through"
+                )
+            } else {
+                format!(
+                    "{:.1} ms after its worker got {what} (before the watchdog killed it)",
+                    -ms
+                )
+            }
         })
 }
 
