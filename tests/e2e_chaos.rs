@@ -29,8 +29,8 @@
 //! scheduler recorded such an attempt as lost, never as a second success.
 //!
 //! The RNG is seeded (printed; `TRAINYARD_CHAOS_SEED=N` replays a run's
-//! choices). Slow (about two minutes): ignored by `scripts/test`, run by
-//! `scripts/test-slow`.
+//! choices). Slow (30–40 s on 2 cores, bounded by its deadlines): ignored
+//! by `scripts/test`, run by `scripts/test-slow`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
