@@ -5,8 +5,8 @@
 //! followers were bounded each distinct (run, task) kept a ~96 KB channel
 //! forever: 40,000 requests took a scheduler from 42 MB to 3.9 GB.
 //!
-//! Ignored by default (about a minute); CI runs it (`.ci/run`):
-//! `cargo test -p trainyard --test log_follow_memory -- --ignored --nocapture`.
+//! Ignored by default (about a minute); `scripts/test-slow` runs it (the
+//! chaos stage of `.ci/run`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

@@ -79,7 +79,8 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(name: &str, args: &[String], dir: &Path, envs: &[(&str, String)]) -> Proc {
+/// Starts `trainyard ARGS` in `dir` with `envs`, its output in `dir/<name>.log`.
+pub fn spawn(name: &str, args: &[String], dir: &Path, envs: &[(&str, String)]) -> Proc {
     spawn_in(name, args, dir, dir, envs)
 }
 

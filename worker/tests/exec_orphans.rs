@@ -3,7 +3,9 @@
 //! without a watchdog the main process dies with the worker
 //! (PDEATHSIG), whichever thread spawned it; and a restarted worker kills
 //! the groups its predecessor recorded, but only while they are provably
-//! the recorded ones.
+//! the recorded ones. A task is announced (by its tag) before it is
+//! spawned, so one whose worker died before its group was recorded is
+//! found and killed too.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -127,6 +129,8 @@ async fn a_restarted_worker_kills_the_recorded_group_and_forgets_the_record() {
     let supervisor = Supervisor::new(Some(book.clone()), None);
     let (task, leader, grandchild, _) = task_with_grandchild(Some(&supervisor)).await;
     assert!(dir.path().join(format!("w.groups/{leader}.json")).exists());
+    // Its announcement was replaced by the record.
+    assert_eq!(book.records().len(), 1, "{:?}", book.records());
 
     // What the next worker under this identity does before it registers.
     let next = book.clone();
@@ -146,6 +150,98 @@ async fn a_restarted_worker_kills_the_recorded_group_and_forgets_the_record() {
     assert!(!alive(grandchild) && !alive(leader));
     assert!(book.records().is_empty());
     drop(task);
+}
+
+/// What a worker killed right after spawning a task leaves: the task's
+/// pending announcement (tag only, no pgid), and the task running in its
+/// own group with a grandchild, both carrying the tag. Returns the child,
+/// the leader's and the grandchild's pids, and the record.
+fn announced_but_unrecorded_task() -> (std::process::Child, i32, i32, GroupRecord) {
+    use std::os::unix::process::CommandExt as _;
+    let tag = format!("test-{}", std::process::id());
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 300 & echo $!; wait"])
+        .env(exec::TAG_VAR, &tag)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let grandchild: i32 = line.trim().parse().unwrap();
+    let leader = i32::try_from(child.id()).unwrap();
+    let record = GroupRecord {
+        pgid: 0,
+        leader_start_ticks: 0,
+        boot_id: procfs::boot_id().unwrap(),
+        tag,
+        attempt: "r/t/1".into(),
+    };
+    assert!(alive(leader) && alive(grandchild));
+    (child, leader, grandchild, record)
+}
+
+#[tokio::test]
+async fn a_restarted_worker_kills_a_task_announced_but_never_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let book = GroupBook::open(dir.path().join("w.groups")).unwrap();
+    let (mut child, leader, grandchild, pending) = announced_but_unrecorded_task();
+    book.write(&pending).unwrap();
+    assert_eq!(book.records(), vec![pending.clone()]);
+
+    let next = book.clone();
+    let leftovers =
+        tokio::task::spawn_blocking(move || next.kill_leftovers(Duration::from_secs(5)))
+            .await
+            .unwrap();
+    let _ = child.wait();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let GroupFate::Killed(pids) = &leftovers[0].fate else {
+        panic!("{leftovers:?}");
+    };
+    assert!(
+        pids.contains(&leader) && pids.contains(&grandchild),
+        "{pids:?}"
+    );
+    assert!(!alive(grandchild) && !alive(leader));
+    assert!(book.records().is_empty());
+}
+
+#[tokio::test]
+async fn the_watchdog_kills_a_task_announced_but_never_recorded_when_the_worker_goes() {
+    let (mut child, leader, grandchild, pending) = announced_but_unrecorded_task();
+    let (mut worker, dog) = watchdog();
+    worker
+        .write_all(format!("group 0 0 {} r/t/1\n", pending.tag).as_bytes())
+        .unwrap();
+    drop(worker);
+    let log = dog.join().unwrap();
+    let _ = child.wait();
+    assert!(wait_dead(grandchild, Duration::from_secs(2)).await, "{log}");
+    assert!(wait_dead(leader, Duration::from_secs(2)).await, "{log}");
+    assert!(
+        log.contains("the worker exited: killed task process group pgid=(announced)"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_forgotten_announcement_kills_nothing() {
+    let (mut child, leader, grandchild, pending) = announced_but_unrecorded_task();
+    let (mut worker, dog) = watchdog();
+    worker
+        .write_all(format!("group 0 0 {0} r/t/1\nforget {0}\n", pending.tag).as_bytes())
+        .unwrap();
+    drop(worker);
+    let log = dog.join().unwrap();
+    assert!(alive(leader) && alive(grandchild), "{log}");
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(leader),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
 }
 
 #[tokio::test]

@@ -21,6 +21,18 @@
 //! starts). A group number cannot be reused while any process is still in
 //! the group, so a member with the tag proves the group is ours.
 //!
+//! Why a record before the process: the worker learns a task's pid only
+//! once the process runs, and a worker killed between the spawn and the
+//! record would leave a task nobody knows about, holding its GPUs while
+//! the restarted worker is given them again (seen in `tests/e2e_chaos.rs`:
+//! a task ran on 200 ms past its worker's `kill -9`, beside the next task
+//! on its GPU). So a group is announced by its tag before it is spawned (a
+//! *pending* record, pgid 0, `pending-<tag>.json`, and the same line to
+//! the watchdog), and replaced by the real record once its pid is known.
+//! A pending record names whatever processes carry its tag, with their
+//! groups: that costs a read of every process's environment, but only
+//! when something is killed.
+//!
 //! Records are written atomically (temp file + rename) but not fsynced:
 //! they guard processes, and no process survives the machine; a record
 //! from an earlier boot is dropped unread.
@@ -45,7 +57,8 @@ pub const TAG_VAR: &str = "TRAINYARD_PROCESS_TAG";
 /// One running attempt's process group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
-    /// Process group id (= the pid of the task's main process).
+    /// Process group id (= the pid of the task's main process); 0 while
+    /// pending (announced before the spawn, see the module docs).
     pub pgid: i32,
     /// The leader's start time (`/proc/<pid>/stat`, ticks since boot).
     pub leader_start_ticks: u64,
@@ -58,9 +71,37 @@ pub struct GroupRecord {
 }
 
 impl GroupRecord {
+    /// Announced before the spawn; its pgid is not known yet.
+    pub fn is_pending(&self) -> bool {
+        self.pgid == 0
+    }
+
     /// The group's live processes, if it is provably this record's
     /// group; `None` when it is gone or cannot be proven ours.
     pub fn members(&self, procs: &[ProcStat]) -> Option<Vec<i32>> {
+        self.groups(procs).map(|(_, members)| members)
+    }
+
+    /// The process groups to kill and their live processes: the recorded
+    /// group if it is provably ours; for a pending record, the groups of
+    /// the processes that carry its tag.
+    fn groups(&self, procs: &[ProcStat]) -> Option<(Vec<i32>, Vec<i32>)> {
+        let tag = format!("{TAG_VAR}={}", self.tag);
+        if self.is_pending() {
+            let mut pgids: Vec<i32> = procs
+                .iter()
+                .filter(|p| !p.is_dead() && p.pgrp > 1 && procfs::environ_has(p.pid, &tag))
+                .map(|p| p.pgrp)
+                .collect();
+            pgids.sort_unstable();
+            pgids.dedup();
+            let members: Vec<i32> = procs
+                .iter()
+                .filter(|p| !p.is_dead() && pgids.contains(&p.pgrp))
+                .map(|p| p.pid)
+                .collect();
+            return (!pgids.is_empty()).then_some((pgids, members));
+        }
         let members: Vec<&ProcStat> = procs
             .iter()
             .filter(|p| p.pgrp == self.pgid && !p.is_dead())
@@ -68,12 +109,11 @@ impl GroupRecord {
         if members.is_empty() {
             return None;
         }
-        let tag = format!("{TAG_VAR}={}", self.tag);
         let ours = members.iter().any(|p| {
             (p.pid == self.pgid && p.start_ticks == self.leader_start_ticks)
                 || procfs::environ_has(p.pid, &tag)
         });
-        ours.then(|| members.iter().map(|p| p.pid).collect())
+        ours.then(|| (vec![self.pgid], members.iter().map(|p| p.pid).collect()))
     }
 }
 
@@ -90,13 +130,16 @@ pub enum GroupFate {
 
 /// SIGKILLs `record`'s group if it is still alive and provably ours.
 pub fn kill_if_ours(record: &GroupRecord, procs: &[ProcStat]) -> GroupFate {
-    let in_use = procs.iter().any(|p| p.pgrp == record.pgid && !p.is_dead());
-    match record.members(procs) {
-        Some(pids) => {
-            match killpg(Pid::from_raw(record.pgid), Signal::SIGKILL) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                Err(error) => {
-                    tracing::warn!(pgid = record.pgid, %error, "cannot signal a leftover task process group");
+    let in_use =
+        !record.is_pending() && procs.iter().any(|p| p.pgrp == record.pgid && !p.is_dead());
+    match record.groups(procs) {
+        Some((pgids, pids)) => {
+            for pgid in pgids {
+                match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(error) => {
+                        tracing::warn!(pgid, %error, "cannot signal a leftover task process group");
+                    }
                 }
             }
             GroupFate::Killed(pids)
@@ -138,10 +181,20 @@ impl GroupBook {
         self.dir.join(format!("{pgid}.json"))
     }
 
+    /// Where `record` is kept: by pgid, or by tag while pending (tags are
+    /// hex digits and dashes).
+    fn path_of(&self, record: &GroupRecord) -> PathBuf {
+        if record.is_pending() {
+            self.dir.join(format!("pending-{}.json", record.tag))
+        } else {
+            self.path(record.pgid)
+        }
+    }
+
     /// Writes `record` atomically (temp file + rename; see the module docs
     /// for why there is no fsync).
     pub fn write(&self, record: &GroupRecord) -> std::io::Result<()> {
-        let path = self.path(record.pgid);
+        let path = self.path_of(record);
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         std::fs::write(&tmp, body)?;
@@ -150,11 +203,20 @@ impl GroupBook {
 
     /// Removes the record of a group that ended.
     pub fn remove(&self, pgid: i32) {
-        match std::fs::remove_file(self.path(pgid)) {
+        self.remove_path(&self.path(pgid));
+    }
+
+    /// Removes `record` (pending or not).
+    pub fn remove_record(&self, record: &GroupRecord) {
+        self.remove_path(&self.path_of(record));
+    }
+
+    fn remove_path(&self, path: &Path) {
+        match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => {
-                tracing::warn!(pgid, %error, dir = %self.dir.display(), "cannot remove a process group record")
+                tracing::warn!(path = %path.display(), %error, "cannot remove a process group record")
             }
         }
     }
@@ -228,7 +290,7 @@ impl GroupBook {
         }
         for l in &out {
             if l.survivors.is_empty() {
-                self.remove(l.record.pgid);
+                self.remove_record(&l.record);
             }
         }
         out
@@ -300,13 +362,55 @@ impl Supervisor {
         Some(f(&mut guard))
     }
 
-    /// A task's group started: record it and tell the watchdog.
+    /// A task is about to be spawned with `tag` in its environment:
+    /// record it as pending and tell the watchdog, so a worker killed
+    /// before [`Supervisor::started`] still leaves it findable.
+    pub(super) fn starting(&self, tag: &str, attempt: &str) {
+        if self.inner.book.is_none() && !self.has_watchdog() {
+            return;
+        }
+        let record = GroupRecord {
+            pgid: 0,
+            leader_start_ticks: 0,
+            boot_id: self.inner.boot_id.clone(),
+            tag: tag.to_owned(),
+            attempt: attempt.to_owned(),
+        };
+        if let Some(book) = &self.inner.book
+            && let Err(error) = book.write(&record)
+        {
+            tracing::warn!(tag, %error, dir = %book.dir().display(), "cannot record a task about to start; a restart may not find it");
+        }
+        self.with_watchdog(|w| w.group(&record));
+    }
+
+    /// The spawn announced by [`Supervisor::starting`] failed: forget it.
+    pub(super) fn not_started(&self, tag: &str) {
+        self.with_watchdog(|w| w.forget(tag));
+        if let Some(book) = &self.inner.book {
+            book.remove_record(&self.pending(tag));
+        }
+    }
+
+    fn pending(&self, tag: &str) -> GroupRecord {
+        GroupRecord {
+            pgid: 0,
+            leader_start_ticks: 0,
+            boot_id: self.inner.boot_id.clone(),
+            tag: tag.to_owned(),
+            attempt: String::new(),
+        }
+    }
+
+    /// A task's group started: record it (replacing its pending record)
+    /// and tell the watchdog.
     pub(super) fn started(&self, pgid: i32, tag: &str, attempt: String) {
         if self.inner.book.is_none() && !self.has_watchdog() {
             return;
         }
         let Some(leader) = procfs::stat(pgid) else {
             // Already reaped: nothing is left to guard.
+            self.not_started(tag);
             return;
         };
         let record = GroupRecord {
@@ -316,11 +420,16 @@ impl Supervisor {
             tag: tag.to_owned(),
             attempt,
         };
-        if let Some(book) = &self.inner.book
-            && let Err(error) = book.write(&record)
-        {
-            tracing::warn!(pgid, %error, dir = %book.dir().display(), "cannot record a task's process group; a restart may not find it");
+        if let Some(book) = &self.inner.book {
+            match book.write(&record) {
+                // The real record is in place: the pending one may go.
+                Ok(()) => book.remove_record(&self.pending(tag)),
+                Err(error) => {
+                    tracing::warn!(pgid, %error, dir = %book.dir().display(), "cannot record a task's process group; a restart may not find it");
+                }
+            }
         }
+        // Replaces the pending announcement (same tag).
         self.with_watchdog(|w| w.group(&record));
     }
 

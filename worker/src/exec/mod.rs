@@ -236,17 +236,33 @@ pub fn spawn_supervised(
         cmd.current_dir(dir);
     }
     let guarded = supervisor.is_some_and(Supervisor::has_watchdog);
-    let mut child = spawner::spawn(cmd, !guarded).map_err(|source| ExecError::Spawn {
-        program: program.to_string(),
-        source,
-    })?;
-    let pid = child.id().ok_or_else(|| ExecError::Spawn {
-        program: program.to_string(),
-        source: std::io::Error::other("child exited before its pid was read"),
-    })?;
+    let attempt = attempt_label(&launch.system_env);
+    // Announced before it exists: a worker killed between the spawn and
+    // `started` must not leave a task nobody knows about (groups.rs).
+    if let Some(s) = supervisor {
+        s.starting(&tag, &attempt);
+    }
+    let spawned = spawner::spawn(cmd, !guarded).and_then(|child| {
+        child
+            .id()
+            .map(|pid| (child, pid))
+            .ok_or_else(|| std::io::Error::other("child exited before its pid was read"))
+    });
+    let (mut child, pid) = match spawned {
+        Ok(spawned) => spawned,
+        Err(source) => {
+            if let Some(s) = supervisor {
+                s.not_started(&tag);
+            }
+            return Err(ExecError::Spawn {
+                program: program.to_string(),
+                source,
+            });
+        }
+    };
     let pgid = i32::try_from(pid).unwrap_or(i32::MAX);
     if let Some(s) = supervisor {
-        s.started(pgid, &tag, attempt_label(&launch.system_env));
+        s.started(pgid, &tag, attempt);
     }
     let group = GroupGuard {
         pgid: Pid::from_raw(pgid),

@@ -26,8 +26,17 @@
 //! ```text
 //! group <pgid> <leader start ticks> <tag> <run/task/attempt>
 //! ended <pgid>
+//! forget <tag>
 //! lease <CLOCK_MONOTONIC deadline in ms, 0 = none>
 //! ```
+//!
+//! Groups are known by their tag: a `group 0 0 <tag> …` line announces a
+//! task before it is spawned (pending: its processes are found by the tag,
+//! see [`super::groups`]), and the `group` line with its pgid that follows
+//! the spawn replaces it; `forget` drops an announcement whose spawn failed.
+//! At end-of-file a pending task may still be between fork and exec, where
+//! its environment does not show the tag yet, so pending ones are looked
+//! for once more a moment later.
 //!
 //! Before killing a group it checks that the group is still the one it was
 //! told about ([`super::groups::GroupRecord::members`]). It writes one log
@@ -108,8 +117,13 @@ pub fn main_if_invoked() -> Option<ExitCode> {
 enum Msg {
     Group(GroupRecord),
     Ended(i32),
+    Forget(String),
     Lease(u64),
 }
+
+/// How long after the first kill at end-of-file pending groups are looked
+/// for again (a spawn takes about a millisecond).
+const PENDING_SECOND_LOOK: Duration = Duration::from_millis(100);
 
 fn parse(line: &str) -> Option<Msg> {
     let mut words = line.splitn(5, ' ');
@@ -122,6 +136,7 @@ fn parse(line: &str) -> Option<Msg> {
             boot_id: String::new(),
         })),
         "ended" => Some(Msg::Ended(words.next()?.parse().ok()?)),
+        "forget" => Some(Msg::Forget(words.next()?.to_owned())),
         "lease" => Some(Msg::Lease(words.next()?.parse().ok()?)),
         _ => None,
     }
@@ -160,7 +175,8 @@ pub fn serve<R: BufRead + Send + 'static>(input: R, worker: &str, log: &mut dyn 
         say(log, worker, "cannot start its reader thread; exiting");
         return;
     }
-    let mut groups: BTreeMap<i32, GroupRecord> = BTreeMap::new();
+    // By tag: a pending announcement and its group share it.
+    let mut groups: BTreeMap<String, GroupRecord> = BTreeMap::new();
     let mut lease: u64 = 0;
     let mut expired = false;
     loop {
@@ -174,10 +190,13 @@ pub fn serve<R: BufRead + Send + 'static>(input: R, worker: &str, log: &mut dyn 
                 if expired {
                     kill(log, worker, "the worker's lease had expired", &[&g]);
                 }
-                groups.insert(g.pgid, g);
+                groups.insert(g.tag.clone(), g);
             }
             Ok(Msg::Ended(pgid)) => {
-                groups.remove(&pgid);
+                groups.retain(|_, g| g.pgid != pgid);
+            }
+            Ok(Msg::Forget(tag)) => {
+                groups.remove(&tag);
             }
             Ok(Msg::Lease(at)) => {
                 lease = at;
@@ -199,6 +218,12 @@ pub fn serve<R: BufRead + Send + 'static>(input: R, worker: &str, log: &mut dyn 
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let all: Vec<&GroupRecord> = groups.values().collect();
                 kill(log, worker, "the worker exited", &all);
+                let pending: Vec<&GroupRecord> =
+                    groups.values().filter(|g| g.is_pending()).collect();
+                if !pending.is_empty() {
+                    std::thread::sleep(PENDING_SECOND_LOOK);
+                    kill(log, worker, "the worker exited", &pending);
+                }
                 return;
             }
         }
@@ -227,7 +252,12 @@ fn kill(log: &mut dyn std::io::Write, worker: &str, why: &str, groups: &[&GroupR
                 worker,
                 &format!(
                     "{why}: killed task process group pgid={} attempt={} pids={pids:?}",
-                    g.pgid, g.attempt
+                    if g.is_pending() {
+                        "(announced)".to_owned()
+                    } else {
+                        g.pgid.to_string()
+                    },
+                    g.attempt
                 ),
             ),
             GroupFate::NotOurs => say(
@@ -250,7 +280,8 @@ pub(super) struct Client {
     cmd: WatchdogCommand,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    groups: BTreeMap<i32, String>,
+    /// The `group` line of each guarded group, by tag, to replay.
+    groups: BTreeMap<String, String>,
     lease: u64,
 }
 
@@ -340,13 +371,22 @@ impl Client {
 
     pub(super) fn group(&mut self, r: &GroupRecord) {
         let line = group_line(r);
-        self.groups.insert(r.pgid, line.clone());
+        self.groups.insert(r.tag.clone(), line.clone());
         self.send(&line);
     }
 
     pub(super) fn ended(&mut self, pgid: i32) {
-        if self.groups.remove(&pgid).is_some() {
+        let prefix = format!("group {pgid} ");
+        let before = self.groups.len();
+        self.groups.retain(|_, line| !line.starts_with(&prefix));
+        if self.groups.len() != before {
             self.send(&format!("ended {pgid}\n"));
+        }
+    }
+
+    pub(super) fn forget(&mut self, tag: &str) {
+        if self.groups.remove(tag).is_some() {
+            self.send(&format!("forget {tag}\n"));
         }
     }
 
@@ -386,6 +426,7 @@ mod tests {
         let line = group_line(&r);
         assert_eq!(parse(line.trim_end()), Some(Msg::Group(r)));
         assert_eq!(parse("ended 42"), Some(Msg::Ended(42)));
+        assert_eq!(parse("forget ab-cd-0"), Some(Msg::Forget("ab-cd-0".into())));
         assert_eq!(parse("lease 0"), Some(Msg::Lease(0)));
         assert_eq!(parse("lease soon"), None);
         assert_eq!(parse("reboot"), None);
