@@ -32,6 +32,7 @@
 mod cron_slots;
 mod dispatch;
 mod handle;
+mod isolate;
 mod memory;
 pub mod placement;
 mod progress;
@@ -137,6 +138,11 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database refuses this command's writes for good (a constraint,
+    /// a value it rejects): the engine isolated it from its turn, the rest
+    /// went on. The message names the run, task and the database's reason.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl trainyard_core::error::Classify for EngineError {
@@ -160,6 +166,10 @@ impl trainyard_core::error::Classify for EngineError {
             | Self::NoSchedule(_)
             | Self::RunFinished { .. }
             | Self::TaskFinished { .. } => ErrorKind::FailedPrecondition,
+            // Repeating the request cannot help: the database refuses what
+            // it leads to. Not a stream-ending server error either, so a
+            // worker does not resend the same report forever.
+            Self::Refused(_) => ErrorKind::FailedPrecondition,
             Self::BadSpec { .. } => ErrorKind::Internal,
             Self::Store(e) => e.kind(),
         }
@@ -291,6 +301,11 @@ pub(crate) struct Core {
     orphaned: Vec<(RunId, TaskInstanceId, i32, TaskState)>,
     /// Assignments whose command could not be rendered: failed after dispatch.
     unrenderable: Vec<(WorkerId, TaskInstanceId, i32, String)>,
+    /// Tasks (and run starts) whose writes the database refuses for good:
+    /// not decided or dispatched on the engine's own (see `isolate.rs`).
+    quarantine: isolate::Quarantine,
+    /// Settling starts one run or places one task per commit (isolation).
+    one_at_a_time: bool,
     /// What HTTP reads without a round trip through the command queue.
     published: Published,
 }
@@ -347,6 +362,8 @@ impl Engine {
             redecide: Vec::new(),
             unrenderable: Vec::new(),
             orphaned: Vec::new(),
+            quarantine: Default::default(),
+            one_at_a_time: false,
             published: published.clone(),
         };
         // The rebuild's own writes (workers whose attempts outlived them) are
@@ -460,7 +477,11 @@ impl Core {
     /// Starts queued runs and dispatches ready tasks if anything changed.
     async fn settle(&mut self) {
         if std::mem::take(&mut self.start_pending) {
-            self.start_queued_runs().await;
+            let started = self.start_queued_runs().await;
+            if started && self.one_at_a_time {
+                // Its commit first; placements follow in the next one.
+                return;
+            }
         }
         // Bounded: each round fails some attempts for good or retries them later.
         for _ in 0..4 {
