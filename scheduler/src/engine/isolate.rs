@@ -130,6 +130,11 @@ enum Tried {
     Failed(Unit, FailedTurn),
 }
 
+/// Whether a hold falls on the run (a refused start) rather than on tasks.
+fn held_none(subject: Option<TaskInstanceId>, starts_a_run: bool, touched: &Touched) -> bool {
+    subject.is_none() && (starts_a_run || touched.tasks.is_empty())
+}
+
 /// The database's message on one line, bounded (it goes into answers).
 fn one_line(e: &StoreError) -> String {
     let text = e.to_string().replace(['\n', '\r'], " ");
@@ -304,6 +309,7 @@ impl Core {
                 answered: Vec::new(),
                 fired: Vec::new(),
                 touched: Touched::default(),
+                starts_run: false,
             };
             self.stop_isolation(vec![h], VecDeque::new(), e);
             return;
@@ -450,7 +456,7 @@ impl Core {
                         && !(f.touched.tasks.is_empty() && f.touched.runs.is_empty()) =>
                 {
                     *poisoned += 1;
-                    self.hold(&f, "a start or placement");
+                    self.hold(&f, "a start or placement", None);
                     self.resync_now().await;
                 }
                 Err(f) => break Tried::Failed(Unit::new(Work::Settle), f),
@@ -462,7 +468,7 @@ impl Core {
 
     /// Holds the tasks (and runs) a refused unit's writes named, logs it,
     /// counts it, and re-reads their runs.
-    fn hold(&mut self, f: &FailedTurn, what: &str) -> String {
+    fn hold(&mut self, f: &FailedTurn, what: &str, subject: Option<TaskInstanceId>) -> String {
         let about = self.describe(&f.touched);
         let db = one_line(&f.error);
         let reason = format!(
@@ -476,12 +482,21 @@ impl Core {
             error = %f.error,
             "the database refuses these writes for good; holding these tasks (the rest goes on)"
         );
-        for ti in &f.touched.tasks {
-            self.quarantine.tasks.insert(*ti, reason.clone());
+        // The task the unit was about when it has one (a report, a timer):
+        // the decisions its writes carried for other tasks are made again
+        // once it moves. A start holds its run rather than every root task.
+        let starts_a_run = subject.is_none() && f.starts_run;
+        let held: Vec<TaskInstanceId> = match subject {
+            Some(ti) => vec![ti],
+            None if starts_a_run => Vec::new(),
+            None => f.touched.tasks.iter().copied().collect(),
+        };
+        for ti in held {
+            self.quarantine.tasks.insert(ti, reason.clone());
         }
-        let run_writes_only = f.touched.tasks.is_empty();
+        let run_writes_only = held_none(subject, starts_a_run, &f.touched);
         for run in &f.touched.runs {
-            if run_writes_only {
+            if run_writes_only && !self.quarantine.runs.contains_key(run) {
                 self.quarantine.runs.insert(*run, reason.clone());
             }
             self.resync.insert(*run);
@@ -537,9 +552,15 @@ impl Core {
                     self.resync.extend(f.touched.runs.iter().copied());
                 }
             }
-            Work::FailAttempt { cmd, refused, .. } => {
-                // Even the failure cannot be written: hold what it named.
-                self.hold(&f, "recording a refused report's attempt as failed");
+            Work::FailAttempt {
+                cmd, refused, ti, ..
+            } => {
+                // Even the failure cannot be written: hold the task.
+                self.hold(
+                    &f,
+                    "recording a refused report's attempt as failed",
+                    Some(ti),
+                );
                 let message = format!(
                     "{refused}; recording the attempt as failed was refused too, so the task is \
                      held as the store has it (see its wait reason)"
@@ -547,10 +568,14 @@ impl Core {
                 cmd.fail(|| EngineError::Refused(message.clone()));
             }
             Work::Timer(timer) => {
-                self.hold(&f, &format!("{timer:?}"));
+                let subject = match &timer {
+                    TimerKind::Retry { ti, .. } | TimerKind::Timeout { ti, .. } => Some(*ti),
+                    _ => None,
+                };
+                self.hold(&f, &format!("{timer:?}"), subject);
             }
             Work::Prologue => {
-                self.hold(&f, "deciding re-read runs again");
+                self.hold(&f, "deciding re-read runs again", None);
                 if f.touched.tasks.is_empty() {
                     // Nothing to hold, so nothing would change on a retry:
                     // leave those decisions to the runs' next events.
@@ -560,7 +585,7 @@ impl Core {
             }
             Work::Deferred => self.split_deferred().await,
             Work::Settle => {
-                self.hold(&f, "a start or placement");
+                self.hold(&f, "a start or placement", None);
             }
         }
         self.resync_now().await;
@@ -586,8 +611,9 @@ impl Core {
                         error: e,
                         answered: Vec::new(),
                         fired: Vec::new(),
+                        starts_run: false,
                     };
-                    self.hold(&f, "an attempt start");
+                    self.hold(&f, "an attempt start", None);
                 }
                 Err(e) => {
                     // Not a refusal: keep this and the rest for later.

@@ -85,6 +85,8 @@ pub(super) struct FailedTurn {
     pub(super) answered: Vec<(Command, Answer)>,
     pub(super) fired: Vec<TimerKind>,
     pub(super) touched: super::isolate::Touched,
+    /// Its writes started a run (`queued → running`).
+    pub(super) starts_run: bool,
 }
 
 impl Healing {
@@ -338,6 +340,9 @@ impl Core {
     fn undo(&mut self, e: StoreError) -> FailedTurn {
         let turn = std::mem::take(&mut self.turn);
         let touched = self.touched_by(&turn.writes);
+        let starts_run = turn.writes.writes.iter().any(|(w, _)| {
+            matches!(w, crate::store::Write::Run(t) if t.from == trainyard_core::state::RunState::Queued)
+        });
         if let Some(s) = turn.snapshot {
             self.restore(s);
         }
@@ -368,6 +373,7 @@ impl Core {
             answered: turn.answered,
             fired: turn.fired,
             touched,
+            starts_run,
         }
     }
 
