@@ -18,10 +18,15 @@
 //! worker messages and publishes events. When the transaction fails, memory
 //! goes back to its snapshot from the turn's start (`memory.rs`) and the
 //! turn's work is tried again on a back-off; nothing waits for a restart.
+//! When the database refuses one command's writes for good (a constraint,
+//! a value it rejects), retrying the whole turn would stall everything
+//! behind it: the turn is isolated instead (`isolate`), its work committed
+//! one command at a time, the refused command answered with
+//! [`EngineError::Refused`] and its task recorded failed or held.
 //! The store stays the source of truth, which is what makes restarts safe.
 //!
 //! Module map: `handle` (API types and the handle), `turn` (plan, commit
-//! once, apply; healing), `memory` (snapshots, the published view),
+//! once, apply; healing), `isolate` (poison turns), `memory` (snapshots, the published view),
 //! `state` (active runs),
 //! `readiness` (trigger rules), `placement` (best-fit, pure), `timers`,
 //! `cron_slots` (which slots are due), `workers` (the worker registry),

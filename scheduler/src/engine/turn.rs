@@ -22,6 +22,20 @@
 //! ([`StoreError::NotLeader`]) can never succeed here: the store wakes the
 //! election, which ends the term and stops this engine.
 //!
+//! On each kind of failure ([`crate::store::FailureClass`]):
+//! - **transient** (connection, timeout, serialization, deadlock, lock
+//!   timeout, restart): memory back, the same work retried on the back-off;
+//! - **conflict**: memory back, the runs concerned re-read, then retried;
+//! - **not leader**: memory back, never retried; the election ends the term;
+//! - **deterministic** (a constraint or check violation, a value the
+//!   database refuses): memory back, and the next try is an isolation pass
+//!   (`isolate.rs`) that commits the turn's work one command at a time, so
+//!   only the refused command is answered with the error — its run re-read,
+//!   its task recorded failed or held — and everything else commits. A turn
+//!   that fails [`ISOLATE_AFTER`] times in a row is isolated too, whatever
+//!   its errors looked like; then a user's request waits for the pass
+//!   instead of being answered with the error.
+//!
 //! Run creation needs ids the database assigns, so it is written directly
 //! rather than batched ([`Core::before_direct_write`]): what the turn decided
 //! so far is committed first, the run is inserted, and the snapshot moves
