@@ -52,8 +52,13 @@ impl Core {
         // Walked in place: a pass stops at the first `free_slots` placements,
         // so a wide run's ready queue is not copied on every turn.
         for &(_, _, ti) in self.ready.iter() {
-            if free_slots == 0 {
+            if free_slots == 0 || (self.one_at_a_time && !planned.is_empty()) {
                 break;
+            }
+            // Held: its writes are refused (see `isolate.rs`); the wait
+            // reason says so.
+            if self.quarantine.holds_task(ti) {
+                continue;
             }
             let Some(&(run_id, idx)) = self.ti_index.get(&ti) else {
                 continue;
@@ -137,6 +142,10 @@ impl Core {
         }
         if planned.is_empty() {
             return;
+        }
+        if self.one_at_a_time {
+            // One placement per commit; the next pass places the next.
+            self.dirty = true;
         }
         self.assign_and_send(planned);
     }

@@ -72,6 +72,7 @@ impl Core {
         self.published.set(View {
             runs: self.runs.clone(),
             workers: self.workers.clone(),
+            held: self.quarantine.tasks.clone(),
             health,
         });
     }
@@ -118,6 +119,8 @@ impl std::fmt::Display for StoreHealth {
 struct View {
     runs: imbl::HashMap<RunId, ActiveRun>,
     workers: imbl::HashMap<WorkerId, WorkerEntry>,
+    /// Tasks whose writes the database refuses, with why (`isolate.rs`).
+    held: imbl::HashMap<TaskInstanceId, String>,
     health: StoreHealth,
 }
 
@@ -144,11 +147,20 @@ impl Published {
     }
 
     pub(super) fn wait_reasons(&self, run: RunId) -> WaitReasons {
-        self.get()
-            .runs
-            .get(&run)
-            .map(wait_reasons_of)
-            .unwrap_or_default()
+        let view = self.get();
+        let Some(run) = view.runs.get(&run) else {
+            return WaitReasons::default();
+        };
+        let mut reasons = wait_reasons_of(run);
+        if !view.held.is_empty() {
+            // A held task waits for a person, whatever its state: say so.
+            for t in run.tasks.iter() {
+                if let Some(why) = view.held.get(&t.ti) {
+                    reasons.insert(t.task_id.clone(), why.clone());
+                }
+            }
+        }
+        reasons
     }
 
     pub(super) fn gpu_usage(&self) -> BTreeMap<WorkerId, Vec<GpuUsage>> {

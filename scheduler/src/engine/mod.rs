@@ -18,10 +18,15 @@
 //! worker messages and publishes events. When the transaction fails, memory
 //! goes back to its snapshot from the turn's start (`memory.rs`) and the
 //! turn's work is tried again on a back-off; nothing waits for a restart.
+//! When the database refuses one command's writes for good (a constraint,
+//! a value it rejects), retrying the whole turn would stall everything
+//! behind it: the turn is isolated instead (`isolate`), its work committed
+//! one command at a time, the refused command answered with
+//! [`EngineError::Refused`] and its task recorded failed or held.
 //! The store stays the source of truth, which is what makes restarts safe.
 //!
 //! Module map: `handle` (API types and the handle), `turn` (plan, commit
-//! once, apply; healing), `memory` (snapshots, the published view),
+//! once, apply; healing), `isolate` (poison turns), `memory` (snapshots, the published view),
 //! `state` (active runs),
 //! `readiness` (trigger rules), `placement` (best-fit, pure), `timers`,
 //! `cron_slots` (which slots are due), `workers` (the worker registry),
@@ -32,6 +37,7 @@
 mod cron_slots;
 mod dispatch;
 mod handle;
+mod isolate;
 mod memory;
 pub mod placement;
 mod progress;
@@ -141,6 +147,11 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database refuses this command's writes for good (a constraint,
+    /// a value it rejects): the engine isolated it from its turn, the rest
+    /// went on. The message names the run, task and the database's reason.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl trainyard_core::error::Classify for EngineError {
@@ -164,6 +175,10 @@ impl trainyard_core::error::Classify for EngineError {
             | Self::NoSchedule(_)
             | Self::RunFinished { .. }
             | Self::TaskFinished { .. } => ErrorKind::FailedPrecondition,
+            // Repeating the request cannot help: the database refuses what
+            // it leads to. Not a stream-ending server error either, so a
+            // worker does not resend the same report forever.
+            Self::Refused(_) => ErrorKind::FailedPrecondition,
             Self::BadSpec { .. } => ErrorKind::Internal,
             Self::Store(e) => e.kind(),
         }
@@ -295,6 +310,11 @@ pub(crate) struct Core {
     orphaned: Vec<(RunId, TaskInstanceId, i32, TaskState)>,
     /// Assignments whose command could not be rendered: failed after dispatch.
     unrenderable: Vec<(WorkerId, TaskInstanceId, i32, String)>,
+    /// Tasks (and run starts) whose writes the database refuses for good:
+    /// not decided or dispatched on the engine's own (see `isolate.rs`).
+    quarantine: isolate::Quarantine,
+    /// Settling starts one run or places one task per commit (isolation).
+    one_at_a_time: bool,
     /// What HTTP reads without a round trip through the command queue.
     published: Published,
 }
@@ -351,6 +371,8 @@ impl Engine {
             redecide: Vec::new(),
             unrenderable: Vec::new(),
             orphaned: Vec::new(),
+            quarantine: Default::default(),
+            one_at_a_time: false,
             published: published.clone(),
         };
         // The rebuild's own writes (workers whose attempts outlived them) are
@@ -464,7 +486,11 @@ impl Core {
     /// Starts queued runs and dispatches ready tasks if anything changed.
     async fn settle(&mut self) {
         if std::mem::take(&mut self.start_pending) {
-            self.start_queued_runs().await;
+            let started = self.start_queued_runs().await;
+            if started && self.one_at_a_time {
+                // Its commit first; placements follow in the next one.
+                return;
+            }
         }
         // Bounded: each round fails some attempts for good or retries them later.
         for _ in 0..4 {

@@ -353,7 +353,11 @@ impl Core {
             return;
         };
         let node = &self.runs[&r].tasks[idx];
-        if r != run_id || node.attempt != attempt || node.state != state {
+        if r != run_id
+            || node.attempt != attempt
+            || node.state != state
+            || self.quarantine.holds_task(ti)
+        {
             return;
         }
         let (to, reason) = match state {
@@ -475,7 +479,10 @@ impl Core {
         let mut seen = std::collections::HashSet::new();
         for &i in candidates {
             let node = &run.tasks[i];
-            if node.state != TaskState::Pending || !seen.insert(i) {
+            if node.state != TaskState::Pending
+                || !seen.insert(i)
+                || self.quarantine.holds_task(node.ti)
+            {
                 continue;
             }
             let Some(spec) = run.spec.tasks.get(node.task_id.as_str()) else {

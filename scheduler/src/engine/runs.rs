@@ -401,16 +401,18 @@ impl Core {
     }
 
     /// Starts queued runs, oldest first, while their DAG is under max_active_runs.
-    pub(super) async fn start_queued_runs(&mut self) {
+    /// Returns whether it started any.
+    pub(super) async fn start_queued_runs(&mut self) -> bool {
         let mut queued: Vec<(RunId, DagId)> = self
             .runs
             .values()
-            .filter(|r| r.run.state == RunState::Queued)
+            .filter(|r| r.run.state == RunState::Queued && !self.quarantine.holds_run(r.run.id))
             .map(|r| (r.run.id, r.run.dag_id.clone()))
             .collect();
         if queued.is_empty() {
-            return;
+            return false;
         }
+        let mut started = false;
         queued.sort();
         for (run_id, dag) in queued {
             let max = self.runs[&run_id].spec.max_active_runs.max(1) as usize;
@@ -432,7 +434,14 @@ impl Core {
             self.set_run_state(run_id, RunState::Running);
             let pending: Vec<usize> = (0..self.runs[&run_id].tasks.len()).collect();
             self.advance(run_id, pending).await;
+            started = true;
+            if self.one_at_a_time {
+                // One start per commit (isolation); the next settle goes on.
+                self.start_pending = true;
+                break;
+            }
         }
+        started
     }
 
     /// Success when every task succeeded or was skipped, else failed.

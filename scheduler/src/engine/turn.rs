@@ -22,6 +22,20 @@
 //! ([`StoreError::NotLeader`]) can never succeed here: the store wakes the
 //! election, which ends the term and stops this engine.
 //!
+//! On each kind of failure ([`crate::store::FailureClass`]):
+//! - **transient** (connection, timeout, serialization, deadlock, lock
+//!   timeout, restart): memory back, the same work retried on the back-off;
+//! - **conflict**: memory back, the runs concerned re-read, then retried;
+//! - **not leader**: memory back, never retried; the election ends the term;
+//! - **deterministic** (a constraint or check violation, a value the
+//!   database refuses): memory back, and the next try is an isolation pass
+//!   (`isolate.rs`) that commits the turn's work one command at a time, so
+//!   only the refused command is answered with the error — its run re-read,
+//!   its task recorded failed or held — and everything else commits. A turn
+//!   that fails [`ISOLATE_AFTER`] times in a row is isolated too, whatever
+//!   its errors looked like; then a user's request waits for the pass
+//!   instead of being answered with the error.
+//!
 //! Run creation needs ids the database assigns, so it is written directly
 //! rather than batched ([`Core::before_direct_write`]): what the turn decided
 //! so far is committed first, the run is inserted, and the snapshot moves
@@ -43,20 +57,20 @@ use crate::store::{StoreError, WriteBatch};
 #[derive(Debug, Default)]
 pub(super) struct Turn {
     /// Memory as it was when the turn (or its last direct write) began.
-    snapshot: Option<Snapshot>,
+    pub(super) snapshot: Option<Snapshot>,
     pub(super) writes: WriteBatch,
     /// Messages to workers, sent in order after the commit.
     outbox: Vec<(WorkerId, WorkerCommand)>,
     pub(super) events: Vec<EngineEvent>,
     /// Commands handled, with their answers, awaiting the commit.
-    answered: Vec<(Command, Answer)>,
+    pub(super) answered: Vec<(Command, Answer)>,
     /// Timers handled, fired again if the turn fails.
     fired: Vec<TimerKind>,
     /// Why the turn cannot commit (a read it needed failed, or a direct
     /// write's commit failed); set, the turn is rolled back.
-    failed: Option<StoreError>,
+    pub(super) failed: Option<StoreError>,
     /// The command being handled committed a direct write: it is done.
-    direct: bool,
+    pub(super) direct: bool,
     /// Commit deferred writes now even if the turn wrote nothing (a barrier).
     pub(super) flush: bool,
 }
@@ -64,9 +78,29 @@ pub(super) struct Turn {
 /// Failed turns in a row and the back-off before the next try.
 #[derive(Debug, Default)]
 pub(super) struct Healing {
-    failures: u32,
+    pub(super) failures: u32,
     since: Option<chrono::DateTime<Utc>>,
-    next_try: Option<tokio::time::Instant>,
+    pub(super) next_try: Option<tokio::time::Instant>,
+    /// The next try isolates (one unit per transaction, see `isolate.rs`):
+    /// the last failure was deterministic, or turns failed
+    /// [`ISOLATE_AFTER`] times in a row.
+    pub(super) isolate: bool,
+}
+
+/// Failed turns in a row after which the next try isolates even when the
+/// errors looked transient (a refusal the classification does not know).
+pub(super) const ISOLATE_AFTER: u32 = 3;
+
+/// A turn whose transaction failed, memory already back at its snapshot:
+/// what it had answered and fired, and the ids its writes named.
+#[derive(Debug)]
+pub(super) struct FailedTurn {
+    pub(super) error: StoreError,
+    pub(super) answered: Vec<(Command, Answer)>,
+    pub(super) fired: Vec<TimerKind>,
+    pub(super) touched: super::isolate::Touched,
+    /// Its writes started a run (`queued → running`).
+    pub(super) starts_run: bool,
 }
 
 impl Healing {
@@ -109,18 +143,7 @@ impl Core {
     /// One turn over `cmds` and the due `timers` (see the module docs).
     pub(super) async fn run_turn(&mut self, cmds: Vec<Command>, timers: Vec<TimerKind>) {
         self.begin_turn();
-        // Runs re-read after a conflict: decide their pending tasks again.
-        // (Kept until a turn commits them.) Attempts the store assigned in a
-        // turn this engine rolled back never reached a worker: hand them back.
-        for (run_id, ti, attempt, state) in self.orphaned.clone() {
-            self.reclaim_orphan(run_id, ti, attempt, state).await;
-        }
-        for run_id in self.redecide.clone() {
-            if let Some(run) = self.runs.get(&run_id) {
-                let all: Vec<usize> = (0..run.tasks.len()).collect();
-                self.advance(run_id, all).await;
-            }
-        }
+        self.prologue().await;
         let mut cmds = cmds.into_iter();
         for cmd in cmds.by_ref() {
             let answer = self.handle(&cmd).await;
@@ -163,6 +186,22 @@ impl Core {
         self.finish_turn().await;
     }
 
+    /// What every turn owes first: runs re-read after a conflict decide
+    /// their pending tasks again (kept until a turn commits them), and
+    /// attempts the store assigned in a turn this engine rolled back (they
+    /// never reached a worker) are handed back.
+    pub(super) async fn prologue(&mut self) {
+        for (run_id, ti, attempt, state) in self.orphaned.clone() {
+            self.reclaim_orphan(run_id, ti, attempt, state).await;
+        }
+        for run_id in self.redecide.clone() {
+            if let Some(run) = self.runs.get(&run_id) {
+                let all: Vec<usize> = (0..run.tasks.len()).collect();
+                self.advance(run_id, all).await;
+            }
+        }
+    }
+
     /// A failed turn's back-off ran out: re-read what conflicted, then try
     /// the backlog (and everything memory may owe: starts, dispatch) again.
     pub(super) async fn heal_turn(&mut self, cmds: Vec<Command>) {
@@ -183,23 +222,17 @@ impl Core {
         }
         self.dirty = true;
         self.start_pending = true;
-        self.run_turn(cmds, Vec::new()).await;
+        if std::mem::take(&mut self.healing.isolate) {
+            self.isolate(cmds).await;
+        } else {
+            self.run_turn(cmds, Vec::new()).await;
+        }
     }
 
     /// Settles, commits, and then releases or rolls back.
     pub(super) async fn finish_turn(&mut self) {
-        if self.turn.failed.is_none() {
-            self.settle().await;
-        }
-        let result = match self.turn.failed.take() {
-            Some(e) => Err(e),
-            None => self.commit_writes().await,
-        };
-        match result {
+        match self.try_finish_turn(true).await {
             Ok(()) => {
-                self.release();
-                self.redecide.clear();
-                self.orphaned.clear();
                 if self.healing.failures > 0 {
                     warn!(
                         failures = self.healing.failures,
@@ -209,10 +242,34 @@ impl Core {
                 }
                 self.publish(StoreHealth::Ok);
             }
-            Err(e) => self.roll_back(e),
+            Err(failed) => self.roll_back(failed),
         }
     }
 
+    /// Settles (when `settle`), commits, and releases; or, when the commit
+    /// fails, puts memory back to the snapshot and hands back what the turn
+    /// had answered and fired, for the caller to retry or isolate.
+    pub(super) async fn try_finish_turn(&mut self, settle: bool) -> Result<(), FailedTurn> {
+        if settle && self.turn.failed.is_none() {
+            self.settle().await;
+        }
+        let result = match self.turn.failed.take() {
+            Some(e) => Err(e),
+            None => self.commit_writes().await,
+        };
+        match result {
+            Ok(()) => {
+                if !self.quarantine.is_empty() {
+                    self.lift_quarantine();
+                }
+                self.release();
+                self.redecide.clear();
+                self.orphaned.clear();
+                Ok(())
+            }
+            Err(e) => Err(self.undo(e)),
+        }
+    }
     /// Commits the turn's batch, preceded by the deferred writes; nothing
     /// to do when the turn wrote nothing and the deferred ones may wait.
     async fn commit_writes(&mut self) -> Result<(), StoreError> {
@@ -292,10 +349,14 @@ impl Core {
         }
     }
 
-    /// The turn failed: memory back to its snapshot, nothing released, the
-    /// work queued for the next try.
-    fn roll_back(&mut self, e: StoreError) {
+    /// The turn's commit failed: memory back to its snapshot, nothing
+    /// released. A conflict also marks the runs concerned for a re-read.
+    fn undo(&mut self, e: StoreError) -> FailedTurn {
         let turn = std::mem::take(&mut self.turn);
+        let touched = self.touched_by(&turn.writes);
+        let starts_run = turn.writes.writes.iter().any(|(w, _)| {
+            matches!(w, crate::store::Write::Run(t) if t.from == trainyard_core::state::RunState::Queued)
+        });
         if let Some(s) = turn.snapshot {
             self.restore(s);
         }
@@ -321,12 +382,34 @@ impl Core {
                 None => self.resync.extend(self.runs.keys().copied()),
             }
         }
+        FailedTurn {
+            error: e,
+            answered: turn.answered,
+            fired: turn.fired,
+            touched,
+            starts_run,
+        }
+    }
+
+    /// The turn failed: nothing of it happened; the work is queued for the
+    /// next try (see the module docs).
+    fn roll_back(&mut self, failed: FailedTurn) {
+        let FailedTurn {
+            error: e,
+            answered,
+            fired,
+            ..
+        } = failed;
+        // The next try isolates: a refusal that will repeat, or a turn that
+        // keeps failing. Then a user's request waits for it too (it is tried
+        // on its own), since it may well be one of the healthy ones.
+        let isolate = e.is_deterministic() || self.healing.failures + 1 >= ISOLATE_AFTER;
         // Answered-in-memory commands: reports again in order, ahead of what
         // was not reached; a user's request gets the error.
         let mut again = std::collections::VecDeque::new();
         let message = e.to_string();
-        for (cmd, _) in turn.answered {
-            if cmd.retried_on_failure() {
+        for (cmd, _) in answered {
+            if cmd.retried_on_failure() || (isolate && !e.is_not_leader()) {
                 again.push_back(cmd);
             } else {
                 cmd.fail(|| {
@@ -341,14 +424,15 @@ impl Core {
         again.append(&mut rest);
         self.backlog = again;
         let now = self.clock.now();
-        for timer in turn.fired {
+        for timer in fired {
             self.timers.arm(now, timer);
         }
         self.turn_failed(&e);
+        self.healing.isolate = isolate && !e.is_not_leader();
     }
 
     /// Counts a failure, publishes it, and schedules the next try.
-    fn turn_failed(&mut self, e: &StoreError) {
+    pub(super) fn turn_failed(&mut self, e: &StoreError) {
         let h = &mut self.healing;
         h.failures += 1;
         let since = *h.since.get_or_insert_with(Utc::now);
@@ -366,14 +450,14 @@ impl Core {
             // term (and stops this engine) as soon as it has read the lease;
             // until then turns keep failing without writing anything.
             warn!(error = %e, "this engine's term is over; waiting for the election to stop it");
-        } else if !e.is_retryable() && !e.is_conflict() {
-            // Not an outage: the store refuses what the engine decided. Memory
-            // is kept as it was and the turn retried, but this needs a person.
-            tracing::error!(
+        } else if e.is_deterministic() {
+            // Not an outage: the store refuses what the engine decided. The
+            // next try commits the turn's work one command at a time, so the
+            // healthy ones go through and the refused one is answered.
+            warn!(
                 error = %e,
-                failures = h.failures,
                 "the store refuses this turn's writes (not a connection problem); \
-                 the engine keeps retrying — please report this with the log"
+                 isolating the command that causes it"
             );
         }
         warn!(

@@ -103,6 +103,10 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// When the lease as last seen expires (Unix seconds, the database's clock).
     pub leader_lease_expiry: prometheus::Gauge,
+    /// Engine commands (and timers, dispatches) whose writes the database
+    /// refused deterministically, isolated from their turn and answered
+    /// with an error (see `engine::isolate`).
+    pub engine_poison_commands: IntCounter,
 }
 
 /// Latency buckets from 0.5 ms (a chain step on a quiet machine) to 2 min.
@@ -256,6 +260,12 @@ impl Metrics {
             "When the leader lease as this replica last saw it expires (Unix time, \
              database clock).",
         )?;
+        let engine_poison_commands = IntCounter::new(
+            "trainyard_engine_poison_commands_total",
+            "Engine commands whose writes the database refused deterministically (a constraint, \
+             a value it rejects): isolated from the rest of their turn, answered with the \
+             error, their task marked failed or held.",
+        )?;
         let metrics = Self {
             registry,
             task_transitions,
@@ -278,6 +288,7 @@ impl Metrics {
             leader_term,
             leader,
             leader_lease_expiry,
+            engine_poison_commands,
         };
         metrics.register_all()?;
         Ok(metrics)
@@ -305,6 +316,7 @@ impl Metrics {
         r.register(Box::new(self.leader_term.clone()))?;
         r.register(Box::new(self.leader.clone()))?;
         r.register(Box::new(self.leader_lease_expiry.clone()))?;
+        r.register(Box::new(self.engine_poison_commands.clone()))?;
         Ok(())
     }
 

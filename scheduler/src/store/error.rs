@@ -4,6 +4,19 @@
 //! under concurrency and tell the caller to re-read; `SchemaTooNew` and
 //! `UnsupportedUrl` are configuration errors a user must fix; `Database` wraps
 //! everything sqlx reports and is worth retrying only when [`StoreError::is_retryable`].
+//!
+//! [`StoreError::failure_class`] sorts a failed engine commit into what the
+//! engine does next: **transient** (connection lost, pool timeout,
+//! serialization failure or deadlock, lock timeout, the database restarting:
+//! the same transaction may commit later, so it is retried with back-off),
+//! **conflict** (a compare-and-set found another state: re-read the run),
+//! **not leader** (the term is over: never retried), and **deterministic**
+//! (a constraint or check violation, a value the database refuses, invalid
+//! SQL: SQLSTATE classes 22, 23, 42 and the like, SQLite's constraint,
+//! mismatch and too-big codes — the same writes fail every time, so the
+//! engine isolates the command that produced them instead of retrying the
+//! whole turn). An error the table does not know counts as transient: the
+//! engine still isolates a turn that keeps failing (see `engine::turn`).
 
 use trainyard_core::error::{Classify, ErrorKind};
 use trainyard_core::ids::{RunId, TaskInstanceId};
@@ -137,7 +150,113 @@ impl Classify for StoreError {
     }
 }
 
+/// What a failed write means for the engine (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The database could not take the transaction now; the same one may
+    /// commit later (retry with back-off).
+    Transient,
+    /// A compare-and-set found another state: re-read, then decide again.
+    Conflict,
+    /// A newer leadership term exists: nothing of this engine can commit.
+    NotLeader,
+    /// The database refuses these writes and will refuse them again.
+    Deterministic,
+}
+
+/// The class of a database error code: a PostgreSQL SQLSTATE (five
+/// characters, class = the first two) or a SQLite result code (primary or
+/// extended, as decimal text; the primary code is the low byte).
+pub fn class_of_code(code: &str) -> FailureClass {
+    if code.len() == 5 {
+        return class_of_sqlstate(code);
+    }
+    match code.parse::<u32>() {
+        Ok(n) => class_of_sqlite(n),
+        Err(_) => FailureClass::Transient,
+    }
+}
+
+fn class_of_sqlstate(code: &str) -> FailureClass {
+    match code {
+        // lock_not_available (`lock_timeout`), idle_in_transaction_session_timeout:
+        // a session held a lock too long; the next try may get it.
+        "55P03" | "25P03" => return FailureClass::Transient,
+        _ => {}
+    }
+    match &code[..2] {
+        // 08 connection exception, 40 transaction rollback (serialization,
+        // deadlock), 53 insufficient resources (disk full, out of memory,
+        // too many connections), 57 operator intervention (shutdown, crash
+        // recovery, query cancelled), 58 system error (I/O), XX internal.
+        "08" | "40" | "53" | "57" | "58" | "XX" => FailureClass::Transient,
+        // 21 cardinality violation, 22 data exception (a value the column
+        // refuses: NUL in text, out of range, bad encoding), 23 integrity
+        // constraint violation (unique, foreign key, not null, check), 27
+        // triggered data change, 2B/2BP01 dependent objects, 42 syntax error
+        // or access rule violation (a bug, or a schema the binary does not
+        // expect), 44 with check option, 0A feature not supported, P0 a
+        // PL/pgSQL RAISE.
+        "21" | "22" | "23" | "27" | "2B" | "42" | "44" | "0A" | "P0" => FailureClass::Deterministic,
+        _ => FailureClass::Transient,
+    }
+}
+
+fn class_of_sqlite(code: u32) -> FailureClass {
+    match code & 0xff {
+        // SQLITE_TOOBIG, SQLITE_CONSTRAINT (unique, not null, check, foreign
+        // key, primary key… as extended codes), SQLITE_MISMATCH, SQLITE_RANGE,
+        // SQLITE_ERROR (1: a missing table or column, bad SQL).
+        1 | 18 | 19 | 20 | 25 => FailureClass::Deterministic,
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL,
+        // SQLITE_CANTOPEN, SQLITE_PROTOCOL… : the file or a lock, not the data.
+        _ => FailureClass::Transient,
+    }
+}
+
 impl StoreError {
+    /// What a failed write means for the engine: retry it, re-read, stop,
+    /// or isolate it (see the module docs). Only meaningful for errors of
+    /// writes; a read's `NotFound` is classed deterministic.
+    pub fn failure_class(&self) -> FailureClass {
+        match self {
+            Self::NotLeader { .. } => FailureClass::NotLeader,
+            Self::TaskConflict { .. } | Self::RunConflict { .. } | Self::NotReady { .. } => {
+                FailureClass::Conflict
+            }
+            Self::Unavailable(_) => FailureClass::Transient,
+            Self::Database(e) => match e {
+                sqlx::Error::Database(db) => match db.code() {
+                    Some(code) => class_of_code(&code),
+                    None => FailureClass::Transient,
+                },
+                // A value the driver cannot send, a column it cannot read, a
+                // type the database does not have: the same every time.
+                sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::RowNotFound => FailureClass::Deterministic,
+                _ => FailureClass::Transient,
+            },
+            Self::InvalidArgument(_)
+            | Self::Corrupt { .. }
+            | Self::NotFound { .. }
+            | Self::ForbiddenTaskTransition { .. }
+            | Self::ForbiddenRunTransition { .. } => FailureClass::Deterministic,
+            Self::UnsupportedUrl { .. } | Self::SchemaTooNew { .. } | Self::Migrate(_) => {
+                FailureClass::Deterministic
+            }
+        }
+    }
+
+    /// The database refuses these writes and will refuse them again.
+    pub fn is_deterministic(&self) -> bool {
+        self.failure_class() == FailureClass::Deterministic
+    }
+
     /// A compare-and-set lost a race or a report was fenced off: re-read, do not retry blindly.
     pub fn is_conflict(&self) -> bool {
         matches!(
@@ -201,6 +320,132 @@ impl StoreError {
         Self::NotFound {
             entity,
             id: id.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_sqlstates_are_classed_by_their_class() {
+        for (code, class) in [
+            // Transient: connection, rollback, resources, operator, system.
+            ("08006", FailureClass::Transient), // connection_failure
+            ("08003", FailureClass::Transient), // connection_does_not_exist
+            ("40001", FailureClass::Transient), // serialization_failure
+            ("40P01", FailureClass::Transient), // deadlock_detected
+            ("55P03", FailureClass::Transient), // lock_not_available
+            ("25P03", FailureClass::Transient), // idle_in_transaction_session_timeout
+            ("53100", FailureClass::Transient), // disk_full
+            ("53300", FailureClass::Transient), // too_many_connections
+            ("57P01", FailureClass::Transient), // admin_shutdown
+            ("57P03", FailureClass::Transient), // cannot_connect_now
+            ("57014", FailureClass::Transient), // query_canceled
+            ("58030", FailureClass::Transient), // io_error
+            ("XX000", FailureClass::Transient), // internal_error
+            // Deterministic: the data or the statement.
+            ("22021", FailureClass::Deterministic), // character_not_in_repertoire (NUL)
+            ("22003", FailureClass::Deterministic), // numeric_value_out_of_range
+            ("22P02", FailureClass::Deterministic), // invalid_text_representation
+            ("23505", FailureClass::Deterministic), // unique_violation
+            ("23503", FailureClass::Deterministic), // foreign_key_violation
+            ("23502", FailureClass::Deterministic), // not_null_violation
+            ("23514", FailureClass::Deterministic), // check_violation
+            ("42P01", FailureClass::Deterministic), // undefined_table
+            ("42703", FailureClass::Deterministic), // undefined_column
+            ("42601", FailureClass::Deterministic), // syntax_error
+            ("21000", FailureClass::Deterministic), // cardinality_violation
+            ("0A000", FailureClass::Deterministic), // feature_not_supported
+            ("P0001", FailureClass::Deterministic), // raise_exception
+        ] {
+            assert_eq!(class_of_code(code), class, "SQLSTATE {code}");
+        }
+    }
+
+    #[test]
+    fn sqlite_codes_are_classed_by_their_primary_code() {
+        for (code, class) in [
+            ("5", FailureClass::Transient),        // SQLITE_BUSY
+            ("517", FailureClass::Transient),      // SQLITE_BUSY_SNAPSHOT
+            ("6", FailureClass::Transient),        // SQLITE_LOCKED
+            ("10", FailureClass::Transient),       // SQLITE_IOERR
+            ("13", FailureClass::Transient),       // SQLITE_FULL
+            ("14", FailureClass::Transient),       // SQLITE_CANTOPEN
+            ("1", FailureClass::Deterministic),    // SQLITE_ERROR (no such table)
+            ("18", FailureClass::Deterministic),   // SQLITE_TOOBIG
+            ("19", FailureClass::Deterministic),   // SQLITE_CONSTRAINT
+            ("275", FailureClass::Deterministic),  // SQLITE_CONSTRAINT_CHECK
+            ("787", FailureClass::Deterministic),  // SQLITE_CONSTRAINT_FOREIGNKEY
+            ("1299", FailureClass::Deterministic), // SQLITE_CONSTRAINT_NOTNULL
+            ("1555", FailureClass::Deterministic), // SQLITE_CONSTRAINT_PRIMARYKEY
+            ("2067", FailureClass::Deterministic), // SQLITE_CONSTRAINT_UNIQUE
+            ("3091", FailureClass::Deterministic), // SQLITE_CONSTRAINT_DATATYPE
+            ("20", FailureClass::Deterministic),   // SQLITE_MISMATCH
+            ("25", FailureClass::Deterministic),   // SQLITE_RANGE
+        ] {
+            assert_eq!(class_of_code(code), class, "SQLite code {code}");
+        }
+        // Not a code either backend sends: retried like an outage (a turn
+        // that keeps failing is isolated anyway).
+        assert_eq!(class_of_code("what"), FailureClass::Transient);
+    }
+
+    #[test]
+    fn store_errors_without_a_code_are_classed_by_what_they_are() {
+        let unavailable = StoreError::Unavailable("pool timed out".into());
+        assert_eq!(unavailable.failure_class(), FailureClass::Transient);
+        let io = StoreError::Database(sqlx::Error::Io(std::io::Error::other("reset")));
+        assert_eq!(io.failure_class(), FailureClass::Transient);
+        assert_eq!(
+            StoreError::Database(sqlx::Error::PoolTimedOut).failure_class(),
+            FailureClass::Transient
+        );
+        let conflict = StoreError::RunConflict {
+            id: RunId::new(),
+            expected: RunState::Running,
+            found: RunState::Success,
+        };
+        assert_eq!(conflict.failure_class(), FailureClass::Conflict);
+        let not_leader = StoreError::NotLeader {
+            group: "g".into(),
+            term: 1,
+            current: Some(2),
+        };
+        assert_eq!(not_leader.failure_class(), FailureClass::NotLeader);
+        let invalid = StoreError::InvalidArgument("metric value NaN".into());
+        assert!(invalid.is_deterministic());
+        let encode = StoreError::Database(sqlx::Error::Encode("too long".into()));
+        assert!(encode.is_deterministic());
+    }
+
+    /// The codes sqlx reports for real SQLite refusals reach the table.
+    #[tokio::test]
+    async fn real_sqlite_refusals_are_deterministic_and_busy_is_not() {
+        use sqlx::sqlite::SqlitePoolOptions;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, x INTEGER NOT NULL CHECK (x > 0))")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES (1, 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for bad in [
+            "INSERT INTO t VALUES (2, -1)",   // check
+            "INSERT INTO t VALUES (1, 5)",    // primary key
+            "INSERT INTO t VALUES (3, NULL)", // not null
+            "INSERT INTO missing VALUES (1)", // no such table
+        ] {
+            let e = StoreError::from(sqlx::query(bad).execute(&pool).await.unwrap_err());
+            assert_eq!(e.failure_class(), FailureClass::Deterministic, "{bad}: {e}");
+            assert!(!e.is_retryable(), "{bad}");
         }
     }
 }

@@ -55,7 +55,7 @@ pub use coordination::{
     Lease, LeaseConnection, LeaseTimeouts, ListenEvent, Renewed, Replica, Taken, TermFence,
     WAKEUP_CHANNEL, Wakeup, WakeupListener,
 };
-pub use error::{Result, StoreError};
+pub use error::{FailureClass, Result, StoreError, class_of_code};
 pub use imp::SqlStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -4,8 +4,16 @@
 //! ambiguous case a lost connection produces). In the spirit of Temporal's
 //! persistence fault injection: the engine must end every run exactly as it
 //! would without the fault.
+//!
+//! It can also **poison** one task instance: every batch that carries a
+//! write for it (any write, or only its report's metrics) is refused the way
+//! the database refuses a constraint violation — deterministically, with a
+//! real SQLSTATE / SQLite code (or, to test the classification's blind
+//! spot, with an error that looks transient) — while every other batch
+//! commits.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +39,99 @@ enum Kind {
     Write,
 }
 
+/// Which writes of the poisoned task instance are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoisonScope {
+    /// Every write that names it (starts, ends, transitions, assignments…).
+    AnyWrite,
+    /// Only the metrics its report carries (a value the database refuses).
+    ReportMetrics,
+}
+
+/// How the refusal looks to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A check violation with the backend's real code (23514 / 275).
+    CheckViolation,
+    /// `database unavailable`: what the classification cannot tell apart
+    /// from an outage (only repetition shows it is the batch's fault).
+    LooksTransient,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Poison {
+    ti: TaskInstanceId,
+    scope: PoisonScope,
+    refusal: Refusal,
+}
+
+/// A database error as the drivers report a CHECK violation.
+#[derive(Debug)]
+struct CheckViolation {
+    code: &'static str,
+    message: String,
+}
+
+impl std::fmt::Display for CheckViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CheckViolation {}
+
+impl sqlx::error::DatabaseError for CheckViolation {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self.code))
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::CheckViolation
+    }
+}
+
+/// Whether `write` is one the poison refuses.
+fn poisoned(write: &Write, p: &Poison) -> bool {
+    let ti = p.ti;
+    match (p.scope, write) {
+        (PoisonScope::ReportMetrics, Write::Metrics { id, .. }) => *id == ti,
+        (PoisonScope::ReportMetrics, _) => false,
+        (PoisonScope::AnyWrite, w) => names(w).contains(&ti),
+    }
+}
+
+/// The task instances a write names.
+pub fn names(write: &Write) -> Vec<TaskInstanceId> {
+    match write {
+        Write::StartAttempt { id, .. }
+        | Write::Metrics { id, .. }
+        | Write::LogLocation { id, .. } => vec![*id],
+        Write::FinishAttempt(f) => vec![f.id],
+        Write::Transitions(ts) => ts.iter().map(|t| t.id).collect(),
+        Write::Assign(a) => a.iter().map(|a| a.id).collect(),
+        Write::Artifacts { producer: a, .. } | Write::ArtifactInputs { consumer: a, .. } => {
+            vec![a.task_instance_id]
+        }
+        _ => Vec::new(),
+    }
+}
+
 #[derive(Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn EngineStore>,
@@ -39,6 +140,11 @@ pub struct FaultyStore {
     calls: Mutex<BTreeMap<&'static str, u64>>,
     plan: Mutex<Option<(u64, Fault)>>,
     injected: AtomicU64,
+    poison: Mutex<Option<Poison>>,
+    /// Batches the poison refused, and how many of them also carried
+    /// writes for other task instances (other commands of the same turn).
+    refused: AtomicU64,
+    refused_shared: AtomicU64,
 }
 
 impl FaultyStore {
@@ -50,6 +156,9 @@ impl FaultyStore {
             calls: Mutex::new(BTreeMap::new()),
             plan: Mutex::new(None),
             injected: AtomicU64::new(0),
+            poison: Mutex::new(None),
+            refused: AtomicU64::new(0),
+            refused_shared: AtomicU64::new(0),
         })
     }
 
@@ -57,6 +166,63 @@ impl FaultyStore {
     /// start of the store's life), once.
     pub fn fail_write(&self, n: u64, fault: Fault) {
         *self.plan.lock().unwrap() = Some((n, fault));
+    }
+
+    /// From now on, refuses every batch with a poisoned write for `ti`.
+    pub fn poison(&self, ti: TaskInstanceId, scope: PoisonScope, refusal: Refusal) {
+        *self.poison.lock().unwrap() = Some(Poison { ti, scope, refusal });
+    }
+
+    /// The database takes the poisoned task's writes again (the cause fixed).
+    pub fn cure(&self) {
+        *self.poison.lock().unwrap() = None;
+    }
+
+    /// Batches the poison refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Refused batches that also carried other task instances' writes.
+    pub fn refused_shared(&self) -> u64 {
+        self.refused_shared.load(Ordering::SeqCst)
+    }
+
+    /// The refusal for `batch` if the poison hits it.
+    fn refuse(&self, batch: &WriteBatch) -> Option<StoreError> {
+        let p = (*self.poison.lock().unwrap())?;
+        if !batch.writes.iter().any(|(w, _)| poisoned(w, &p)) {
+            return None;
+        }
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        let others = batch
+            .writes
+            .iter()
+            .flat_map(|(w, _)| names(w))
+            .any(|ti| ti != p.ti);
+        if others {
+            self.refused_shared.fetch_add(1, Ordering::SeqCst);
+        }
+        Some(match p.refusal {
+            Refusal::LooksTransient => StoreError::Unavailable(format!(
+                "injected: a batch writing task instance {} failed",
+                p.ti
+            )),
+            Refusal::CheckViolation => {
+                let code = match self.inner.backend() {
+                    Backend::Postgres => "23514",
+                    _ => "275",
+                };
+                StoreError::Database(sqlx::Error::Database(Box::new(CheckViolation {
+                    code,
+                    message: format!(
+                        "new row for relation \"task_instances\" violates check constraint \
+                         \"injected_poison\" (task instance {})",
+                        p.ti
+                    ),
+                })))
+            }
+        })
     }
 
     pub fn writes(&self) -> u64 {
@@ -271,6 +437,9 @@ impl ReadStore for FaultyStore {
 impl EngineStore for FaultyStore {
     async fn commit_batch(&self, batch: &WriteBatch, actor: &str) -> Result<()> {
         let fail = self.before(Kind::Write, "commit_batch")?;
+        if let Some(e) = self.refuse(batch) {
+            return Err(e);
+        }
         let r = self.inner.commit_batch(batch, actor).await;
         self.after(fail, r)
     }
