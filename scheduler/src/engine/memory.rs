@@ -19,9 +19,12 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use trainyard_core::ids::{DagId, RunId, TaskInstanceId, WorkerId};
 
-use super::state::{ActiveRun, DagEntry, wait_reasons_of};
+use trainyard_core::state::WorkerState;
+
+use super::placement;
+use super::state::{ActiveRun, DagEntry, WaitContext, demand_of, queued_reason, wait_reasons_of};
 use super::workers::WorkerEntry;
-use super::{Core, GpuUsage, WaitReasons};
+use super::{Core, Ended, GpuUsage, WaitReasons};
 
 /// Memory at the start of a turn (see the module docs).
 #[derive(Debug, Clone)]
@@ -70,8 +73,12 @@ impl Core {
     /// Publishes what HTTP reads (after a committed turn, or a health change).
     pub(super) fn publish(&self, health: StoreHealth) {
         self.published.set(View {
+            dags: self.dags.clone(),
             runs: self.runs.clone(),
             workers: self.workers.clone(),
+            active_by_dag: self.active_by_dag.clone(),
+            active_by_pool: self.active_by_pool.clone(),
+            pools: self.opts.pools.clone(),
             health,
         });
     }
@@ -116,18 +123,71 @@ impl std::fmt::Display for StoreHealth {
 
 #[derive(Debug, Default)]
 struct View {
+    dags: imbl::HashMap<DagId, DagEntry>,
     runs: imbl::HashMap<RunId, ActiveRun>,
     workers: imbl::HashMap<WorkerId, WorkerEntry>,
+    active_by_dag: imbl::HashMap<DagId, u32>,
+    active_by_pool: imbl::HashMap<String, u32>,
+    pools: BTreeMap<String, u32>,
     health: StoreHealth,
 }
 
-/// The engine's last published view, shared with every handle.
-#[derive(Debug, Clone, Default)]
+impl View {
+    fn wait_context(&self) -> WaitContext<'_> {
+        WaitContext {
+            idle: self
+                .workers
+                .values()
+                .filter(|w| w.state == WorkerState::Active)
+                .map(|w| {
+                    let mut c = w.capacity();
+                    c.free_slots = c.total_slots;
+                    c
+                })
+                .collect(),
+            runs: &self.runs,
+            active_by_dag: &self.active_by_dag,
+            active_by_pool: &self.active_by_pool,
+            pools: &self.pools,
+        }
+    }
+}
+
+/// Ends a listener may fall behind by before it is told it lagged (and
+/// re-reads the store).
+const ENDS_BUFFER: usize = 1024;
+
+/// The engine's last published view, shared with every handle, and the
+/// runs and tasks it ended: `GET /api/v1/runs/{run}?wait_for_end=…` and
+/// live log streams wait on those instead of polling the store.
+#[derive(Debug, Clone)]
 pub struct Published {
     view: Arc<RwLock<Arc<View>>>,
+    ends: tokio::sync::broadcast::Sender<Ended>,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Self {
+            view: Arc::default(),
+            ends: tokio::sync::broadcast::channel(ENDS_BUFFER).0,
+        }
+    }
 }
 
 impl Published {
+    /// Tells listeners that a run or task ended; called once it is committed.
+    pub(super) fn ended(&self, what: Ended) {
+        // No receiver is fine: nobody waits.
+        let _ = self.ends.send(what);
+    }
+
+    /// Run and task ends from now on (lossy: a receiver that lags should
+    /// re-read the store).
+    pub(super) fn subscribe_ends(&self) -> tokio::sync::broadcast::Receiver<Ended> {
+        self.ends.subscribe()
+    }
+
     fn set(&self, view: View) {
         let view = Arc::new(view);
         match self.view.write() {
@@ -144,11 +204,37 @@ impl Published {
     }
 
     pub(super) fn wait_reasons(&self, run: RunId) -> WaitReasons {
-        self.get()
-            .runs
-            .get(&run)
-            .map(wait_reasons_of)
-            .unwrap_or_default()
+        let view = self.get();
+        let Some(r) = view.runs.get(&run) else {
+            return WaitReasons::default();
+        };
+        wait_reasons_of(r, &view.wait_context())
+    }
+
+    /// Why a queued run has not started (its DAG's `max_active_runs`).
+    pub(super) fn run_wait_reason(&self, run: RunId) -> Option<String> {
+        let view = self.get();
+        queued_reason(view.runs.get(&run)?, &view.wait_context())
+    }
+
+    /// One line per task of the DAG's current version that no registered
+    /// worker could hold even when idle, saying why.
+    pub(super) fn unschedulable(&self, dag: &DagId) -> Vec<String> {
+        let view = self.get();
+        let Some(spec) = view.dags.get(dag).and_then(|d| d.spec.clone()) else {
+            return Vec::new();
+        };
+        let ctx = view.wait_context();
+        spec.tasks
+            .iter()
+            .filter_map(|(id, t)| {
+                let why = placement::never_fits(&demand_of(&t.pool, &t.resources), &ctx.idle)?;
+                Some(format!(
+                    "task `{id}` cannot start on any registered worker: {why}; \
+                     it waits until a worker that fits registers"
+                ))
+            })
+            .collect()
     }
 
     pub(super) fn gpu_usage(&self) -> BTreeMap<WorkerId, Vec<GpuUsage>> {
