@@ -579,6 +579,11 @@ impl EngineHandle {
         self.published.unschedulable(dag_id)
     }
 
+    /// How many listeners wait on ends now (long-polls, live log streams).
+    pub fn end_listeners(&self) -> usize {
+        self.published.end_listeners()
+    }
+
     /// Runs and tasks as they end, each sent once the end is committed.
     /// Lossy: a receiver that lags gets `Lagged` and should re-read the store.
     pub fn subscribe_ends(&self) -> broadcast::Receiver<Ended> {

@@ -182,6 +182,10 @@ impl Published {
         let _ = self.ends.send(what);
     }
 
+    pub(super) fn end_listeners(&self) -> usize {
+        self.ends.receiver_count()
+    }
+
     /// Run and task ends from now on (lossy: a receiver that lags should
     /// re-read the store).
     pub(super) fn subscribe_ends(&self) -> tokio::sync::broadcast::Receiver<Ended> {
