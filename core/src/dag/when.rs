@@ -410,7 +410,7 @@ mod tests {
         // A guarded previous metric that does not exist reads as absent;
         // a name read twice is listed once; string params are quoted.
         let p = BTreeMap::from([("stage".to_owned(), ParamValue::String("prod".into()))]);
-        let e = "params.stage == 'dev' || (has(previous.metrics.evaluate.auc) && \
+        let e = "params.stage == 'dev' || (has(previous.metrics.evaluate) && \
                  metrics.evaluate.auc > previous.metrics.evaluate.auc) || params.stage == 'x'";
         let out = eval_when_explained(e, &p, &metrics("evaluate", "auc", 0.5), None).unwrap();
         assert_eq!(
