@@ -278,6 +278,19 @@ async fn skip_reasons_name_the_gate_values_and_the_failed_upstream(db: TestDb) {
         }
     };
     check(&get_run(&router, &run).await);
+    // The run page and the task page show the same text (HTML-escaped).
+    let shown = gate.replace('>', "&gt;");
+    for page in [format!("/runs/{run}"), format!("/runs/{run}/tasks/deploy")] {
+        let resp = send(&router, req(Method::GET, &page, Some(VIEWER), None)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{page}");
+        assert!(resp.text().contains(&shown), "{page} lacks the reason");
+    }
+    let resp = send(
+        &router,
+        req(Method::GET, &format!("/runs/{run}"), Some(VIEWER), None),
+    )
+    .await;
+    assert!(resp.text().contains("upstream failed: `prep` (failed)"));
 
     let (db, clock) = h.crash().await;
     let h = Harness::start(db, clock, |_| {}).await;

@@ -411,6 +411,32 @@ async fn wait_for_end(
     }
 }
 
+/// Why each task of a run waits or did not run (task id → the text the
+/// API serves as `wait_reason` or `skip_reason`), for the UI's run and task
+/// pages.
+pub(in crate::http) async fn task_reasons(
+    state: &AppState,
+    run: RunId,
+    tasks: &[TaskInstance],
+) -> ApiResult<BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, String> =
+        state.control.wait_reasons(run).await.into_iter().collect();
+    if tasks
+        .iter()
+        .any(|t| matches!(t.state, TaskState::Skipped | TaskState::UpstreamFailed))
+    {
+        let skips = skip_reasons(state.store.skip_events(run).await?);
+        for t in tasks {
+            if let Some(r) = skips.get(&t.id)
+                && matches!(t.state, TaskState::Skipped | TaskState::UpstreamFailed)
+            {
+                out.insert(t.task_id.to_string(), r.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The reason of each task's latest move to `skipped`/`upstream_failed`.
 fn skip_reasons(events: Vec<crate::store::Event>) -> BTreeMap<TaskInstanceId, String> {
     let mut out = BTreeMap::new();
