@@ -90,9 +90,7 @@ resources = { gpus = 8, gpu_model = "H100" }
     assert!(out.contains(gate), "{out}");
 
     // The log of a finished task through --follow: printed, then it returns.
-    let (ok, out, err) = cli(&[
-        "logs", &run, "evaluate", "--follow", "--server", &server,
-    ]);
+    let (ok, out, err) = cli(&["logs", &run, "evaluate", "--follow", "--server", &server]);
     assert!(ok, "{err}");
     assert!(out.contains("auc=0.0197"), "{out}");
 

@@ -195,7 +195,11 @@ command = ["true"]
         .to_owned();
     let one = w.next_assign().await;
     h.settle().await;
-    let other = if one.task_id.as_str() == "x" { "y" } else { "x" };
+    let other = if one.task_id.as_str() == "x" {
+        "y"
+    } else {
+        "x"
+    };
     let detail = get_run(&router, &run).await;
     assert_eq!(
         task(&detail, other)["wait_reason"],
@@ -205,8 +209,11 @@ command = ["true"]
     let next = w.next_assign().await;
     assert_eq!(next.task_id.as_str(), other);
     w.succeed(&next).await;
-    h.wait_run(run.parse().unwrap(), trainyard_core::state::RunState::Success)
-        .await;
+    h.wait_run(
+        run.parse().unwrap(),
+        trainyard_core::state::RunState::Success,
+    )
+    .await;
 }
 
 const GATED: &str = r#"
@@ -254,8 +261,11 @@ async fn skip_reasons_name_the_gate_values_and_the_failed_upstream(db: TestDb) {
             other => panic!("unexpected assignment {other}"),
         }
     }
-    h.wait_run(run.parse().unwrap(), trainyard_core::state::RunState::Failed)
-        .await;
+    h.wait_run(
+        run.parse().unwrap(),
+        trainyard_core::state::RunState::Failed,
+    )
+    .await;
 
     let gate = "metrics.evaluate.auc >= params.min_auc was false \
                 (metrics.evaluate.auc = 0.0197, params.min_auc = 0.75)";
