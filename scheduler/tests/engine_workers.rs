@@ -47,7 +47,10 @@ resources = { gpus = 4, gpu_model = "H100" }
     let reasons = h.handle.task_wait_reasons(run).await.unwrap();
     assert_eq!(
         reasons.get(&TaskId::new("huge")).map(String::as_str),
-        Some("needs 4 GPUs of model H100; the largest worker has 0 such GPUs")
+        Some(
+            "needs 4 GPUs of model H100; no registered worker has an H100; \
+             the largest worker has 8 GPUs"
+        )
     );
     assert_eq!(ti(&*h.store, run, "huge").await.state, TaskState::Ready);
 }

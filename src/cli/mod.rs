@@ -5,7 +5,7 @@ mod client;
 pub mod dag;
 mod db;
 mod run_once;
-mod runs;
+pub(crate) mod runs;
 mod serve;
 mod telemetry;
 

@@ -13,7 +13,8 @@ use trainyard_core::dag::{DagSpec, cli_params_to_json};
 
 use super::client::{Client, ServerArgs};
 
-/// How often `--wait` and `--follow` look at the run again.
+/// How often `--wait` and `--follow` look at the run again when the server
+/// cannot tell them (an older server, log streams refused by its limits).
 const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Args)]
@@ -138,27 +139,47 @@ pub fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
         let created: Value = client.send(req).await?.json().await?;
         let run_id = created["run_id"].as_str().unwrap_or_default().to_owned();
         println!("{run_id}");
+        for warning in created["warnings"].as_array().into_iter().flatten() {
+            eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+        }
         if !args.wait {
             return Ok(ExitCode::SUCCESS);
         }
-        loop {
-            let detail = client.get_json(&format!("/api/v1/runs/{run_id}")).await?;
-            let state = detail["run"]["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if is_terminal(&state) {
-                eprintln!("run {run_id} {state}");
-                print_tasks(&detail, &mut std::io::stderr());
-                return Ok(if state == "success" {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
-            }
+        let detail = wait_for_end(&client, &run_id).await?;
+        let state = text(&detail["run"]["state"]);
+        eprintln!("run {run_id} {state}");
+        print_tasks(&detail, &mut std::io::stderr());
+        Ok(if state == "success" {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}
+
+/// How long one `?wait_for_end` long-poll asks the server to hold on.
+const LONG_POLL: Duration = Duration::from_secs(30);
+
+/// The run's detail once it has ended. Each request is a long-poll the
+/// server answers the moment the run ends (`?wait_for_end`), so the CLI
+/// returns as soon as the end is committed, with no polling interval.
+pub(crate) async fn wait_for_end(client: &Client, run_id: &str) -> anyhow::Result<Value> {
+    let path = format!(
+        "/api/v1/runs/{run_id}?wait_for_end={}s",
+        LONG_POLL.as_secs()
+    );
+    loop {
+        let asked = std::time::Instant::now();
+        let detail = client.get_json(&path).await?;
+        if is_terminal(detail["run"]["state"].as_str().unwrap_or_default()) {
+            return Ok(detail);
+        }
+        if asked.elapsed() < LONG_POLL / 2 {
+            // Answered early with the run unfinished: a server that does not
+            // know `wait_for_end` yet. Do not hammer it.
             tokio::time::sleep(POLL).await;
         }
-    })
+    }
 }
 
 pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -244,6 +265,9 @@ pub fn runs(cmd: RunsCommand) -> anyhow::Result<ExitCode> {
                     short_time(&run["started_at"]),
                     short_time(&run["ended_at"]),
                 );
+                if let Some(why) = run["wait_reason"].as_str() {
+                    println!("waiting: {why}");
+                }
                 print_tasks(&detail, &mut std::io::stdout());
                 Ok(ExitCode::SUCCESS)
             }
@@ -266,6 +290,7 @@ fn print_tasks(detail: &Value, out: &mut dyn std::io::Write) {
             .collect();
         let note = task["wait_reason"]
             .as_str()
+            .or_else(|| task["skip_reason"].as_str())
             .map(str::to_owned)
             .unwrap_or_else(|| {
                 task["attempts"]
@@ -334,46 +359,127 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the log so far, then whatever is appended, until the task reaches a
-/// final state (read once more after that, so the last lines are not lost).
+/// final state. The server's live stream (`…/logs/stream`, Server-Sent
+/// Events) says when something was written or the task ended; each time,
+/// the log is read again and what is new is printed, so a line shows as soon
+/// as it is stored, with no polling interval, and nothing is printed twice
+/// or lost between the stream and the stored log. Where the server refuses
+/// a stream (its follower limits), the log is re-read every 200 ms instead.
 async fn follow(client: &Client, args: &LogsArgs, base: &str) -> anyhow::Result<ExitCode> {
     if args.attempt.is_some() {
         bail!("--attempt cannot be combined with --follow (it follows the latest attempt)");
     }
-    let mut printed = 0usize;
-    let mut attempt_seen: Option<String> = None;
+    let mut printed = Printed::default();
     loop {
-        let detail = client
-            .get_json(&format!("/api/v1/runs/{}", args.run_id))
-            .await?;
-        let finished = detail["tasks"].as_array().into_iter().flatten().any(|t| {
-            t["task_id"] == args.task_id.as_str()
-                && matches!(
-                    t["state"].as_str(),
-                    Some("success" | "failed" | "skipped" | "upstream_failed" | "cancelled")
-                )
-        }) || is_terminal(detail["run"]["state"].as_str().unwrap_or_default());
+        // Subscribed before the read: whatever is written after it wakes us.
+        let stream = client
+            .send(client.request(Method::GET, &format!("{base}/stream")))
+            .await;
+        printed.catch_up(client, base).await?;
+        let Ok(mut stream) = stream else {
+            // Refused (too many streams) or not served: read again shortly.
+            if task_finished(client, args).await? {
+                printed.catch_up(client, base).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        let mut events = SseEvents::default();
+        loop {
+            let chunk = match stream.chunk().await {
+                Ok(Some(c)) => c,
+                // The stream closed (server restart, proxy): open a new one.
+                Ok(None) | Err(_) => break,
+            };
+            events.push(&chunk);
+            let mut ended = false;
+            while let Some(event) = events.next_event() {
+                ended |= event == "end";
+            }
+            printed.catch_up(client, base).await?;
+            if ended {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        if task_finished(client, args).await? {
+            printed.catch_up(client, base).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// What `--follow` has printed: the attempt and how many bytes of its log.
+#[derive(Default)]
+struct Printed {
+    attempt: Option<String>,
+    bytes: usize,
+}
+
+impl Printed {
+    /// Reads the latest attempt's log and prints what is new.
+    async fn catch_up(&mut self, client: &Client, base: &str) -> anyhow::Result<()> {
         let resp = client.send(client.request(Method::GET, base)).await?;
         let attempt = resp
             .headers()
             .get("x-trainyard-attempt")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if attempt != attempt_seen {
+        if attempt != self.attempt {
             // A retry started: its log is a new file.
-            if attempt_seen.is_some() {
+            if self.attempt.is_some() {
                 println!("--- attempt {} ---", attempt.as_deref().unwrap_or("?"));
             }
-            attempt_seen = attempt;
-            printed = 0;
+            self.attempt = attempt;
+            self.bytes = 0;
         }
         let text = resp.text().await?;
-        if let Some(new) = text.get(printed..) {
+        if let Some(new) = text.get(self.bytes..) {
             print!("{new}");
-            printed = text.len();
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            self.bytes = text.len();
         }
-        if finished {
-            return Ok(ExitCode::SUCCESS);
-        }
-        tokio::time::sleep(POLL).await;
+        Ok(())
+    }
+}
+
+/// Whether the followed task (or its run) has reached a final state.
+async fn task_finished(client: &Client, args: &LogsArgs) -> anyhow::Result<bool> {
+    let detail = client
+        .get_json(&format!("/api/v1/runs/{}", args.run_id))
+        .await?;
+    Ok(detail["tasks"].as_array().into_iter().flatten().any(|t| {
+        t["task_id"] == args.task_id.as_str()
+            && matches!(
+                t["state"].as_str(),
+                Some("success" | "failed" | "skipped" | "upstream_failed" | "cancelled")
+            )
+    }) || is_terminal(detail["run"]["state"].as_str().unwrap_or_default()))
+}
+
+/// Server-Sent Events split out of a byte stream: yields each event's name
+/// (`message` when it has none); the data is not needed here.
+#[derive(Default)]
+struct SseEvents {
+    buf: Vec<u8>,
+}
+
+impl SseEvents {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn next_event(&mut self) -> Option<String> {
+        let text = &self.buf;
+        let end = text.windows(2).position(|w| w == b"\n\n")?;
+        let block = String::from_utf8_lossy(&text[..end]).into_owned();
+        self.buf.drain(..end + 2);
+        let name = block
+            .lines()
+            .find_map(|l| l.strip_prefix("event:"))
+            .map_or("message", str::trim)
+            .to_owned();
+        Some(name)
     }
 }

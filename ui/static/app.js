@@ -50,7 +50,7 @@ function followRun(badge) {
         row.querySelector(".worker").textContent = t.worker || "";
         row.querySelector(".gpus").textContent = (t.gpus || []).join(",");
         row.querySelector(".duration").textContent = fmtDuration(t.started_at, t.ended_at);
-        row.querySelector(".wait").textContent = t.wait_reason || "";
+        row.querySelector(".wait").textContent = t.wait_reason || t.skip_reason || "";
       }
       const node = document.querySelector('svg.graph g.node[data-task="' + CSS.escape(t.task_id) + '"]');
       if (node) node.setAttribute("class", "node st-" + t.state);

@@ -39,7 +39,7 @@ pub use params::{
 pub use render::{
     PLACEHOLDER_NAMES, Placeholder, RenderContext, RenderError, render_argv, render_str,
 };
-pub use when::{WhenError, eval_when};
+pub use when::{WhenError, WhenOutcome, eval_when, eval_when_explained};
 
 /// A parsed and validated DAG.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -168,7 +168,93 @@ pub fn eval_when(
     metrics: &BTreeMap<String, BTreeMap<String, f64>>,
     previous: Option<&BTreeMap<String, BTreeMap<String, f64>>>,
 ) -> Result<bool, WhenError> {
+    eval_compiled(&compile(expr)?, params, metrics, previous)
+}
+
+/// A `when` result with the value of every name the expression read, so a
+/// closed gate can say why: see [`WhenOutcome::explain`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhenOutcome {
+    pub value: bool,
+    /// Each name path the expression reads (`metrics.evaluate.auc`), in the
+    /// order it first appears, with its value as CEL saw it (`absent` when
+    /// it has none, e.g. a metric of the previous run that did not exist).
+    pub inputs: Vec<(String, String)>,
+}
+
+impl WhenOutcome {
+    /// `EXPR was false (name = value, …)`, or `EXPR was true (…)`.
+    pub fn explain(&self, expr: &str) -> String {
+        let mut out = format!("{} was {}", expr.trim(), self.value);
+        if !self.inputs.is_empty() {
+            let values: Vec<String> = self
+                .inputs
+                .iter()
+                .map(|(name, value)| format!("{name} = {value}"))
+                .collect();
+            out.push_str(&format!(" ({})", values.join(", ")));
+        }
+        out
+    }
+}
+
+/// [`eval_when`], and the values of the names it read.
+pub fn eval_when_explained(
+    expr: &str,
+    params: &BTreeMap<String, ParamValue>,
+    metrics: &BTreeMap<String, BTreeMap<String, f64>>,
+    previous: Option<&BTreeMap<String, BTreeMap<String, f64>>>,
+) -> Result<WhenOutcome, WhenError> {
     let compiled = compile(expr)?;
+    let value = eval_compiled(&compiled, params, metrics, previous)?;
+    let mut inputs: Vec<(String, String)> = Vec::new();
+    for path in &compiled.paths {
+        let name = path.join(".");
+        if inputs.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        if let Some(v) = input_value(path, params, metrics, previous) {
+            inputs.push((name, v));
+        }
+    }
+    Ok(WhenOutcome { value, inputs })
+}
+
+/// The value of one name path as text; `None` for a path that names a whole
+/// map (`previous.metrics` in `has(previous.metrics.x)`), which has no one value.
+fn input_value(
+    path: &[String],
+    params: &BTreeMap<String, ParamValue>,
+    metrics: &BTreeMap<String, BTreeMap<String, f64>>,
+    previous: Option<&BTreeMap<String, BTreeMap<String, f64>>>,
+) -> Option<String> {
+    let metric = |m: Option<&BTreeMap<String, BTreeMap<String, f64>>>, t: &str, n: &str| {
+        Some(
+            m.and_then(|m| m.get(t))
+                .and_then(|t| t.get(n))
+                .map_or_else(|| "absent".to_owned(), |v| v.to_string()),
+        )
+    };
+    match path {
+        [root, name] if root == "params" => Some(match params.get(name) {
+            Some(ParamValue::String(s)) => format!("{s:?}"),
+            Some(v) => v.to_string(),
+            None => "absent".to_owned(),
+        }),
+        [root, task, name] if root == "metrics" => metric(Some(metrics), task, name),
+        [root, m, task, name] if root == "previous" && m == "metrics" => {
+            metric(previous, task, name)
+        }
+        _ => None,
+    }
+}
+
+fn eval_compiled(
+    compiled: &Compiled,
+    params: &BTreeMap<String, ParamValue>,
+    metrics: &BTreeMap<String, BTreeMap<String, f64>>,
+    previous: Option<&BTreeMap<String, BTreeMap<String, f64>>>,
+) -> Result<bool, WhenError> {
     let mut ctx = Context::default();
     let params_map: HashMap<Key, Value> = params
         .iter()
@@ -308,6 +394,36 @@ mod tests {
             eval_when("metrics.evaluate.auc >=", &BTreeMap::new(), &m, None),
             Err(WhenError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn a_closed_gate_names_every_value_it_read() {
+        let p = BTreeMap::from([("min_auc".to_owned(), ParamValue::Float(0.75))]);
+        let e = "metrics.evaluate.auc >= params.min_auc";
+        let out = eval_when_explained(e, &p, &metrics("evaluate", "auc", 0.0197), None).unwrap();
+        assert!(!out.value);
+        assert_eq!(
+            out.explain(e),
+            "metrics.evaluate.auc >= params.min_auc was false \
+             (metrics.evaluate.auc = 0.0197, params.min_auc = 0.75)"
+        );
+        // A guarded previous metric that does not exist reads as absent;
+        // a name read twice is listed once; string params are quoted.
+        let p = BTreeMap::from([("stage".to_owned(), ParamValue::String("prod".into()))]);
+        let e = "params.stage == 'dev' || (has(previous.metrics.evaluate) && \
+                 metrics.evaluate.auc > previous.metrics.evaluate.auc) || params.stage == 'x'";
+        let out = eval_when_explained(e, &p, &metrics("evaluate", "auc", 0.5), None).unwrap();
+        assert_eq!(
+            out.inputs,
+            vec![
+                ("params.stage".to_owned(), "\"prod\"".to_owned()),
+                ("metrics.evaluate.auc".to_owned(), "0.5".to_owned()),
+                (
+                    "previous.metrics.evaluate.auc".to_owned(),
+                    "absent".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -231,6 +231,13 @@ pub enum EngineEvent {
     },
 }
 
+/// A run or task that reached a final state (sent once its end is committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Run(RunId),
+    Task(TaskInstanceId),
+}
+
 /// Why a task of a run is not running, per task id (only tasks that wait).
 pub type WaitReasons = BTreeMap<TaskId, String>;
 
@@ -558,6 +565,29 @@ impl EngineHandle {
     pub async fn task_wait_reasons(&self, run_id: RunId) -> Result<WaitReasons> {
         self.live()?;
         Ok(self.published.wait_reasons(run_id))
+    }
+
+    /// Why a queued run has not started (its DAG is at `max_active_runs`,
+    /// naming the runs that hold it), from the last published view.
+    pub fn run_wait_reason(&self, run_id: RunId) -> Option<String> {
+        self.published.run_wait_reason(run_id)
+    }
+
+    /// A line per task of the DAG's current version that no registered
+    /// worker could hold even when idle (a trigger's warnings).
+    pub fn unschedulable_tasks(&self, dag_id: &DagId) -> Vec<String> {
+        self.published.unschedulable(dag_id)
+    }
+
+    /// How many listeners wait on ends now (long-polls, live log streams).
+    pub fn end_listeners(&self) -> usize {
+        self.published.end_listeners()
+    }
+
+    /// Runs and tasks as they end, each sent once the end is committed.
+    /// Lossy: a receiver that lags gets `Lagged` and should re-read the store.
+    pub fn subscribe_ends(&self) -> broadcast::Receiver<Ended> {
+        self.published.subscribe_ends()
     }
 
     /// Whether the store accepted the engine's last transaction; while it

@@ -61,9 +61,9 @@ use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, Wo
 use trainyard_core::state::{RunState, TaskState};
 
 pub use handle::{
-    Assignment, CredentialClaim, EngineEvent, EngineHandle, EngineInbox, GpuInventory, GpuUsage,
-    TaskLineage, TaskOutcome, TaskResult, UpstreamAttempt, WaitReasons, WorkerCommand, WorkerLink,
-    WorkerRegistration,
+    Assignment, CredentialClaim, Ended, EngineEvent, EngineHandle, EngineInbox, GpuInventory,
+    GpuUsage, TaskLineage, TaskOutcome, TaskResult, UpstreamAttempt, WaitReasons, WorkerCommand,
+    WorkerLink, WorkerRegistration,
 };
 pub use memory::StoreHealth;
 

@@ -175,20 +175,33 @@ pub fn never_fits(demand: &Demand, workers: &[WorkerCapacity]) -> Option<String>
             .unwrap_or(0);
         if best < demand.gpus as usize {
             let mut what = format!("needs {} GPU{}", demand.gpus, plural(demand.gpus as usize));
+            let mut kind = String::new();
             if let Some(re) = &demand.gpu_model {
                 what.push_str(&format!(" of model {}", re.as_str()));
+                kind = format!("{} {}", article(re.as_str()), re.as_str());
             }
             if let Some(m) = demand.gpu_memory {
-                what.push_str(&format!(
-                    " with at least {}",
-                    trainyard_core::resources::ByteSize(m)
+                let at_least = format!("with at least {}", trainyard_core::resources::ByteSize(m));
+                what.push_str(&format!(" {at_least}"));
+                kind = if kind.is_empty() {
+                    format!("a GPU {at_least}")
+                } else {
+                    format!("{kind} {at_least}")
+                };
+            }
+            let largest = serving
+                .iter()
+                .map(|w| w.gpus.iter().filter(|g| g.healthy).count())
+                .max()
+                .unwrap_or(0);
+            if best == 0 && !kind.is_empty() {
+                // None of the kind at all: say so, and how big the biggest worker is.
+                return Some(format!(
+                    "{what}; no registered worker has {kind}; the largest worker has {largest} GPU{}",
+                    plural(largest)
                 ));
             }
-            let qualifier = if demand.gpu_model.is_some() || demand.gpu_memory.is_some() {
-                " such"
-            } else {
-                ""
-            };
+            let qualifier = if kind.is_empty() { "" } else { " such" };
             return Some(format!(
                 "{what}; the largest worker has {best}{qualifier} GPU{}",
                 plural(best)
@@ -211,6 +224,15 @@ pub fn never_fits(demand: &Demand, workers: &[WorkerCapacity]) -> Option<String>
         ));
     }
     Some("no single worker has all of the requested CPUs, memory and GPUs".to_owned())
+}
+
+/// "a" or "an" before a model name as it is spoken: "an H100", "an A100", "a T4".
+fn article(name: &str) -> &'static str {
+    // Letters whose spoken name starts with a vowel sound (A, E, F "ef", H "aitch"…).
+    match name.chars().next().map(|c| c.to_ascii_uppercase()) {
+        Some('A' | 'E' | 'F' | 'H' | 'I' | 'L' | 'M' | 'N' | 'O' | 'R' | 'S' | 'X') => "an",
+        _ => "a",
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -359,6 +381,11 @@ mod tests {
         assert_eq!(
             never_fits(&d, &[a.clone(), b.clone()]).unwrap(),
             "needs 4 GPUs of model H100; the largest worker has 2 such GPUs"
+        );
+        assert_eq!(
+            never_fits(&d, std::slice::from_ref(&a)).unwrap(),
+            "needs 4 GPUs of model H100; no registered worker has an H100; \
+             the largest worker has 2 GPUs"
         );
         // Busy is not "never": b's GPUs are held now but it could hold 2.
         d.gpus = 2;

@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use tracing::{debug, info, instrument, warn};
-use trainyard_core::dag::eval_when;
+use trainyard_core::dag::{TriggerRule, eval_when_explained};
 use trainyard_core::ids::{RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState};
 
 use super::readiness::{Decision, decide};
-use super::state::RunMetrics;
+use super::state::{ActiveRun, RunMetrics};
 use super::timers::TimerKind;
 use super::{Core, EngineError, Result, TaskOutcome, TaskResult, WorkerCommand};
 use crate::store::{AttemptOf, FinishAttempt, TaskTransition, Write};
@@ -489,17 +489,20 @@ impl Core {
                 continue;
             };
             let upstream = node.upstream.iter().map(|&u| run.tasks[u].state);
-            match decide(spec.trigger_rule, upstream) {
+            let rule = spec.trigger_rule;
+            match decide(rule, upstream) {
                 Decision::Wait => {}
                 Decision::Ready if spec.when.is_some() => needs_when.push(i),
                 Decision::Ready => out.push((i, TaskState::Ready, None)),
-                Decision::Skip => {
-                    out.push((i, TaskState::Skipped, Some("upstream skipped".to_owned())))
-                }
+                Decision::Skip => out.push((
+                    i,
+                    TaskState::Skipped,
+                    Some(upstream_reason(run, i, rule, false)),
+                )),
                 Decision::UpstreamFailed => out.push((
                     i,
                     TaskState::UpstreamFailed,
-                    Some("upstream failed".to_owned()),
+                    Some(upstream_reason(run, i, rule, true)),
                 )),
             }
         }
@@ -519,13 +522,12 @@ impl Core {
                     .get(node.task_id.as_str())
                     .and_then(|t| t.when.clone())
                     .unwrap_or_default();
-                match eval_when(&expr, &run.params, &run.metrics, run.previous.as_deref()) {
-                    Ok(true) => out.push((i, TaskState::Ready, None)),
-                    Ok(false) => out.push((
-                        i,
-                        TaskState::Skipped,
-                        Some(format!("`when` is false: {expr}")),
-                    )),
+                match eval_when_explained(&expr, &run.params, &run.metrics, run.previous.as_deref())
+                {
+                    Ok(o) if o.value => out.push((i, TaskState::Ready, None)),
+                    // The gate's text with the value of every name it read:
+                    // stored with the transition, so every replica serves it.
+                    Ok(o) => out.push((i, TaskState::Skipped, Some(o.explain(&expr)))),
                     Err(e) => {
                         // A gate that cannot be evaluated does not open: skip, and say why.
                         warn!(run = %run_id, task = %node.task_id, error = %e, "`when` could not be evaluated; skipping");
@@ -795,4 +797,39 @@ pub(super) fn metrics_by_task(points: Vec<crate::store::MetricPoint>) -> RunMetr
     }
     debug!(tasks = out.len(), "metrics loaded");
     out
+}
+
+/// Why task `i` of `run` is skipped (`failed = false`) or upstream_failed,
+/// naming the upstream tasks that decided it and their states, e.g.
+/// "upstream failed: `train` (failed)".
+fn upstream_reason(run: &ActiveRun, i: usize, rule: TriggerRule, failed: bool) -> String {
+    let list = |pick: &dyn Fn(TaskState) -> bool| {
+        run.tasks[i]
+            .upstream
+            .iter()
+            .map(|&u| &run.tasks[u])
+            .filter(|u| pick(u.state))
+            .map(|u| format!("`{}` ({})", u.task_id, u.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let is_failed = |s| {
+        matches!(
+            s,
+            TaskState::Failed | TaskState::UpstreamFailed | TaskState::Cancelled
+        )
+    };
+    if failed {
+        return format!("upstream failed: {}", list(&is_failed));
+    }
+    match rule {
+        TriggerRule::OneFailed => format!(
+            "no upstream failed (trigger rule one_failed): {}",
+            list(&|s: TaskState| s.is_terminal())
+        ),
+        _ => format!(
+            "upstream skipped: {}",
+            list(&|s: TaskState| s == TaskState::Skipped)
+        ),
+    }
 }

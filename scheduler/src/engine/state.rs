@@ -15,10 +15,10 @@ use chrono::{DateTime, Utc};
 use regex::Regex;
 use trainyard_core::cron::Schedule;
 use trainyard_core::dag::{DagSpec, ParamValue};
-use trainyard_core::ids::{DagVersionId, TaskId, TaskInstanceId, WorkerId};
+use trainyard_core::ids::{DagId, DagVersionId, RunId, TaskId, TaskInstanceId, WorkerId};
 use trainyard_core::state::{RunState, TaskState};
 
-use super::placement::Demand;
+use super::placement::{self, Demand, WorkerCapacity};
 use crate::store::{Run, TaskInstance};
 
 /// Per-task metrics of one run: task id → metric name → value.
@@ -141,15 +141,7 @@ impl ActiveRun {
             node.upstream = up.into();
             node.downstream = down.into();
             let r = spec_task.map(|t| t.resources.clone()).unwrap_or_default();
-            demands.push(Demand {
-                pool: node.pool.clone(),
-                cpus: r.cpus,
-                memory: r.memory.map_or(0, |m| m.bytes()),
-                gpus: r.gpus,
-                gpu_memory: r.gpu_memory.map(|m| m.bytes()),
-                // The DAG parser validated the pattern, so it compiles.
-                gpu_model: r.gpu_model.as_deref().and_then(|p| Regex::new(p).ok()),
-            });
+            demands.push(demand_of(&node.pool, &r));
         }
         let unfinished = tasks.iter().filter(|t| !t.state.is_terminal()).count();
         Self {
@@ -188,6 +180,19 @@ impl ActiveRun {
     }
 }
 
+/// What a task with `resources` in `pool` asks placement for.
+pub fn demand_of(pool: &str, r: &trainyard_core::resources::ResourceRequest) -> Demand {
+    Demand {
+        pool: pool.to_owned(),
+        cpus: r.cpus,
+        memory: r.memory.map_or(0, |m| m.bytes()),
+        gpus: r.gpus,
+        gpu_memory: r.gpu_memory.map(|m| m.bytes()),
+        // The DAG parser validated the pattern, so it compiles.
+        gpu_model: r.gpu_model.as_deref().and_then(|p| Regex::new(p).ok()),
+    }
+}
+
 /// The run's params as typed values: the stored JSON over the declared defaults.
 pub fn params_of(json: &serde_json::Value, spec: &DagSpec) -> BTreeMap<String, ParamValue> {
     let mut out = spec.params.clone();
@@ -211,19 +216,31 @@ pub fn params_json(params: &BTreeMap<String, ParamValue>) -> serde_json::Value {
     )
 }
 
-/// Why each waiting task of a run is not running.
-pub fn wait_reasons_of(run: &ActiveRun) -> super::WaitReasons {
+/// What the reasons of a waiting task are read against: the engine's
+/// published view (see `memory.rs`), never the store.
+pub struct WaitContext<'a> {
+    /// Every active worker as if it were idle: what could ever hold a task.
+    pub idle: Vec<WorkerCapacity>,
+    pub runs: &'a imbl::HashMap<RunId, ActiveRun>,
+    pub active_by_dag: &'a imbl::HashMap<DagId, u32>,
+    pub active_by_pool: &'a imbl::HashMap<String, u32>,
+    /// Slot counts of named pools (`EngineOptions::pools`).
+    pub pools: &'a BTreeMap<String, u32>,
+}
+
+/// Why each waiting task of a run is not running. For a ready task the
+/// strongest reason wins: no registered worker could ever hold it (with the
+/// numbers), then the DAG's `max_active_tasks`, then its pool's slots, then
+/// what the last dispatch pass recorded.
+pub fn wait_reasons_of(run: &ActiveRun, ctx: &WaitContext<'_>) -> super::WaitReasons {
     let mut out = BTreeMap::new();
-    for n in &run.tasks {
+    for (i, n) in run.tasks.iter().enumerate() {
         let reason = match n.state {
-            TaskState::Ready => Some(
-                n.wait_reason
-                    .clone()
-                    .unwrap_or_else(|| "waiting for a free worker slot".into()),
-            ),
-            TaskState::Pending if run.run.state == RunState::Queued => {
-                Some("the run is queued (max_active_runs)".into())
-            }
+            TaskState::Ready => Some(ready_reason(run, i, ctx)),
+            TaskState::Pending if run.run.state == RunState::Queued => Some(format!(
+                "the run is queued: {}",
+                queued_reason(run, ctx).unwrap_or_else(|| "it starts on the next turn".into())
+            )),
             TaskState::Pending => Some(format!(
                 "waiting for upstream: {}",
                 pending_upstream(run, &n.upstream)
@@ -238,6 +255,72 @@ pub fn wait_reasons_of(run: &ActiveRun) -> super::WaitReasons {
         }
     }
     out
+}
+
+fn ready_reason(run: &ActiveRun, i: usize, ctx: &WaitContext<'_>) -> String {
+    let n = &run.tasks[i];
+    if let Some(never) = placement::never_fits(&run.demands[i], &ctx.idle) {
+        return never;
+    }
+    let dag = &run.run.dag_id;
+    if let Some(max) = run.spec.max_active_tasks {
+        let active = ctx.active_by_dag.get(dag).copied().unwrap_or(0);
+        if active >= max {
+            return format!("DAG `{dag}` is at max_active_tasks ({active} of {max} running)");
+        }
+    }
+    if let Some(&slots) = ctx.pools.get(&n.pool) {
+        let used = ctx.active_by_pool.get(&n.pool).copied().unwrap_or(0);
+        if used >= slots {
+            return format!("pool `{}` is full ({used} of {slots} slots in use)", n.pool);
+        }
+    }
+    n.wait_reason.clone().unwrap_or_else(|| {
+        "waiting for a free worker slot: every worker that could run it is busy".into()
+    })
+}
+
+/// Why a queued run has not started: its DAG's `max_active_runs`, naming
+/// the runs that hold it and, for one that cannot finish, why. `None` when
+/// the limit leaves room (the run starts on the engine's next turn).
+pub fn queued_reason(run: &ActiveRun, ctx: &WaitContext<'_>) -> Option<String> {
+    if run.run.state != RunState::Queued {
+        return None;
+    }
+    let max = run.spec.max_active_runs.max(1);
+    let mut active: Vec<&ActiveRun> = ctx
+        .runs
+        .values()
+        .filter(|r| r.run.dag_id == run.run.dag_id && r.run.state == RunState::Running)
+        .collect();
+    if (active.len() as u64) < u64::from(max) {
+        return None;
+    }
+    active.sort_by_key(|r| r.run.id);
+    let mut out = format!(
+        "DAG `{}` is at max_active_runs ({} of {max} running): ",
+        run.run.dag_id,
+        active.len()
+    );
+    let named: Vec<String> = active
+        .iter()
+        .take(3)
+        .map(|r| {
+            // A blocker that can never finish is the news: say which task and why.
+            let stuck = r.tasks.iter().enumerate().find_map(|(i, t)| {
+                (t.state == TaskState::Ready)
+                    .then(|| placement::never_fits(&r.demands[i], &ctx.idle))
+                    .flatten()
+                    .map(|why| format!(" (its task `{}` cannot start: {why})", t.task_id))
+            });
+            format!("run {}{}", r.run.id, stuck.unwrap_or_default())
+        })
+        .collect();
+    out.push_str(&named.join(", "));
+    if active.len() > 3 {
+        out.push_str(&format!(" and {} more", active.len() - 3));
+    }
+    Some(out)
 }
 
 fn pending_upstream(run: &ActiveRun, upstream: &[usize]) -> String {

@@ -50,7 +50,7 @@ use trainyard_core::ids::WorkerId;
 use super::handle::{Answer, Command};
 use super::memory::{Snapshot, StoreHealth};
 use super::timers::TimerKind;
-use super::{Core, EngineError, EngineEvent, WorkerCommand};
+use super::{Core, Ended, EngineError, EngineEvent, WorkerCommand};
 use crate::store::{StoreError, WriteBatch};
 
 /// What the turn in progress has decided and will release once it commits.
@@ -341,6 +341,16 @@ impl Core {
             }
         }
         for event in events {
+            // Committed: a listener woken now reads the end from the store.
+            match &event {
+                EngineEvent::RunState { run_id, state, .. } if state.is_terminal() => {
+                    self.published.ended(Ended::Run(*run_id));
+                }
+                EngineEvent::TaskState { ti, state, .. } if state.is_terminal() => {
+                    self.published.ended(Ended::Task(*ti));
+                }
+                _ => {}
+            }
             // No subscriber is fine: events are for tests, metrics and the UI.
             let _ = self.events.send(event);
         }

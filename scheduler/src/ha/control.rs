@@ -194,6 +194,28 @@ impl RunControl for HaControl {
         RunControl::wait_reasons(&self.engine, run).await
     }
 
+    async fn run_wait_reason(&self, run: RunId) -> Option<String> {
+        if !self.leading() {
+            return None;
+        }
+        RunControl::run_wait_reason(&self.engine, run).await
+    }
+
+    async fn trigger_warnings(&self, dag: &DagId) -> Vec<String> {
+        if !self.leading() {
+            return Vec::new();
+        }
+        RunControl::trigger_warnings(&self.engine, dag).await
+    }
+
+    fn ends(&self) -> Option<tokio::sync::broadcast::Receiver<crate::engine::Ended>> {
+        // A standby's engine handle hears no ends: its listeners re-read the store.
+        if !self.leading() {
+            return None;
+        }
+        RunControl::ends(&self.engine)
+    }
+
     fn is_standby(&self) -> bool {
         !self.leading()
     }

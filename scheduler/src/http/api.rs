@@ -11,13 +11,16 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use trainyard_core::ids::{DagId, RunId, WorkerId};
-use trainyard_core::state::RunState;
+use std::time::Duration;
+
+use trainyard_core::ids::{DagId, RunId, TaskInstanceId, WorkerId};
+use trainyard_core::state::{RunState, TaskState};
 
 use super::openapi as doc;
 use super::routes::RouteTable;
 use super::{ApiError, ApiResult, AppState, TriggerRequest, read};
-use crate::store::{Attempt, RunFilter, TaskInstance};
+use crate::engine::Ended;
+use crate::store::{Attempt, Run, RunFilter, TaskInstance};
 
 /// Adds the probes and `/api/v1` to the route table (see `routes.rs`:
 /// `.get(path, handler)` / `.post(path, handler)` record each route).
@@ -99,7 +102,7 @@ pub(super) struct TriggerBody {
     params(("dag_id" = String, Path, description = "DAG id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key return the same run")),
     request_body(content = Option<TriggerBody>, content_type = "application/json"),
-    responses((status = 201, body = doc::Triggered), (status = 400, body = doc::ErrorBody),
+    responses((status = 201, body = Triggered), (status = 400, body = doc::ErrorBody),
         (status = 401, body = doc::ErrorBody), (status = 403, body = doc::ErrorBody),
         (status = 404, body = doc::ErrorBody), (status = 413, body = doc::ErrorBody)))]
 async fn trigger(
@@ -107,7 +110,7 @@ async fn trigger(
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Option<Json<TriggerBody>>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Triggered>)> {
     let id = dag_id(&raw)?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let idempotency_key = match headers.get("idempotency-key") {
@@ -129,10 +132,33 @@ async fn trigger(
             },
         )
         .await?;
+    let warnings = state.control.trigger_warnings(&id).await;
+    for w in &warnings {
+        tracing::warn!(dag = %id, %run, warning = %w, "triggered a run that cannot finish yet");
+    }
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "run_id": run, "dag_id": id })),
+        Json(Triggered {
+            run_id: run,
+            dag_id: id,
+            warnings,
+        }),
     ))
+}
+
+/// A trigger's answer (also for a repeated `Idempotency-Key`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct Triggered {
+    #[schema(value_type = String)]
+    run_id: RunId,
+    #[schema(value_type = String)]
+    dag_id: DagId,
+    /// What the run will not get past as things stand, one line each: a
+    /// task no registered worker could hold even when idle ("task `train`
+    /// cannot start on any registered worker: needs 8 GPUs of model H100;
+    /// …"). The run is created all the same; its task waits `ready` until
+    /// such a worker registers. Empty when nothing is in the way.
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -224,6 +250,39 @@ async fn list_runs(
     ))
 }
 
+/// The longest `?wait_for_end` may hold a request.
+pub const MAX_WAIT_FOR_END: Duration = Duration::from_secs(60);
+
+/// How often a `?wait_for_end` re-reads the run where no engine runs in this
+/// process (a standby replica): its leader's run ends are not heard here.
+pub const RUN_END_RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RunQuery {
+    /// Long-poll: answer as soon as the run has ended (`success`, `failed`,
+    /// `cancelled`), or after this long (e.g. `30s`, `500ms`; at most `60s`)
+    /// with the run as it is then. No database connection is held while
+    /// it waits.
+    wait_for_end: Option<String>,
+}
+
+/// A run and why it has not started, if it is queued behind its DAG's `max_active_runs`.
+#[derive(Debug, Serialize)]
+struct RunView {
+    #[serde(flatten)]
+    run: Run,
+    wait_reason: Option<String>,
+}
+
+/// The answer of `GET /api/v1/runs/{run}` (its schema is `doc::RunDetail`).
+#[derive(Debug, Serialize)]
+struct RunDetail {
+    run: RunView,
+    tasks: Vec<TaskView>,
+}
+
 /// One task of a run, with every attempt, as `runs show --json` prints it.
 #[derive(Debug, Serialize)]
 struct TaskView {
@@ -237,17 +296,44 @@ struct TaskView {
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
     wait_reason: Option<String>,
+    skip_reason: Option<String>,
     attempts: Vec<Attempt>,
 }
 
-/// A run and every task instance with all its attempts.
+fn parse_wait(raw: &str) -> ApiResult<Duration> {
+    let d = trainyard_core::dag::units::parse_duration(raw)
+        .map_err(|e| ApiError::bad_request(format!("wait_for_end: {e}")))?;
+    if d > MAX_WAIT_FOR_END {
+        return Err(ApiError::bad_request(format!(
+            "wait_for_end={raw} is longer than the most a request may wait ({}); \
+             ask again when it answers",
+            trainyard_core::dag::units::format_duration(MAX_WAIT_FOR_END)
+        )));
+    }
+    Ok(d)
+}
+
+/// A run and every task instance with all its attempts, each waiting task
+/// with why it waits and each skipped or upstream_failed one with why.
 #[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
-    params(("run_id" = String, Path, description = "Run id")),
+    params(("run_id" = String, Path, description = "Run id"), RunQuery),
     responses((status = 200, body = doc::RunDetail), (status = 400, body = doc::ErrorBody),
         (status = 404, body = doc::ErrorBody)))]
-async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_run(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> ApiResult<Json<RunDetail>> {
     let id = run_id(&raw)?;
-    let run = state.store.get_run(id).await?;
+    let wait = q.wait_for_end.as_deref().map(parse_wait).transpose()?;
+    // Listening starts before the read, so an end committed in between is heard.
+    let ends = wait.and_then(|_| state.control.ends());
+    let mut run = state.store.get_run(id).await?;
+    if let Some(limit) = wait
+        && !run.state.is_terminal()
+    {
+        run = wait_for_end(&state, id, limit, ends).await?;
+    }
     let tasks = state.store.task_instances(id).await?;
     let attempts = state.store.run_attempts(id).await?;
     let workers: BTreeMap<WorkerId, String> = state
@@ -259,11 +345,108 @@ async fn get_run(State(state): State<AppState>, Path(raw): Path<String>) -> ApiR
         .collect();
     let reasons: BTreeMap<String, String> =
         state.control.wait_reasons(id).await.into_iter().collect();
+    let skips = if tasks
+        .iter()
+        .any(|t| matches!(t.state, TaskState::Skipped | TaskState::UpstreamFailed))
+    {
+        skip_reasons(state.store.skip_events(id).await?)
+    } else {
+        BTreeMap::new()
+    };
+    let wait_reason = if run.state == RunState::Queued {
+        state.control.run_wait_reason(id).await
+    } else {
+        None
+    };
     let views: Vec<TaskView> = tasks
         .into_iter()
-        .map(|t| task_view(t, &attempts, &workers, &reasons))
+        .map(|t| task_view(t, &attempts, &workers, &reasons, &skips))
         .collect();
-    Ok(Json(json!({ "run": run, "tasks": views })))
+    Ok(Json(RunDetail {
+        run: RunView { run, wait_reason },
+        tasks: views,
+    }))
+}
+
+/// Waits until `id` has ended or `limit` has passed, and returns the run as
+/// the store has it then. Holds no database connection while it waits: it
+/// reads the store again only when the engine says the run ended (or a
+/// lagging listener may have missed it), or every [`RUN_END_RECHECK`] where
+/// no engine runs here.
+async fn wait_for_end(
+    state: &AppState,
+    id: RunId,
+    limit: Duration,
+    mut ends: Option<tokio::sync::broadcast::Receiver<Ended>>,
+) -> ApiResult<Run> {
+    use tokio::sync::broadcast::error::RecvError;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let woke = tokio::time::timeout_at(deadline, async {
+            match ends.as_mut() {
+                Some(rx) => loop {
+                    match rx.recv().await {
+                        Ok(Ended::Run(ended)) if ended == id => return true,
+                        Ok(_) => {}
+                        // Some ends were missed: one may have been this run's.
+                        Err(RecvError::Lagged(_)) => return true,
+                        Err(RecvError::Closed) => return false,
+                    }
+                },
+                None => {
+                    tokio::time::sleep(RUN_END_RECHECK).await;
+                    true
+                }
+            }
+        })
+        .await;
+        if woke == Ok(false) {
+            // The engine is gone (this replica stepped down): read the store instead.
+            ends = None;
+        }
+        let run = state.store.get_run(id).await?;
+        if run.state.is_terminal() || woke.is_err() {
+            return Ok(run);
+        }
+    }
+}
+
+/// Why each task of a run waits or did not run (task id → the text the
+/// API serves as `wait_reason` or `skip_reason`), for the UI's run and task
+/// pages.
+pub(in crate::http) async fn task_reasons(
+    state: &AppState,
+    run: RunId,
+    tasks: &[TaskInstance],
+) -> ApiResult<BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, String> =
+        state.control.wait_reasons(run).await.into_iter().collect();
+    if tasks
+        .iter()
+        .any(|t| matches!(t.state, TaskState::Skipped | TaskState::UpstreamFailed))
+    {
+        let skips = skip_reasons(state.store.skip_events(run).await?);
+        for t in tasks {
+            if let Some(r) = skips.get(&t.id)
+                && matches!(t.state, TaskState::Skipped | TaskState::UpstreamFailed)
+            {
+                out.insert(t.task_id.to_string(), r.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The reason of each task's latest move to `skipped`/`upstream_failed`.
+fn skip_reasons(events: Vec<crate::store::Event>) -> BTreeMap<TaskInstanceId, String> {
+    let mut out = BTreeMap::new();
+    for e in events {
+        if let (Some(ti), Some(reason)) = (e.task_instance_id, e.reason) {
+            // Oldest first: a later skip (after a clear) replaces an earlier one.
+            out.insert(ti, reason);
+        }
+    }
+    out
 }
 
 fn task_view(
@@ -271,6 +454,7 @@ fn task_view(
     attempts: &[Attempt],
     workers: &BTreeMap<WorkerId, String>,
     reasons: &BTreeMap<String, String>,
+    skips: &BTreeMap<TaskInstanceId, String>,
 ) -> TaskView {
     let mut mine: Vec<Attempt> = attempts
         .iter()
@@ -280,11 +464,21 @@ fn task_view(
     mine.sort_by_key(|a| a.attempt);
     let current = mine.iter().rev().find(|a| a.attempt == task.attempt);
     let worker_id = current.and_then(|a| a.worker_id);
+    let skip_reason = match task.state {
+        TaskState::Skipped | TaskState::UpstreamFailed => Some(
+            skips
+                .get(&task.id)
+                .cloned()
+                .unwrap_or_else(|| format!("{} (no reason was recorded)", task.state)),
+        ),
+        _ => None,
+    };
     TaskView {
         worker: worker_id.and_then(|w| workers.get(&w).cloned()),
         worker_id,
         gpus: current.map(|a| a.gpus.clone()).unwrap_or_default(),
         wait_reason: reasons.get(task.task_id.as_str()).cloned(),
+        skip_reason,
         task_id: task.task_id.to_string(),
         state: task.state.to_string(),
         attempt: task.attempt,

@@ -86,6 +86,18 @@ impl RunControl for EngineHandle {
         }
     }
 
+    async fn run_wait_reason(&self, run: RunId) -> Option<String> {
+        self.run_wait_reason(run)
+    }
+
+    async fn trigger_warnings(&self, dag: &DagId) -> Vec<String> {
+        self.unschedulable_tasks(dag)
+    }
+
+    fn ends(&self) -> Option<tokio::sync::broadcast::Receiver<crate::engine::Ended>> {
+        Some(self.subscribe_ends())
+    }
+
     async fn wait_reasons(&self, run: RunId) -> Vec<(String, String)> {
         match self.task_wait_reasons(run).await {
             Ok(reasons) => reasons

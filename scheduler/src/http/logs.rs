@@ -5,8 +5,10 @@
 //! counts against the follower limits (`logs::follow`): 429 when the caller's
 //! address has too many open, 503 when the scheduler has. A finished task's
 //! stream replays its stored log and ends. A live stream ends itself (event
-//! `end`) once its task finishes, checked every `FollowLimits::recheck` while
-//! no line arrives, so nothing is held for a task nobody can write to.
+//! `end`) as soon as the engine commits its task's end (where the engine
+//! runs in this process), and otherwise at the latest at the next
+//! `FollowLimits::recheck` while no line arrives, so nothing is held for a
+//! task nobody can write to.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Interval, MissedTickBehavior};
 use trainyard_core::ids::{RunId, TaskInstanceId};
@@ -24,6 +27,7 @@ use trainyard_core::ids::{RunId, TaskInstanceId};
 use super::client::ClientAddr;
 use super::openapi as doc;
 use super::{ApiError, ApiResult, AppState};
+use crate::engine::Ended;
 use crate::logs::{FollowError, Follower, LogError};
 use crate::store::{ReadStore, TaskInstance};
 
@@ -148,7 +152,29 @@ struct Live {
     store: std::sync::Arc<dyn ReadStore>,
     ti: TaskInstanceId,
     recheck: Interval,
+    /// The engine's committed ends, where it runs here: the stream ends as
+    /// soon as its task does instead of at the next `recheck`.
+    ends: Option<broadcast::Receiver<Ended>>,
     ended: bool,
+}
+
+/// Resolves when `ends` says task `ti` ended or may have (it lagged), and
+/// never when there is nothing to listen to.
+async fn task_end(ends: &mut Option<broadcast::Receiver<Ended>>, ti: TaskInstanceId) {
+    let Some(rx) = ends.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match rx.recv().await {
+            Ok(Ended::Task(t)) if t == ti => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => {
+                *ends = None;
+                return std::future::pending().await;
+            }
+        }
+    }
 }
 
 impl Live {
@@ -168,7 +194,12 @@ impl Live {
                     };
                     return Some((Ok(event), self));
                 }
-                _ = self.recheck.tick() => match self.store.get_task_instance(self.ti).await {
+                _ = async {
+                    tokio::select! {
+                        _ = self.recheck.tick() => {}
+                        _ = task_end(&mut self.ends, self.ti) => {}
+                    }
+                } => match self.store.get_task_instance(self.ti).await {
                     Ok(ti) if ti.state.is_terminal() => {
                         self.ended = true;
                         return Some((Ok(end_event(&ti)), self));
@@ -246,6 +277,7 @@ pub(super) async fn task_log_stream(
         store: state.store.clone(),
         ti: ti.id,
         recheck,
+        ends: state.control.ends(),
         ended: false,
     };
     Ok(sse(futures::stream::unfold(live, Live::next)))

@@ -77,6 +77,22 @@ pub trait RunControl: Send + Sync + 'static {
     async fn set_paused(&self, dag: &DagId, paused: bool) -> Result<(), ControlError>;
     /// Why ready tasks of a run are still waiting (task id → reason).
     async fn wait_reasons(&self, run: RunId) -> Vec<(String, String)>;
+    /// Why a queued run has not started (its DAG's `max_active_runs`), if so.
+    async fn run_wait_reason(&self, _run: RunId) -> Option<String> {
+        None
+    }
+    /// What a trigger of `dag` answers besides the run: one line per task no
+    /// registered worker could ever hold (the run is created all the same).
+    async fn trigger_warnings(&self, _dag: &DagId) -> Vec<String> {
+        Vec::new()
+    }
+    /// Runs and tasks as their ends commit, for `?wait_for_end` and live log
+    /// streams; `None` where no engine runs here (a standby, a test double):
+    /// a long-poll then re-reads the store every `api::RUN_END_RECHECK`, a
+    /// log stream every `FollowLimits::recheck`.
+    fn ends(&self) -> Option<tokio::sync::broadcast::Receiver<crate::engine::Ended>> {
+        None
+    }
     /// A standby replica (HA): `/readyz` answers 503 so traffic goes to the leader.
     fn is_standby(&self) -> bool {
         false

@@ -44,13 +44,6 @@ pub struct LogEvent {
     pub data: String,
 }
 
-/// A manual trigger's answer (also for a repeated `Idempotency-Key`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Triggered {
-    pub run_id: String,
-    pub dag_id: String,
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Backfilled {
     pub run_ids: Vec<String>,
@@ -137,14 +130,52 @@ pub struct TaskView {
     pub gpus: Vec<u32>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// Why a ready task still waits (no worker fits, pool full…).
+    /// Why a task that has not started waits: for a ready task the
+    /// strongest reason ("needs 8 GPUs of model H100; no registered worker
+    /// has an H100; the largest worker has 2 GPUs", "pool `etl` is full (1
+    /// of 1 slots in use)", "DAG `x` is at max_active_tasks (…)"); for a
+    /// pending one its upstream tasks or its run's queue; for one waiting
+    /// to retry, when. Null for a task that runs or has finished.
     pub wait_reason: Option<String>,
+    /// Why a `skipped` or `upstream_failed` task did not run: a closed
+    /// `when` gate with the value of every name it read
+    /// ("metrics.evaluate.auc >= params.min_auc was false
+    /// (metrics.evaluate.auc = 0.0197, params.min_auc = 0.75)"), or the
+    /// upstream tasks that decided it ("upstream failed: `train` (failed)").
+    /// Stored with the transition, so every replica serves it after
+    /// restarts. Null in every other state.
+    pub skip_reason: Option<String>,
     pub attempts: Vec<Attempt>,
+}
+
+/// A run as `GET /api/v1/runs/{run_id}` shows it: the run's fields and
+/// why it has not started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunWithReason {
+    pub id: String,
+    pub dag_id: String,
+    pub version_id: i64,
+    pub logical_date: Option<DateTime<Utc>>,
+    /// `schedule`, `manual` or `backfill`.
+    pub trigger: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// `queued`, `running`, `success`, `failed`, `cancelled`.
+    pub state: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    /// Why a `queued` run has not started: its DAG is at `max_active_runs`,
+    /// naming the runs that hold it (and why one of them cannot finish).
+    /// Null otherwise.
+    pub wait_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunDetail {
-    pub run: Run,
+    pub run: RunWithReason,
     pub tasks: Vec<TaskView>,
 }
 

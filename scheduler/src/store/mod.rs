@@ -195,6 +195,26 @@ pub trait ReadStore: StoreBase {
     async fn run_events(&self, run_id: RunId, after: Option<i64>, limit: u32)
     -> Result<Vec<Event>>;
 
+    /// The events that moved a task of the run to `skipped` or
+    /// `upstream_failed`, oldest first: their reasons say why (the gate's
+    /// values, the upstream that failed). The default pages through
+    /// [`ReadStore::run_events`]; the SQL stores ask for just these rows.
+    async fn skip_events(&self, run_id: RunId) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.run_events(run_id, after, 10_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
+            after = Some(last.id);
+            out.extend(page.into_iter().filter(|e| {
+                e.entity == EventEntity::Task
+                    && matches!(e.to_state.as_str(), "skipped" | "upstream_failed")
+            }));
+        }
+    }
+
     async fn get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance>;
     /// All task instances of a run, by id (creation order).
     async fn task_instances(&self, run_id: RunId) -> Result<Vec<TaskInstance>>;

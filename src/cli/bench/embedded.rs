@@ -210,6 +210,7 @@ impl Instance {
             transactions: Some(transactions),
             memory,
             peak_before: before.map(|m| m.hwm_bytes),
+            client_wait_ms: None,
         })
     }
 

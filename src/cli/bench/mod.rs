@@ -84,6 +84,9 @@ pub struct RunFigures {
     /// Peak RSS (bytes) from the process start to this run's trigger: the
     /// scheduler's start-up and DAG load, and earlier runs.
     pub peak_before: Option<u64>,
+    /// From the run's stored `ended_at` to the CLI's `trigger --wait` wait
+    /// returning in this process (`--server` only; same-host clocks).
+    pub client_wait_ms: Option<f64>,
 }
 
 const CEILING_THREADS: usize = 8;
@@ -295,6 +298,9 @@ fn figures_line(
         "step_p99_ms".into(),
         json!(measure::percentile(&steps, 99.0).map(|v| round(v, 3))),
     );
+    if let Some(ms) = f.client_wait_ms {
+        line.insert("client_wait_ms".into(), json!(round(ms, 2)));
+    }
     line.insert("steps".into(), json!(steps.len()));
     line.insert("tasks_per_s".into(), json!(round(tasks_per_s, 1)));
     line.insert(

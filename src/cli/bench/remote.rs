@@ -1,13 +1,16 @@
 //! `trainyard bench --server URL`: the same workloads against a running
 //! deployment over its HTTP API. The DAGs (`bench_fanout`, `bench_chain`, …)
 //! must already be loaded there (the bench prints their files with
-//! `--write-dags DIR`). Wall time is measured here by polling the run every
-//! 10 ms; the server's own `created_at → ended_at` is reported beside it.
+//! `--write-dags DIR`). Wall time is measured here the way `trigger --wait`
+//! waits (the same code: `?wait_for_end` long-polls); the server's own
+//! `created_at → ended_at` is reported beside it, and `client_wait_ms`: from
+//! the run's stored `ended_at` to that wait returning here (meaningful when
+//! the server's clock is this machine's).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -16,7 +19,6 @@ use super::RunFigures;
 use super::measure::TaskTimes;
 use super::workloads::DagPlan;
 
-const POLL: Duration = Duration::from_millis(10);
 const RUN_DEADLINE: Duration = Duration::from_secs(600);
 
 pub struct Remote {
@@ -54,34 +56,37 @@ impl Remote {
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("the trigger answer has no run_id: {created}"))?
             .to_owned();
-        loop {
-            let body = self
-                .client
-                .get_json(&format!("/api/v1/runs/{run_id}"))
-                .await?;
-            let state = body
-                .pointer("/run/state")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            if matches!(state.as_str(), "success" | "failed" | "cancelled") {
-                let wall = started.elapsed();
-                return Ok(RunFigures {
-                    run_id,
-                    state,
-                    wall_s: wall.as_secs_f64(),
-                    server_wall_s: server_wall_s(&body),
-                    times: task_times(&body),
-                    transactions: None,
-                    memory: None,
-                    peak_before: None,
-                });
-            }
-            if started.elapsed() > RUN_DEADLINE {
-                bail!("run {run_id} did not end within {RUN_DEADLINE:?}");
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        // The CLI's own `trigger --wait` path: long-polls answered when the
+        // run's end commits.
+        let body = tokio::time::timeout(
+            RUN_DEADLINE,
+            crate::cli::runs::wait_for_end(&self.client, &run_id),
+        )
+        .await
+        .map_err(|_| anyhow!("run {run_id} did not end within {RUN_DEADLINE:?}"))??;
+        let returned = Utc::now();
+        let wall = started.elapsed();
+        let state = body
+            .pointer("/run/state")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let client_wait_ms = body
+            .get("run")
+            .and_then(|r| time(r, "ended_at"))
+            .and_then(|ended| (returned - ended).num_microseconds())
+            .map(|us| us as f64 / 1e3);
+        Ok(RunFigures {
+            run_id,
+            state,
+            wall_s: wall.as_secs_f64(),
+            server_wall_s: server_wall_s(&body),
+            times: task_times(&body),
+            transactions: None,
+            memory: None,
+            peak_before: None,
+            client_wait_ms,
+        })
     }
 
     /// The server's resident memory from its `/metrics`, in bytes.

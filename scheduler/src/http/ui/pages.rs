@@ -468,6 +468,14 @@ pub(super) async fn run_page(
     let tasks = store.task_instances(id).await.map_err(api)?;
     let attempts = store.run_attempts(id).await.map_err(api)?;
     let workers = worker_names(store).await?;
+    let reasons = crate::http::api::task_reasons(&state, id, &tasks)
+        .await
+        .map_err(UiError::Api)?;
+    let run_waits = if run.state == trainyard_core::state::RunState::Queued {
+        state.control.run_wait_reason(id).await
+    } else {
+        None
+    };
     let detail = read::dag_detail(&state, run.dag_id.as_str()).await.ok();
     let states: BTreeMap<String, String> = tasks
         .iter()
@@ -483,13 +491,14 @@ pub(super) async fn run_page(
             dt { "Started" } dd id="run-started" { (when(run.started_at)) }
             dt { "Ended" } dd id="run-ended" { (when(run.ended_at)) }
             dt { "Params" } dd { pre class="params" { (params) } }
+            @if let Some(why) = &run_waits { dt { "Waiting because" } dd class="reason" { (why) } }
         }
         @if ctx.can_operate() && !run.state.is_terminal() {
             form id="cancel-run" class="inline" method="post" action={"/runs/" (run.id) "/cancel"} { (ctx.csrf_field()) button class="danger" type="submit" { "Cancel run" } }
         }
         @if let Some(d) = &detail { (svg::graph(&d.graph, &states, Some(&run.id.to_string()))) }
         table class="tasks" id="tasks" {
-            thead { tr { th { "Task" } th { "State" } th { "Attempt" } th { "Worker" } th { "GPUs" } th { "Duration" } th { "Waiting because" } th {} } }
+            thead { tr { th { "Task" } th { "State" } th { "Attempt" } th { "Worker" } th { "GPUs" } th { "Duration" } th { "Why (waiting or skipped)" } th {} } }
             tbody {
                 @for t in &tasks {
                     @let cur = attempts.iter().filter(|a| a.task_instance_id == t.id).max_by_key(|a| a.attempt);
@@ -500,7 +509,7 @@ pub(super) async fn run_page(
                         td class="worker" { (cur.and_then(|a| a.worker_id).and_then(|w| workers.get(&w)).map_or("", String::as_str)) }
                         td class="gpus" { (cur.map(|a| a.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")).unwrap_or_default()) }
                         td class="duration" { (duration(t.started_at, t.ended_at)) }
-                        td class="wait muted" {}
+                        td class="wait muted" { (reasons.get(t.task_id.as_str()).map_or("", String::as_str)) }
                         td {
                             @if ctx.can_operate() && t.state.is_terminal() {
                                 form class="inline" method="post" action={"/runs/" (run.id) "/tasks/" (t.task_id) "/clear"} {
@@ -537,6 +546,10 @@ pub(super) async fn task_page(
         .ok_or_else(|| UiError::NotFound(format!("run {id} has no task {task:?}")))?;
     let attempts = store.attempts(ti.id).await.map_err(api)?;
     let workers = worker_names(store).await?;
+    let reason = crate::http::api::task_reasons(&state, id, std::slice::from_ref(&ti))
+        .await
+        .map_err(UiError::Api)?
+        .remove(task.as_str());
     let attempt = ti.attempt.max(1);
     let log = state
         .logs
@@ -545,6 +558,7 @@ pub(super) async fn task_page(
         .unwrap_or_default();
     let body = html! {
         h1 { a href={"/runs/" (run.id)} { (run.dag_id) } " / " (task) " " span id="task-state" data-run=(run.id) data-task=(task) class={"badge st-" (ti.state)} { (ti.state) } }
+        @if let Some(why) = &reason { p class="reason muted" { (why) } }
         h2 { "Attempts" }
         table class="attempts" {
             thead { tr { th { "#" } th { "Worker" } th { "GPUs" } th { "Outcome" } th { "Exit" } th { "Started" } th { "Duration" } th { "Error" } } }

@@ -407,6 +407,9 @@ where
     ) -> Result<Vec<Event>> {
         self.sql_run_events(run_id, after, limit).await
     }
+    async fn skip_events(&self, run_id: RunId) -> Result<Vec<Event>> {
+        self.sql_skip_events(run_id).await
+    }
     async fn get_task_instance(&self, id: TaskInstanceId) -> Result<TaskInstance> {
         self.sql_get_task_instance(id).await
     }

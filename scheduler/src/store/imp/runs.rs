@@ -333,6 +333,18 @@ where
         })
     }
 
+    pub(crate) async fn sql_skip_events(&self, run_id: RunId) -> Result<Vec<Event>> {
+        let sql = format!(
+            "SELECT {EVENT_COLS} FROM events WHERE run_id = $1 AND entity = 'task' \
+             AND to_state IN ('skipped', 'upstream_failed') ORDER BY id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(run_id.as_uuid())
+            .fetch_all(self.read_pool())
+            .await?;
+        rows.iter().map(Rows::<DB>::event).collect()
+    }
+
     pub(crate) async fn sql_run_events(
         &self,
         run_id: RunId,
