@@ -128,6 +128,9 @@ struct Done {
     metrics: Metrics,
     inputs: Vec<v1::Artifact>,
     outputs: Vec<v1::Artifact>,
+    /// The command could not be started at all (see
+    /// [`AttemptError::cannot_start`]): retrying cannot help.
+    cannot_start: bool,
 }
 
 fn artifact_to_proto(r: trainyard_artifacts::ArtifactRecord) -> v1::Artifact {
@@ -170,13 +173,21 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
     let done = match attempt(&job, &stop, &mut batch).await {
         Ok(done) => done,
         Err(e) => {
-            let message = e.to_string();
+            let cannot_start = e.cannot_start();
+            let mut message = e.to_string();
+            if cannot_start {
+                message.push_str(
+                    "; the command cannot start (check the program's name, PATH and its \
+                     executable bit), so the task fails now without using its retries",
+                );
+            }
             batch.system(message.clone());
             Done {
                 outcome: not_started(message),
                 metrics: Metrics::default(),
                 inputs: Vec::new(),
                 outputs: Vec::new(),
+                cannot_start,
             }
         }
     };
@@ -184,6 +195,9 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
     let mut finished = finished_to_proto(attempt_ref, &done.outcome, &done.metrics, Utc::now());
     finished.inputs = done.inputs;
     finished.outputs = done.outputs;
+    if done.cannot_start {
+        finished.outcome = v1::TaskOutcome::CannotStart as i32;
+    }
     debug!(status = ?done.outcome.status, "attempt finished");
     let _ = events.send(JobEvent::Finished(job.key, finished)).await;
 }
@@ -342,6 +356,7 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
         metrics,
         inputs,
         outputs,
+        cannot_start: false,
     })
 }
 
