@@ -577,7 +577,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spawn_failure_is_a_failed_finish_with_the_reason() {
+    async fn a_program_that_is_not_found_cannot_start_and_says_why() {
         let tmp = tempfile::tempdir().unwrap();
         let mut j = job(tmp.path(), "x");
         j.assign.shell = false;
@@ -586,7 +586,37 @@ mod tests {
         let Some(JobEvent::Finished(_, f)) = events.last() else {
             panic!("no Finished");
         };
-        assert_eq!(f.outcome, v1::TaskOutcome::Failed as i32);
+        assert_eq!(f.outcome, v1::TaskOutcome::CannotStart as i32);
         assert!(f.error.contains("/definitely/not/here"), "{}", f.error);
+    }
+
+    #[tokio::test]
+    async fn a_program_that_is_not_executable_cannot_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let script = tmp.path().join("not-executable.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        let mut j = job(tmp.path(), "x");
+        j.assign.shell = false;
+        j.assign.argv = vec![script.display().to_string()];
+        let events = collect(j).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished");
+        };
+        assert_eq!(
+            f.outcome,
+            v1::TaskOutcome::CannotStart as i32,
+            "{}",
+            f.error
+        );
+    }
+
+    #[tokio::test]
+    async fn a_program_that_runs_and_fails_is_an_ordinary_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = collect(job(tmp.path(), "exit 4")).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Failed as i32);
     }
 }
