@@ -318,3 +318,41 @@ retry_delay = "1s"
     assert!(error.contains("no-such-program-trainyard-test"), "{error}");
     assert!(error.contains("without using its retries"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_days_are_read_in_the_dags_timezone_with_the_end_day_included() {
+    // 00:30 and 23:30 in Berlin are on the day before / the same day in UTC:
+    // read as UTC days, both ends would lose a slot.
+    const BERLIN: &str = r#"
+id = "berlin"
+schedule = "30 0,23 * * *"
+timezone = "Europe/Berlin"
+catchup = false
+[tasks.t]
+command = ["true"]
+"#;
+    let cluster = cluster_with(&[("berlin", BERLIN)]).await;
+    let out = cli(
+        &cluster,
+        &["backfill", "berlin", "--from", "2026-01-01", "--to", "2026-01-02"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    let mut dates: Vec<String> = Vec::new();
+    for run in &created {
+        let detail = cluster.get(&format!("/api/v1/runs/{run}")).await;
+        dates.push(detail["run"]["logical_date"].as_str().unwrap().to_owned());
+    }
+    dates.sort();
+    assert_eq!(
+        dates,
+        vec![
+            "2025-12-31T23:30:00Z",
+            "2026-01-01T22:30:00Z",
+            "2026-01-01T23:30:00Z",
+            "2026-01-02T22:30:00Z",
+        ],
+        "every slot of 1 and 2 January in Berlin"
+    );
+}
