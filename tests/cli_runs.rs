@@ -334,7 +334,14 @@ command = ["true"]
     let cluster = cluster_with(&[("berlin", BERLIN)]).await;
     let out = cli(
         &cluster,
-        &["backfill", "berlin", "--from", "2026-01-01", "--to", "2026-01-02"],
+        &[
+            "backfill",
+            "berlin",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-02",
+        ],
     )
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
