@@ -9,3 +9,4 @@ pub mod error;
 pub mod ids;
 pub mod resources;
 pub mod state;
+pub mod suggest;

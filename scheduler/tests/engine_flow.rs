@@ -10,7 +10,7 @@ use engine_support::*;
 use serde_json::json;
 use trainyard_core::ids::TaskId;
 use trainyard_core::state::{AttemptOutcome, RunState, TaskState};
-use trainyard_scheduler::engine::{EngineError, TaskResult};
+use trainyard_scheduler::engine::{EngineError, TaskOutcome, TaskResult};
 
 const T0: (i32, u32, u32) = (2026, 3, 2);
 
@@ -309,6 +309,34 @@ max_retry_delay = "25s"
     w.fail(&a).await;
     h.wait_run(run, RunState::Failed).await;
     assert_eq!(ti(&*h.store, run, "flaky").await.state, TaskState::Failed);
+}
+
+#[tokio::test]
+async fn a_command_that_cannot_start_fails_at_once_without_spending_retries() {
+    let mut h = Harness::sqlite(start()).await;
+    let dag = h
+        .add_dag(
+            r#"
+id = "missing"
+[tasks.nope]
+command = ["no-such-program"]
+retries = 3
+"#,
+        )
+        .await;
+    let mut w = FakeWorker::join(&h.handle, registration("w", 1, &[])).await;
+    let run = h.trigger(&dag).await;
+    let a = w.next_assign().await;
+    // As the worker reports it: no TaskStarted (nothing ran), then the end.
+    let mut result = TaskResult::failed("could not start \"no-such-program\": not found");
+    result.outcome = TaskOutcome::CannotStart;
+    result.exit_code = None;
+    w.finish(&a, result).await;
+    h.wait_run(run, RunState::Failed).await;
+    let t = ti(&*h.store, run, "nope").await;
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!((t.attempt, t.max_attempts), (1, 4));
+    assert!(w.idle(), "no retry is assigned");
 }
 
 #[tokio::test]

@@ -105,6 +105,16 @@ impl Client {
         })
     }
 
+    /// The base URL of the replica that answered last (the first before
+    /// any answered), for links a person opens (the UI's run page).
+    pub fn base(&self) -> &str {
+        let i = self
+            .active
+            .load(Ordering::Relaxed)
+            .min(self.bases.len() - 1);
+        &self.bases[i]
+    }
+
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let req = self.http.request(method, format!("{PLACEHOLDER}{path}"));
         match &self.token {

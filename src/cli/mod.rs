@@ -4,6 +4,8 @@ mod bench;
 mod client;
 pub mod dag;
 mod db;
+mod inventory;
+mod refs;
 mod run_once;
 pub(crate) mod runs;
 mod serve;
@@ -27,6 +29,11 @@ use clap::{Parser, Subcommand};
     propagate_version = true
 )]
 pub struct Cli {
+    /// More log output on stderr: `-v` info, `-vv` debug, `-vvv` trace.
+    /// Client commands and `standalone --run` print warnings and errors
+    /// only by default; `RUST_LOG` (e.g. `RUST_LOG=info`) also overrides.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,9 +53,15 @@ enum Command {
     Trigger(runs::TriggerArgs),
     /// Create one run per schedule slot between two dates.
     Backfill(runs::BackfillArgs),
-    /// List runs or show one.
+    /// List, show, cancel or clear runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// List the scheduler's DAGs, pause or resume their schedules.
+    #[command(subcommand)]
+    Dags(inventory::DagsCommand),
+    /// List the workers the scheduler knows.
+    #[command(subcommand)]
+    Workers(inventory::WorkersCommand),
     /// Print a task's log (`--follow` to keep printing while it runs).
     Logs(runs::LogsArgs),
     /// Apply or inspect database migrations.
@@ -60,7 +73,14 @@ enum Command {
 
 /// Runs the parsed command; the returned code becomes the process exit status.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    // Servers log what they do; a command a person runs and reads the
+    // answer of prints only warnings and errors unless asked.
+    let quiet = match &cli.command {
+        Command::Scheduler(_) | Command::Worker(_) | Command::Bench(_) => false,
+        Command::Standalone(args) => args.run.is_some(),
+        _ => true,
+    };
+    init_tracing(quiet, cli.verbose);
     match cli.command {
         Command::Dag(cmd) => dag::run(cmd),
         Command::Scheduler(args) => serve::scheduler(args),
@@ -69,6 +89,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trigger(args) => runs::trigger(args),
         Command::Backfill(args) => runs::backfill(args),
         Command::Runs(cmd) => runs::runs(cmd),
+        Command::Dags(cmd) => inventory::dags(cmd),
+        Command::Workers(cmd) => inventory::workers(cmd),
         Command::Logs(args) => runs::logs(args),
         Command::Db(cmd) => db::run(cmd),
         Command::Bench(args) => bench::run(args),
@@ -102,22 +124,64 @@ pub fn runtime_multi() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`), `TRAINYARD_LOG_FORMAT=json` for JSON lines.
-fn init_tracing() {
+/// Logs to stderr; `RUST_LOG` filters, `TRAINYARD_LOG_FORMAT=json` for JSON
+/// lines. Without `RUST_LOG` the level is `info` for servers and `warn` for
+/// `quiet` commands, each `-v` one step more; a quiet command at its default
+/// level prints `warning: …` / `error: …` lines without timestamps.
+fn init_tracing(quiet: bool, verbose: u8) {
     if telemetry::try_init() {
         return;
     }
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let levels = ["warn", "info", "debug", "trace"];
+    let base = usize::from(!quiet) + usize::from(verbose);
+    let level = levels[base.min(levels.len() - 1)];
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let json = std::env::var("TRAINYARD_LOG_FORMAT").is_ok_and(|v| v == "json");
+    if quiet && base == 0 && from_env.is_none() && !json {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("warn"))
+            .with_writer(std::io::stderr)
+            .event_format(Plain)
+            .try_init();
+        return;
+    }
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let json = std::env::var("TRAINYARD_LOG_FORMAT").is_ok_and(|v| v == "json");
     // A second init (tests) fails harmlessly.
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// `warning: message key=value …`: how a command-line tool says something
+/// went wrong, without the timestamps and module paths a server log needs.
+struct Plain;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let label = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            _ => "debug",
+        };
+        write!(writer, "{label}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }

@@ -754,10 +754,13 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        eprintln!(
-            "trainyard standalone: UI and API on http://{} ({workers} worker(s)); try `trainyard trigger churn_retrain --wait`",
-            app.http_addr
-        );
+        if args.run.is_none() {
+            eprintln!(
+                "trainyard standalone: UI and API on http://{} ({workers} worker(s)); try `{}`",
+                app.http_addr,
+                trigger_hint(app.http_addr)
+            );
+        }
         if let Some(path) = &args.ready_file {
             write_ready_file(path, &app)?;
         }
@@ -774,4 +777,32 @@ pub fn standalone(args: StandaloneArgs) -> anyhow::Result<ExitCode> {
         app.wait().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The command a person runs next, naming this server unless it is the
+/// CLI's default (`--server http://127.0.0.1:8080`).
+fn trigger_hint(http: std::net::SocketAddr) -> String {
+    let default: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
+    if http == default {
+        "trainyard trigger churn_retrain --wait".to_owned()
+    } else {
+        format!("trainyard trigger churn_retrain --wait --server http://{http}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trigger_hint;
+
+    #[test]
+    fn the_hint_names_the_server_unless_it_is_the_default() {
+        assert_eq!(
+            trigger_hint(([127, 0, 0, 1], 8080).into()),
+            "trainyard trigger churn_retrain --wait"
+        );
+        assert_eq!(
+            trigger_hint(([127, 0, 0, 1], 9090).into()),
+            "trainyard trigger churn_retrain --wait --server http://127.0.0.1:9090"
+        );
+    }
 }

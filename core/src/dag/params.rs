@@ -44,8 +44,13 @@ pub enum ParamError {
         "logical_date {date} is outside the years 1 to 9999; give an RFC 3339 time such as 2026-01-01T00:00:00Z"
     )]
     LogicalDateOutOfRange { date: String },
-    #[error("unknown param `{name}`; declared params: {declared}")]
-    Unknown { name: String, declared: String },
+    #[error("unknown param `{name}`{hint}; declared params: {declared}")]
+    Unknown {
+        name: String,
+        /// `; did you mean `x`?` for a near miss, else empty.
+        hint: String,
+        declared: String,
+    },
     #[error("param `{name}` expects {expected}, got {given}")]
     WrongType {
         name: String,
@@ -170,6 +175,7 @@ pub fn merge_params(
             let names: Vec<&str> = declared.keys().map(String::as_str).collect();
             return Err(ParamError::Unknown {
                 name: name.clone(),
+                hint: crate::suggest::did_you_mean(name, names.iter().copied()),
                 declared: if names.is_empty() {
                     "(none)".into()
                 } else {
@@ -240,9 +246,15 @@ pub fn cli_params_to_json(
     for item in raw {
         let (name, value) = split_assignment(item)?;
         let Some(default) = declared.get(name) else {
+            let names: Vec<&str> = declared.keys().map(String::as_str).collect();
             return Err(ParamError::Unknown {
                 name: name.to_owned(),
-                declared: declared.keys().cloned().collect::<Vec<_>>().join(", "),
+                hint: crate::suggest::did_you_mean(name, names.iter().copied()),
+                declared: if names.is_empty() {
+                    "(none)".into()
+                } else {
+                    names.join(", ")
+                },
             });
         };
         let parsed = ParamValue::parse_cli(default, value).map_err(|e| match e {

@@ -87,6 +87,9 @@ pub enum TaskOutcome {
     Failed,
     TimedOut,
     Cancelled,
+    /// The command never started (not found, not executable): failed at
+    /// once, its retries left unspent, since every retry would fail alike.
+    CannotStart,
 }
 
 /// What a finished attempt produced and consumed, and where its full log

@@ -174,7 +174,11 @@ impl Core {
                 let error = result.error.or_else(|| {
                     (other == TaskOutcome::Cancelled).then(|| "cancelled on the worker".to_owned())
                 });
-                match self.retry_time(run_id, idx, now) {
+                let retry_at = match other {
+                    TaskOutcome::CannotStart => None,
+                    _ => self.retry_time(run_id, idx, now),
+                };
+                match retry_at {
                     Some(at) => (TaskState::UpForRetry, outcome, Some(at), error),
                     None => (TaskState::Failed, outcome, None, error),
                 }

@@ -310,6 +310,7 @@ pub fn result_from_proto(f: &v1::TaskFinished) -> Result<TaskResult> {
         Ok(v1::TaskOutcome::Failed) => TaskOutcome::Failed,
         Ok(v1::TaskOutcome::TimedOut) => TaskOutcome::TimedOut,
         Ok(v1::TaskOutcome::Cancelled) => TaskOutcome::Cancelled,
+        Ok(v1::TaskOutcome::CannotStart) => TaskOutcome::CannotStart,
         Ok(v1::TaskOutcome::Unspecified) | Err(_) => {
             return Err(invalid(
                 "outcome",

@@ -306,7 +306,14 @@ impl AgentLoop {
                 if self.unconfirmed.is_empty() {
                     break Ok(());
                 }
-                exit_deadline.get_or_insert_with(|| Instant::now() + CONFIRM_WAIT);
+                if exit_deadline.is_none() {
+                    exit_deadline = Some(Instant::now() + CONFIRM_WAIT);
+                    // Its ack confirms every result sent before it: asking
+                    // now instead of at the next tick spares a drained
+                    // worker (and `standalone --run`) up to a whole
+                    // heartbeat interval of waiting at exit.
+                    self.heartbeat().await;
+                }
             }
             if self.conn.is_none() {
                 inbound = None;

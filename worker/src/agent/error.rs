@@ -84,6 +84,22 @@ impl Classify for AttemptError {
 }
 
 impl AttemptError {
+    /// The command itself cannot start on any attempt: its program is not
+    /// found or not executable (or the command is empty). Reported as
+    /// `TASK_OUTCOME_CANNOT_START` so the scheduler does not spend retries
+    /// on it. A missing working directory is not counted: it may be this
+    /// worker's layout, and another worker may have it.
+    pub fn cannot_start(&self) -> bool {
+        use std::io::ErrorKind as Io;
+        match self {
+            Self::Launch(crate::exec::ExecError::EmptyArgv) => true,
+            Self::Launch(crate::exec::ExecError::Spawn { source, .. }) => {
+                matches!(source.kind(), Io::NotFound | Io::PermissionDenied)
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn workdir(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Workdir { path, source }

@@ -129,6 +129,9 @@ struct Done {
     metrics: Metrics,
     inputs: Vec<v1::Artifact>,
     outputs: Vec<v1::Artifact>,
+    /// The command could not be started at all (see
+    /// [`AttemptError::cannot_start`]): retrying cannot help.
+    cannot_start: bool,
 }
 
 /// What becomes of an attempt's folder once it ended (see `cleanup`).
@@ -199,13 +202,21 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
     let done = match attempt(&job, &stop, &mut batch).await {
         Ok(done) => done,
         Err(e) => {
-            let message = e.to_string();
+            let cannot_start = e.cannot_start();
+            let mut message = e.to_string();
+            if cannot_start {
+                message.push_str(
+                    "; the command cannot start (check the program's name, PATH and its \
+                     executable bit), so the task fails now without using its retries",
+                );
+            }
             batch.system(message.clone());
             Done {
                 outcome: not_started(message),
                 metrics: Metrics::default(),
                 inputs: Vec::new(),
                 outputs: Vec::new(),
+                cannot_start,
             }
         }
     };
@@ -216,6 +227,9 @@ pub async fn run_job(job: Job, stop: StopHandle, events: mpsc::Sender<JobEvent>)
     let mut finished = finished_to_proto(attempt_ref, &done.outcome, &done.metrics, Utc::now());
     finished.inputs = done.inputs;
     finished.outputs = done.outputs;
+    if done.cannot_start {
+        finished.outcome = v1::TaskOutcome::CannotStart as i32;
+    }
     debug!(status = ?done.outcome.status, "attempt finished");
     let _ = events.send(JobEvent::Finished(job.key, finished)).await;
 }
@@ -374,6 +388,7 @@ async fn attempt(job: &Job, stop: &StopHandle, batch: &mut Batcher) -> Result<Do
         metrics,
         inputs,
         outputs,
+        cannot_start: false,
     })
 }
 
@@ -641,7 +656,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spawn_failure_is_a_failed_finish_with_the_reason() {
+    async fn a_program_that_is_not_found_cannot_start_and_says_why() {
         let tmp = tempfile::tempdir().unwrap();
         let mut j = job(tmp.path(), "x");
         j.assign.shell = false;
@@ -650,7 +665,37 @@ mod tests {
         let Some(JobEvent::Finished(_, f)) = events.last() else {
             panic!("no Finished");
         };
-        assert_eq!(f.outcome, v1::TaskOutcome::Failed as i32);
+        assert_eq!(f.outcome, v1::TaskOutcome::CannotStart as i32);
         assert!(f.error.contains("/definitely/not/here"), "{}", f.error);
+    }
+
+    #[tokio::test]
+    async fn a_program_that_is_not_executable_cannot_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let script = tmp.path().join("not-executable.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        let mut j = job(tmp.path(), "x");
+        j.assign.shell = false;
+        j.assign.argv = vec![script.display().to_string()];
+        let events = collect(j).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished");
+        };
+        assert_eq!(
+            f.outcome,
+            v1::TaskOutcome::CannotStart as i32,
+            "{}",
+            f.error
+        );
+    }
+
+    #[tokio::test]
+    async fn a_program_that_runs_and_fails_is_an_ordinary_failure() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = collect(job(tmp.path(), "exit 4")).await;
+        let Some(JobEvent::Finished(_, f)) = events.last() else {
+            panic!("no Finished");
+        };
+        assert_eq!(f.outcome, v1::TaskOutcome::Failed as i32);
     }
 }

@@ -169,7 +169,9 @@ pub(super) async fn empty_input(
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(AttemptError::workdir(&dir))?;
-    tracing::warn!(upstream, reason = why, "empty input folder");
+    // Normal (an upstream that writes no files, e.g. a gate that only
+    // records metrics), so it is a note in the task log, not a warning.
+    tracing::debug!(upstream, reason = why, "empty input folder");
     Ok(format!(
         "input folder of upstream task `{upstream}` is empty: {why}"
     ))
