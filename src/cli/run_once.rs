@@ -252,7 +252,9 @@ async fn print_failure(
     let file = app.logs.path(run_id, task, attempt.attempt).ok();
     let whole = match (file, &attempt.log_location) {
         (Some(path), _) if path.exists() => path.display().to_string(),
-        (_, Some(uri)) => uri.clone(),
+        // Archived (the local copy is removed once it is): a local store's
+        // object is shown as the path a person can open.
+        (_, Some(uri)) => uri.strip_prefix("file://").unwrap_or(uri).to_owned(),
         (Some(path), None) => path.display().to_string(),
         (None, None) => "not kept".to_owned(),
     };
