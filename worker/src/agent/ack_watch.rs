@@ -9,9 +9,11 @@
 //! it, so "no acknowledgement for a few heartbeat intervals" means the
 //! scheduler is not doing its job for this worker, whatever the socket says.
 //!
-//! How long: three heartbeat intervals, but at most a third of the
-//! lost-worker timeout the scheduler announced, and never under two
-//! intervals (one late ack is not a failure). The cap keeps the watchdog
+//! How long: three heartbeat intervals and at least 3 s (with short
+//! heartbeats one long engine turn on a loaded machine must not cost a
+//! reconnect, whose in-flight assignments would be handed back), but at
+//! most a third of the lost-worker timeout the scheduler announced, and
+//! never under two intervals (one late ack is not a failure). The cap keeps the watchdog
 //! well ahead of the self-fence (`fence`: SIGTERM at half the timeout after
 //! the last acknowledged heartbeat), so a worker that finds the new leader
 //! in the time left re-registers, lists its running attempts in Hello, and
@@ -26,6 +28,10 @@ use tokio::time::Instant;
 const INTERVALS: u32 = 3;
 /// Never fewer intervals than this, whatever the lost-worker timeout.
 const MIN_INTERVALS: u32 = 2;
+/// Never less silence than this (unless the lost-worker timeout's third is
+/// shorter): with short heartbeats, one long engine turn on a loaded
+/// machine must not cost a reconnect.
+const MIN_SILENCE: Duration = Duration::from_secs(3);
 
 /// Watches one stream's acknowledgements.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +47,7 @@ impl AckWatch {
     /// The silence tolerated for `heartbeat` intervals and the scheduler's
     /// lost-worker timeout (zero: not announced).
     pub fn limit_for(heartbeat: Duration, lost_timeout: Duration) -> Duration {
-        let limit = heartbeat * INTERVALS;
+        let limit = (heartbeat * INTERVALS).max(MIN_SILENCE);
         let limit = if lost_timeout.is_zero() {
             limit
         } else {
@@ -100,6 +106,11 @@ mod tests {
         assert_eq!(AckWatch::limit_for(secs(5), secs(12)), secs(10));
         // No timeout announced: three intervals.
         assert_eq!(AckWatch::limit_for(secs(5), Duration::ZERO), secs(15));
+        // Short heartbeats: at least 3 s of silence…
+        let ms = Duration::from_millis;
+        assert_eq!(AckWatch::limit_for(ms(200), secs(60)), secs(3));
+        // …unless a third of the lost timeout is shorter.
+        assert_eq!(AckWatch::limit_for(ms(200), secs(3)), secs(1));
     }
 
     /// The watchdog over an injected clock (every method takes `now`):
