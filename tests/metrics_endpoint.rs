@@ -1,6 +1,6 @@
 //! `GET /metrics` on a real scheduler (SQLite) after one run on a real worker:
 //! the page parses as the Prometheus text format and carries the figures the
-//! Grafana dashboard reads. The page is also written to
+//! Grafana dashboard reads, labelled by DAG where alerts need it. The page is also written to
 //! `$CARGO_TARGET_TMPDIR/metrics.prom`, where `.ci/run` checks it with
 //! `promtool check metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -143,8 +143,10 @@ async fn metrics_page_parses_and_counts_a_real_run() {
 
     let samples = parse_exposition(&text);
     for series in [
-        "trainyard_task_transitions_total{state=\"success\"}",
-        "trainyard_run_transitions_total{state=\"success\"}",
+        "trainyard_task_transitions_total{dag=\"metrics_probe\",state=\"success\"}",
+        "trainyard_run_transitions_total{dag=\"metrics_probe\",state=\"success\"}",
+        "trainyard_task_duration_seconds_count{dag=\"metrics_probe\",outcome=\"success\"}",
+        "trainyard_queue_wait_seconds_count{pool=\"default\"}",
         "trainyard_tasks{state=\"ready\"}",
         "trainyard_workers{state=\"active\"}",
         "trainyard_scheduling_latency_seconds_count",
@@ -157,6 +159,19 @@ async fn metrics_page_parses_and_counts_a_real_run() {
         assert!(samples.contains(series), "missing {series} in:\n{text}");
     }
     assert!(text.contains("trainyard_db_up 1"), "{text}");
+    // The DAG's last success is the run's stored end, read at scrape time.
+    let ended = app
+        .store
+        .get_run(run)
+        .await
+        .unwrap()
+        .ended_at
+        .expect("a finished run has an end");
+    let line = format!(
+        "trainyard_dag_last_success_timestamp_seconds{{dag=\"metrics_probe\"}} {}",
+        ended.timestamp_millis() as f64 / 1000.0
+    );
+    assert!(text.contains(&line), "missing {line} in:\n{text}");
     for family in [
         "trainyard_gpu_memory_total_bytes{",
         "trainyard_gpu_allocated{",

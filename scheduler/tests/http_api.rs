@@ -951,3 +951,94 @@ async fn a_catch_up_beyond_the_limit_records_skipped_slots_with_their_range_in_t
         0
     );
 }
+
+/// A body that is not JSON, a body of the wrong shape and a query parameter
+/// that does not parse all answer in the API's JSON error shape, with the
+/// status that says which (400 for syntax and queries, 422 for shape).
+#[tokio::test]
+async fn malformed_bodies_and_bad_query_params_answer_the_json_error_shape() {
+    let (_h, router, _d) = setup().await;
+    let mut r = req(
+        Method::POST,
+        "/api/v1/dags/retrain/runs",
+        Some(OPERATOR),
+        None,
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    *r.body_mut() = Body::from("{\"params\": {\"epochs\": 3,");
+    let resp = send(&router, r).await;
+    assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{}", resp.text());
+    assert_eq!(resp.code(), "bad_request");
+    let message = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(!message.is_empty(), "{}", resp.text());
+
+    let resp = trigger(&router, json!({"params": "not an object"}), None).await;
+    assert_eq!(
+        resp.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        resp.text()
+    );
+    assert_eq!(resp.code(), "unprocessable");
+
+    for path in [
+        "/api/v1/runs?limit=many",
+        "/api/v1/runs?no_such_filter=1",
+        "/api/v1/runs?state=sleeping",
+    ] {
+        let resp = send(&router, req(Method::GET, path, Some(VIEWER), None)).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            resp.text()
+        );
+        assert_eq!(resp.code(), "bad_request", "{path}");
+        assert!(
+            resp.headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+    }
+}
+
+const SECRET_DAG: &str = r#"
+id = "with_secret"
+[tasks.push]
+command = ["true"]
+env = { PLAIN = "visible-value", TOKEN = { value = "hunter2-very-secret", secret = true }, FROM = { from_env = "HF_TOKEN", secret = true } }
+"#;
+
+/// The DAG detail's spec never carries a secret env value written in the
+/// DAG file: it shows `***`, while plain values and `from_env` names stay.
+#[tokio::test]
+async fn dag_detail_masks_secret_env_values() {
+    let (h, router, _d) = setup().await;
+    h.add_dag(SECRET_DAG).await;
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/dags/with_secret", Some(VIEWER), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert!(
+        !resp.text().contains("hunter2-very-secret"),
+        "secret in {}",
+        resp.text()
+    );
+    let env = &resp.json()["spec"]["tasks"]["push"]["env"];
+    assert_eq!(env["TOKEN"]["source"]["value"], "***", "{env}");
+    assert_eq!(env["TOKEN"]["secret"], true);
+    assert_eq!(env["PLAIN"]["source"]["value"], "visible-value", "{env}");
+    assert_eq!(env["FROM"]["source"]["from_env"], "HF_TOKEN", "{env}");
+    // The list does not carry specs at all.
+    let resp = send(
+        &router,
+        req(Method::GET, "/api/v1/dags", Some(VIEWER), None),
+    )
+    .await;
+    assert!(!resp.text().contains("hunter2-very-secret"));
+}

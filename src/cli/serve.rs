@@ -38,16 +38,16 @@ pub struct SchedulerArgs {
     #[arg(long, env = "TRAINYARD_GRPC", default_value = "127.0.0.1:50051")]
     pub grpc: String,
     /// How often workers send heartbeats (e.g. 5s).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "TRAINYARD_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// A worker silent this long is declared lost and its tasks are retried elsewhere.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "TRAINYARD_LOST_WORKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub lost_worker_timeout: Duration,
     /// A named pool and its slot count, `NAME=SLOTS`; repeat for several.
     #[arg(long = "pool", value_name = "NAME=SLOTS", value_parser = parse_pool)]
     pub pools: Vec<(String, u32)>,
     /// Most missed cron slots created per DAG when catchup is on.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "TRAINYARD_CATCHUP_LIMIT", default_value_t = 100)]
     pub catchup_limit: usize,
     /// API token `ROLE:TOKEN` (role `viewer` or `operator`, token ≥ 16 chars); repeat
     /// for several. With any token, every request but /healthz, /readyz, login and
@@ -119,10 +119,10 @@ pub struct SchedulerArgs {
     )]
     pub allowed_hosts: Vec<trainyard_scheduler::http::AllowedHost>,
     /// Most live log streams (`…/logs/stream`, the UI's log tail) served at once.
-    #[arg(long, default_value_t = FollowLimits::default().total, value_name = "N")]
+    #[arg(long, env = "TRAINYARD_MAX_LOG_FOLLOWERS", default_value_t = FollowLimits::default().total, value_name = "N")]
     pub max_log_followers: usize,
     /// Most live log streams one client address may hold open at once.
-    #[arg(long, default_value_t = FollowLimits::default().per_client, value_name = "N")]
+    #[arg(long, env = "TRAINYARD_MAX_LOG_FOLLOWERS_PER_CLIENT", default_value_t = FollowLimits::default().per_client, value_name = "N")]
     pub max_log_followers_per_client: usize,
     /// Where artifacts and archived logs are kept: `s3://bucket/prefix`,
     /// `gs://bucket/prefix`, `az://container/prefix`, `file:///dir` or a path
@@ -418,7 +418,7 @@ pub struct WorkerArgs {
     /// Name shown in the UI (default: the hostname). The worker's id and
     /// session credential are kept per name in the work dir, so a restart
     /// is the same worker; two live workers may not share a name and work dir.
-    #[arg(long)]
+    #[arg(long, env = "TRAINYARD_WORKER_NAME")]
     pub name: Option<String>,
     #[command(flatten)]
     pub resources: WorkerResourceArgs,

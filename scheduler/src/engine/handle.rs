@@ -222,8 +222,12 @@ pub enum EngineEvent {
     },
     TaskState {
         run_id: RunId,
+        /// The run's DAG, so subscribers (metrics) can label by DAG without a lookup.
+        dag_id: DagId,
         ti: TaskInstanceId,
         task_id: TaskId,
+        /// The task's pool, for queue wait per pool.
+        pool: String,
         state: TaskState,
         attempt: i32,
     },

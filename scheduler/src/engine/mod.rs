@@ -631,7 +631,7 @@ impl Core {
         }
         if from.holds_worker() != to.holds_worker() {
             let pool = node.pool.clone();
-            let by_dag = self.active_by_dag.entry(dag_id).or_default();
+            let by_dag = self.active_by_dag.entry(dag_id.clone()).or_default();
             *by_dag = if to.holds_worker() {
                 *by_dag + 1
             } else {
@@ -656,7 +656,7 @@ impl Core {
         }
         node.state = to;
         node.attempt = attempt;
-        let (ti, task_id) = (node.ti, node.task_id.clone());
+        let (ti, task_id, pool) = (node.ti, node.task_id.clone(), node.pool.clone());
         match (from.is_terminal(), to.is_terminal()) {
             (false, true) => run.unfinished = run.unfinished.saturating_sub(1),
             (true, false) => run.unfinished += 1,
@@ -664,8 +664,10 @@ impl Core {
         }
         let event = EngineEvent::TaskState {
             run_id,
+            dag_id,
             ti,
             task_id,
+            pool,
             state: to,
             attempt,
         };

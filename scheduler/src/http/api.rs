@@ -18,7 +18,7 @@ use trainyard_core::state::{RunState, TaskState};
 
 use super::openapi as doc;
 use super::routes::RouteTable;
-use super::{ApiError, ApiResult, AppState, TriggerRequest, read};
+use super::{ApiError, ApiResult, AppState, TriggerRequest, read, views};
 use crate::engine::Ended;
 use crate::store::{Attempt, Run, RunFilter, TaskInstance};
 
@@ -222,11 +222,11 @@ struct RunsQuery {
 
 /// Runs, newest first; filter by DAG and states, page with `before=next_cursor`.
 #[utoipa::path(get, path = "/api/v1/runs", tag = "runs", params(RunsQuery),
-    responses((status = 200, body = doc::RunPage), (status = 400, body = doc::ErrorBody)))]
+    responses((status = 200, body = views::RunPage), (status = 400, body = doc::ErrorBody)))]
 async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<RunsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::RunPage>> {
     let mut filter = RunFilter {
         limit: q.limit.unwrap_or(50).clamp(1, 1000),
         ..RunFilter::default()
@@ -245,9 +245,7 @@ async fn list_runs(
         filter.before = Some(run_id(raw)?);
     }
     let page = state.store.list_runs(filter).await?;
-    Ok(Json(
-        json!({ "runs": page.runs, "next_cursor": page.next_cursor }),
-    ))
+    Ok(Json(views::RunPage::from(page)))
 }
 
 /// The longest `?wait_for_end` may hold a request.
@@ -268,38 +266,6 @@ struct RunQuery {
     wait_for_end: Option<String>,
 }
 
-/// A run and why it has not started, if it is queued behind its DAG's `max_active_runs`.
-#[derive(Debug, Serialize)]
-struct RunView {
-    #[serde(flatten)]
-    run: Run,
-    wait_reason: Option<String>,
-}
-
-/// The answer of `GET /api/v1/runs/{run}` (its schema is `doc::RunDetail`).
-#[derive(Debug, Serialize)]
-struct RunDetail {
-    run: RunView,
-    tasks: Vec<TaskView>,
-}
-
-/// One task of a run, with every attempt, as `runs show --json` prints it.
-#[derive(Debug, Serialize)]
-struct TaskView {
-    task_id: String,
-    state: String,
-    attempt: i32,
-    max_attempts: i32,
-    worker_id: Option<WorkerId>,
-    worker: Option<String>,
-    gpus: Vec<u32>,
-    started_at: Option<DateTime<Utc>>,
-    ended_at: Option<DateTime<Utc>>,
-    wait_reason: Option<String>,
-    skip_reason: Option<String>,
-    attempts: Vec<Attempt>,
-}
-
 fn parse_wait(raw: &str) -> ApiResult<Duration> {
     let d = trainyard_core::dag::units::parse_duration(raw)
         .map_err(|e| ApiError::bad_request(format!("wait_for_end: {e}")))?;
@@ -317,13 +283,13 @@ fn parse_wait(raw: &str) -> ApiResult<Duration> {
 /// with why it waits and each skipped or upstream_failed one with why.
 #[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs",
     params(("run_id" = String, Path, description = "Run id"), RunQuery),
-    responses((status = 200, body = doc::RunDetail), (status = 400, body = doc::ErrorBody),
+    responses((status = 200, body = views::RunDetail), (status = 400, body = doc::ErrorBody),
         (status = 404, body = doc::ErrorBody)))]
 async fn get_run(
     State(state): State<AppState>,
     Path(raw): Path<String>,
     Query(q): Query<RunQuery>,
-) -> ApiResult<Json<RunDetail>> {
+) -> ApiResult<Json<views::RunDetail>> {
     let id = run_id(&raw)?;
     let wait = q.wait_for_end.as_deref().map(parse_wait).transpose()?;
     // Listening starts before the read, so an end committed in between is heard.
@@ -358,12 +324,15 @@ async fn get_run(
     } else {
         None
     };
-    let views: Vec<TaskView> = tasks
+    let views: Vec<views::TaskView> = tasks
         .into_iter()
         .map(|t| task_view(t, &attempts, &workers, &reasons, &skips))
         .collect();
-    Ok(Json(RunDetail {
-        run: RunView { run, wait_reason },
+    Ok(Json(views::RunDetail {
+        run: views::RunWithReason {
+            run: run.into(),
+            wait_reason,
+        },
         tasks: views,
     }))
 }
@@ -455,7 +424,7 @@ fn task_view(
     workers: &BTreeMap<WorkerId, String>,
     reasons: &BTreeMap<String, String>,
     skips: &BTreeMap<TaskInstanceId, String>,
-) -> TaskView {
+) -> views::TaskView {
     let mut mine: Vec<Attempt> = attempts
         .iter()
         .filter(|a| a.task_instance_id == task.id)
@@ -473,7 +442,7 @@ fn task_view(
         ),
         _ => None,
     };
-    TaskView {
+    views::TaskView {
         worker: worker_id.and_then(|w| workers.get(&w).cloned()),
         worker_id,
         gpus: current.map(|a| a.gpus.clone()).unwrap_or_default(),
@@ -485,7 +454,7 @@ fn task_view(
         max_attempts: task.max_attempts,
         started_at: task.started_at,
         ended_at: task.ended_at,
-        attempts: mine,
+        attempts: mine.into_iter().map(views::Attempt::from).collect(),
     }
 }
 

@@ -18,6 +18,7 @@ mod openapi;
 mod read;
 mod routes;
 mod ui;
+mod views;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -2,13 +2,15 @@
 //! `#[utoipa::path]` annotations on the handlers and the schemas below, and
 //! served at `/api/v1/openapi.json`.
 //!
-//! Handlers that return `Json<Value>` are described by the response schemas
-//! here; `tests/http_api.rs` checks real responses against them, so a field
-//! added to a handler but not to its schema fails a test.
+//! The DAG, run and worker answers are typed (`read.rs`, `views.rs`): the
+//! handlers serialise the very structs this document describes. Handlers
+//! that still return `Json<Value>` (the small command answers) are described
+//! by the schemas here; `tests/http_api.rs` checks real responses against
+//! them, so a field added to a handler but not to its schema fails a test.
 
 use axum::Json;
 use axum::response::IntoResponse;
-use chrono::{DateTime, Utc};
+
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
@@ -70,113 +72,6 @@ pub struct Cleared {
     pub task_id: String,
     pub cleared: bool,
     pub downstream: bool,
-}
-
-/// A DAG run.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Run {
-    pub id: String,
-    pub dag_id: String,
-    pub version_id: i64,
-    pub logical_date: Option<DateTime<Utc>>,
-    /// `schedule`, `manual` or `backfill`.
-    pub trigger: String,
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    /// `queued`, `running`, `success`, `failed`, `cancelled`.
-    pub state: String,
-    pub idempotency_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunPage {
-    /// Newest first.
-    pub runs: Vec<Run>,
-    /// Pass as `before` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// One try of a task.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Attempt {
-    pub id: i64,
-    pub task_instance_id: i64,
-    pub run_id: String,
-    pub attempt: i32,
-    pub worker_id: Option<String>,
-    pub gpus: Vec<u32>,
-    pub outcome: Option<String>,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-    pub log_location: Option<String>,
-    pub assigned_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
-/// A task instance of a run with every attempt.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskView {
-    pub task_id: String,
-    pub state: String,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub worker_id: Option<String>,
-    pub worker: Option<String>,
-    pub gpus: Vec<u32>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    /// Why a task that has not started waits: for a ready task the
-    /// strongest reason ("needs 8 GPUs of model H100; no registered worker
-    /// has an H100; the largest worker has 2 GPUs", "pool `etl` is full (1
-    /// of 1 slots in use)", "DAG `x` is at max_active_tasks (…)"); for a
-    /// pending one its upstream tasks or its run's queue; for one waiting
-    /// to retry, when. Null for a task that runs or has finished.
-    pub wait_reason: Option<String>,
-    /// Why a `skipped` or `upstream_failed` task did not run: a closed
-    /// `when` gate with the value of every name it read
-    /// ("metrics.evaluate.auc >= params.min_auc was false
-    /// (metrics.evaluate.auc = 0.0197, params.min_auc = 0.75)"), or the
-    /// upstream tasks that decided it ("upstream failed: `train` (failed)").
-    /// Stored with the transition, so every replica serves it after
-    /// restarts. Null in every other state.
-    pub skip_reason: Option<String>,
-    pub attempts: Vec<Attempt>,
-}
-
-/// A run as `GET /api/v1/runs/{run_id}` shows it: the run's fields and
-/// why it has not started.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunWithReason {
-    pub id: String,
-    pub dag_id: String,
-    pub version_id: i64,
-    pub logical_date: Option<DateTime<Utc>>,
-    /// `schedule`, `manual` or `backfill`.
-    pub trigger: String,
-    #[schema(value_type = Object)]
-    pub params: serde_json::Value,
-    /// `queued`, `running`, `success`, `failed`, `cancelled`.
-    pub state: String,
-    pub idempotency_key: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-    /// Why a `queued` run has not started: its DAG is at `max_active_runs`,
-    /// naming the runs that hold it (and why one of them cannot finish).
-    /// Null otherwise.
-    pub wait_reason: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunDetail {
-    pub run: RunWithReason,
-    pub tasks: Vec<TaskView>,
 }
 
 /// Adds the statuses that the layers around the handlers answer with to

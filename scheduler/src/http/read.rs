@@ -184,8 +184,16 @@ pub async fn dag_summary(
         id: dag.id,
     };
     let raw = version.map(|v| {
+        // Masked on the typed spec, so every env value marked secret is found
+        // however the spec's JSON is laid out; a stored spec this build cannot
+        // decode (written by another version) is masked as JSON instead.
+        let shown = match &spec {
+            Some(spec) => serde_json::to_value(secrets_masked(spec.clone())).ok(),
+            None => None,
+        }
+        .unwrap_or_else(|| masked_spec(v.spec.to_value().unwrap_or(Value::Null)));
         (
-            masked_spec(v.spec.to_value().unwrap_or(Value::Null)),
+            shown,
             VersionInfo {
                 id: v.id.get(),
                 content_hash: v.content_hash,
@@ -194,6 +202,26 @@ pub async fn dag_summary(
         )
     });
     Ok((summary, spec, raw))
+}
+
+/// What a secret env value shows instead of itself.
+pub const MASK: &str = "***";
+
+/// `spec` with every secret env value written in the DAG file (`secret =
+/// true` with a literal value) replaced by [`MASK`]. A secret copied from
+/// the worker's environment (`from_env`) names a variable, not a value, and
+/// stays as it is.
+pub fn secrets_masked(mut spec: DagSpec) -> DagSpec {
+    for task in spec.tasks.values_mut() {
+        for var in task.env.values_mut() {
+            if var.secret
+                && let trainyard_core::dag::EnvSource::Value(value) = &mut var.source
+            {
+                *value = MASK.to_owned();
+            }
+        }
+    }
+    spec
 }
 
 /// The stored spec with every secret env value (`secret = true` with a literal
@@ -208,7 +236,7 @@ pub fn masked_spec(mut spec: Value) -> Value {
                 if var.get("secret").and_then(Value::as_bool) == Some(true)
                     && let Some(value) = var.pointer_mut("/source/value")
                 {
-                    *value = Value::from("***");
+                    *value = Value::from(MASK);
                 }
             }
         }

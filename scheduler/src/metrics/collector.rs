@@ -2,9 +2,11 @@
 //!
 //! The collector remembers when each task became ready (or, for root tasks
 //! that are created ready without an event, when their run started) so that
-//! the `running` event can be observed as scheduling latency; and when each
-//! run started, for run durations. Both maps only hold live work and forget
-//! an entry when its task or run ends.
+//! the `assigned` event can be observed as queue wait (per pool) and the
+//! `running` event as scheduling latency; when each attempt started running,
+//! for task durations (by DAG and outcome); and when each run started, for
+//! run durations. The maps only hold live work and forget an entry when its
+//! task or run ends.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -27,6 +29,8 @@ const MAX_TRACKED: usize = 1_000_000;
 pub(crate) struct Tracker {
     /// When each task entered `ready`; removed once it runs or ends.
     ready_since: HashMap<TaskInstanceId, Instant>,
+    /// When each attempt entered `running`; removed when it leaves running.
+    running_since: HashMap<TaskInstanceId, Instant>,
     /// When each run entered `running`; removed when it ends.
     run_started: HashMap<RunId, Instant>,
 }
@@ -36,38 +40,70 @@ impl Tracker {
     pub(crate) fn observe(&mut self, metrics: &Metrics, event: &EngineEvent, now: Instant) {
         match event {
             EngineEvent::TaskState {
-                run_id, ti, state, ..
+                run_id,
+                dag_id,
+                ti,
+                pool,
+                state,
+                ..
             } => {
                 metrics
                     .task_transitions
-                    .with_label_values(&[state.as_str()])
+                    .with_label_values(&[dag_id.as_str(), state.as_str()])
                     .inc();
+                // Leaving `running` (for whatever state) ends the attempt.
+                if *state != TaskState::Running
+                    && let Some(started) = self.running_since.remove(ti)
+                {
+                    metrics
+                        .task_duration
+                        .with_label_values(&[dag_id.as_str(), state.as_str()])
+                        .observe(now.saturating_duration_since(started).as_secs_f64());
+                }
+                // Root tasks are created ready without an event: their wait
+                // starts with their run.
+                let waiting_since = |tracker: &Self| {
+                    tracker
+                        .ready_since
+                        .get(ti)
+                        .or_else(|| tracker.run_started.get(run_id))
+                        .copied()
+                };
                 match state {
                     TaskState::Ready => {
                         self.ready_since.insert(*ti, now);
                     }
+                    // Assigned keeps the ready time: latency runs to the process start.
+                    TaskState::Assigned => {
+                        if let Some(since) = waiting_since(self) {
+                            metrics
+                                .queue_wait
+                                .with_label_values(&[pool.as_str()])
+                                .observe(now.saturating_duration_since(since).as_secs_f64());
+                        }
+                    }
                     TaskState::Running => {
-                        let since = self
-                            .ready_since
-                            .remove(ti)
-                            .or_else(|| self.run_started.get(run_id).copied());
-                        if let Some(since) = since {
+                        if let Some(since) = waiting_since(self) {
                             metrics
                                 .scheduling_latency
                                 .observe(now.saturating_duration_since(since).as_secs_f64());
                         }
+                        self.ready_since.remove(ti);
+                        self.running_since.insert(*ti, now);
                     }
-                    // Assigned keeps the ready time: latency runs to the process start.
-                    TaskState::Assigned => {}
                     _ => {
                         self.ready_since.remove(ti);
                     }
                 }
             }
-            EngineEvent::RunState { run_id, state, .. } => {
+            EngineEvent::RunState {
+                run_id,
+                dag_id,
+                state,
+            } => {
                 metrics
                     .run_transitions
-                    .with_label_values(&[state.as_str()])
+                    .with_label_values(&[dag_id.as_str(), state.as_str()])
                     .inc();
                 match state {
                     RunState::Running => {
@@ -86,8 +122,10 @@ impl Tracker {
             }
             EngineEvent::SlotSkipped { .. } => {}
         }
-        if self.ready_since.len() + self.run_started.len() > MAX_TRACKED {
+        if self.ready_since.len() + self.running_since.len() + self.run_started.len() > MAX_TRACKED
+        {
             self.ready_since.clear();
+            self.running_since.clear();
             self.run_started.clear();
         }
     }
@@ -129,8 +167,10 @@ mod tests {
     fn task(run: RunId, ti: i64, state: TaskState) -> EngineEvent {
         EngineEvent::TaskState {
             run_id: run,
+            dag_id: DagId::new("d"),
             ti: TaskInstanceId::new(ti),
             task_id: TaskId::new("t"),
+            pool: "default".into(),
             state,
             attempt: 1,
         }
@@ -184,7 +224,46 @@ mod tests {
         assert!((sum - 0.004).abs() < 1e-9, "sum {sum}");
         let runs = m.run_duration.with_label_values(&["success"]);
         assert_eq!(runs.get_sample_count(), 1);
-        assert_eq!(m.task_transitions.with_label_values(&["running"]).get(), 2);
+        assert_eq!(
+            m.task_transitions
+                .with_label_values(&["d", "running"])
+                .get(),
+            2
+        );
+        // Queue wait ends at assignment: 1 ms for the root only (task 2 was
+        // never assigned in this sequence).
+        let wait = m.queue_wait.with_label_values(&["default"]);
+        assert_eq!(wait.get_sample_count(), 1);
+        assert!((wait.get_sample_sum() - 0.001).abs() < 1e-9);
         assert!(t.ready_since.is_empty() && t.run_started.is_empty());
+    }
+
+    #[test]
+    fn an_attempt_is_timed_from_running_to_the_state_it_ends_in_by_dag() {
+        let m = Metrics::new().unwrap();
+        let mut t = Tracker::default();
+        let run = RunId::new();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        t.observe(&m, &run_event(run, RunState::Running), t0);
+        t.observe(&m, &task(run, 1, TaskState::Assigned), at(1));
+        t.observe(&m, &task(run, 1, TaskState::Running), at(2));
+        t.observe(&m, &task(run, 1, TaskState::UpForRetry), at(102));
+        t.observe(&m, &task(run, 1, TaskState::Ready), at(200));
+        t.observe(&m, &task(run, 1, TaskState::Assigned), at(205));
+        t.observe(&m, &task(run, 1, TaskState::Running), at(210));
+        t.observe(&m, &task(run, 1, TaskState::Success), at(260));
+
+        let retried = m.task_duration.with_label_values(&["d", "up_for_retry"]);
+        assert_eq!(retried.get_sample_count(), 1);
+        assert!((retried.get_sample_sum() - 0.1).abs() < 1e-9);
+        let ok = m.task_duration.with_label_values(&["d", "success"]);
+        assert_eq!(ok.get_sample_count(), 1);
+        assert!((ok.get_sample_sum() - 0.05).abs() < 1e-9);
+        // Two assignments: 1 ms from the run start, 5 ms after the retry's ready.
+        let wait = m.queue_wait.with_label_values(&["default"]);
+        assert_eq!(wait.get_sample_count(), 2);
+        assert!((wait.get_sample_sum() - 0.006).abs() < 1e-9);
+        assert!(t.running_since.is_empty() && t.ready_since.is_empty());
     }
 }

@@ -75,7 +75,7 @@ pub async fn handler(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Sets task, worker and GPU gauges from the store's current rows.
+/// Sets task, DAG last-success, worker and GPU gauges from the store's current rows.
 pub(crate) async fn refresh_from_store(
     metrics: &Metrics,
     store: &dyn ReadStore,
@@ -86,6 +86,20 @@ pub(crate) async fn refresh_from_store(
             .tasks
             .with_label_values(&[state.as_str()])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    // Rebuilt each scrape so a removed DAG's series disappears.
+    metrics.dag_last_success.reset();
+    for dag in store.list_dags().await?.into_iter().filter(|d| d.active) {
+        if let Some(ended) = store
+            .last_successful_run(&dag.id)
+            .await?
+            .and_then(|run| run.ended_at)
+        {
+            metrics
+                .dag_last_success
+                .with_label_values(&[dag.id.as_str()])
+                .set(ended.timestamp_millis() as f64 / 1000.0);
+        }
     }
     let workers = store.list_workers().await?;
     for state in WorkerState::ALL {

@@ -8,18 +8,26 @@
 //! `promtool check metrics` reads).
 //!
 //! Where each figure comes from, and why:
-//! - transitions, scheduling latency, run durations: engine events, because
-//!   they are the moment things happen; the broadcast is lossy, so a lagging
-//!   collector counts what it missed in `trainyard_engine_events_lagged_total`;
+//! - transitions (by DAG), scheduling latency, queue wait per pool, task and
+//!   run durations: engine events, because they are the moment things happen;
+//!   the broadcast is lossy, so a lagging collector counts what it missed in
+//!   `trainyard_engine_events_lagged_total`;
+//! - each DAG's last success: read from the store at scrape time, so an alert
+//!   on "no success for a day" survives a scheduler restart and agrees across
+//!   replicas;
 //! - task counts per state (queue depth = `state="ready"`), workers and GPU
 //!   inventory/allocation: read from the store at scrape time, because the
 //!   store is the truth shared by every scheduler replica and the engine does
 //!   not emit events for tasks created directly in `ready`;
-//! - GPU utilisation and memory in use: only the heartbeat carries them and
-//!   the engine keeps them to itself, so [`Metrics::observe_gpu_usage`] is the
-//!   hook for the heartbeat path to call (until it does, those series are absent);
-//! - DB pool usage: `dyn ReadStore` does not expose its pool, so the exporter
-//!   reports the duration and success of its own scrape queries instead.
+//! - GPU utilisation and memory in use: only the heartbeat carries them, so
+//!   the gRPC session calls [`Metrics::observe_gpu_usage`] on each heartbeat
+//!   (absent for workers that sample no real GPU);
+//! - DB pool usage: the store's own pool figures (`Store::pool_usage`) at
+//!   scrape, with the duration and success of the exporter's queries.
+//!
+//! Cardinality: DAG ids and pools are bounded by what operators deploy, so
+//! they are labels; task ids are not (a DAG may generate thousands), so task
+//! durations are labelled by DAG and outcome only.
 //!
 //! One process-wide registry ([`global`]): Prometheus scrapes a process, and
 //! several schedulers in one test process simply add up their counters.
@@ -61,10 +69,16 @@ pub type Result<T, E = MetricsError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Task state changes seen by the engine, by the state entered.
+    /// Task state changes seen by the engine, by DAG and the state entered.
     pub task_transitions: IntCounterVec,
-    /// Run state changes, by the state entered.
+    /// Run state changes, by DAG and the state entered.
     pub run_transitions: IntCounterVec,
+    /// Attempt running → the state it left running for, by DAG and that state.
+    pub task_duration: HistogramVec,
+    /// Ready (root tasks: run start) → assigned to a worker, by pool.
+    pub queue_wait: HistogramVec,
+    /// When each DAG's latest successful run ended (store, at scrape time).
+    pub dag_last_success: prometheus::GaugeVec,
     /// What the retention task removed, by kind (`runs`, `artifacts`,
     /// `local_logs`).
     pub retention_pruned: IntCounterVec,
@@ -144,16 +158,42 @@ impl Metrics {
         let task_transitions = IntCounterVec::new(
             Opts::new(
                 "trainyard_task_transitions_total",
-                "Task state changes, by the state entered.",
+                "Task state changes, by DAG and the state entered.",
             ),
-            &["state"],
+            &["dag", "state"],
         )?;
         let run_transitions = IntCounterVec::new(
             Opts::new(
                 "trainyard_run_transitions_total",
-                "Run state changes, by the state entered.",
+                "Run state changes, by DAG and the state entered.",
             ),
-            &["state"],
+            &["dag", "state"],
+        )?;
+        let task_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "trainyard_task_duration_seconds",
+                "How long an attempt ran (process start to its end), by DAG and the state it \
+                 ended in (success, failed, up_for_retry, lost, cancelled...).",
+            )
+            .buckets(run_buckets()),
+            &["dag", "outcome"],
+        )?;
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "trainyard_queue_wait_seconds",
+                "Time a task waited for a worker: from becoming ready (root tasks: its run \
+                 starting) to being assigned, by pool.",
+            )
+            .buckets(latency_buckets()),
+            &["pool"],
+        )?;
+        let dag_last_success = prometheus::GaugeVec::new(
+            Opts::new(
+                "trainyard_dag_last_success_timestamp_seconds",
+                "When the DAG's latest successful run ended (Unix time); absent for a DAG \
+                 that never succeeded.",
+            ),
+            &["dag"],
         )?;
         let retention_pruned = IntCounterVec::new(
             Opts::new(
@@ -270,6 +310,9 @@ impl Metrics {
             registry,
             task_transitions,
             run_transitions,
+            task_duration,
+            queue_wait,
+            dag_last_success,
             retention_pruned,
             tasks,
             scheduling_latency,
@@ -298,6 +341,9 @@ impl Metrics {
         let r = &self.registry;
         r.register(Box::new(self.task_transitions.clone()))?;
         r.register(Box::new(self.run_transitions.clone()))?;
+        r.register(Box::new(self.task_duration.clone()))?;
+        r.register(Box::new(self.queue_wait.clone()))?;
+        r.register(Box::new(self.dag_last_success.clone()))?;
         r.register(Box::new(self.retention_pruned.clone()))?;
         r.register(Box::new(self.tasks.clone()))?;
         r.register(Box::new(self.scheduling_latency.clone()))?;
@@ -357,7 +403,7 @@ mod tests {
     #[test]
     fn every_metric_builds_and_renders_with_help_and_type() {
         let m = Metrics::new().unwrap();
-        m.task_transitions.with_label_values(&["ready"]).inc();
+        m.task_transitions.with_label_values(&["d", "ready"]).inc();
         m.scheduling_latency.observe(0.002);
         m.observe_gpu_usage(
             "w1",
@@ -370,7 +416,7 @@ mod tests {
         );
         let text = m.render().unwrap();
         assert!(text.contains("# TYPE trainyard_task_transitions_total counter"));
-        assert!(text.contains("trainyard_task_transitions_total{state=\"ready\"} 1"));
+        assert!(text.contains("trainyard_task_transitions_total{dag=\"d\",state=\"ready\"} 1"));
         assert!(text.contains("trainyard_scheduling_latency_seconds_bucket"));
         // Utilisation is clamped to a ratio.
         assert!(text.contains("trainyard_gpu_utilization_ratio{gpu=\"0\",worker=\"w1\"} 1"));
