@@ -254,6 +254,97 @@ async fn open_browser(webdriver: &str, profile: &Path) -> Client {
         })
 }
 
+/// What a test holds while the browser runs: the server's folder, the
+/// chromedriver process and the browser's fresh profile.
+struct Held {
+    _dir: tempfile::TempDir,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+/// A standalone server on the example DAGs plus `extra` DAG files, and a
+/// browser with a fresh profile pointed at it; None when no browser is installed.
+async fn open_ui(extra: &[(&str, &str)]) -> Option<(Ui, Held)> {
+    if !browser_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_example_dags(dir.path());
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(format!("dags/{name}.toml")), text).unwrap();
+    }
+    let (server, base) = start_standalone(dir.path());
+    let (driver, webdriver) = start_chromedriver(dir.path());
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&webdriver, profile.path()).await;
+    let ui = Ui {
+        client,
+        base,
+        shots: screenshot_dir(),
+        server,
+    };
+    Some((
+        ui,
+        Held {
+            _dir: dir,
+            _driver: driver,
+            _profile: profile,
+        },
+    ))
+}
+
+/// The browser's own requests in a fresh profile (`/favicon.ico`, any 404)
+/// must not replace the CSRF cookie the page's forms carry: the first clicks
+/// (pause, then trigger) succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_browser_pauses_and_triggers_on_its_first_clicks() {
+    let Some((ui, _held)) = open_ui(&[]).await else {
+        return;
+    };
+    ui.goto("/").await;
+    ui.find("#dag-bench_chain form.inline button").await;
+    // What a browser does behind the page's back: ask for the favicon, and
+    // hit some path that does not exist. Both used to set a new CSRF cookie.
+    let favicon = ui
+        .js("return fetch('/favicon.ico').then(r => r.status + ' ' + r.headers.get('content-type'));")
+        .await;
+    assert_eq!(favicon, json!("200 image/svg+xml"), "the favicon is served");
+    let missing = ui
+        .js("return fetch('/no-such-page').then(r => r.status);")
+        .await;
+    assert_eq!(missing, json!(404));
+
+    ui.find("#dag-bench_chain form.inline button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let toggle = ui
+        .wait_text(
+            "#dag-bench_chain form.inline button",
+            Duration::from_secs(15),
+            |t| t == "paused",
+        )
+        .await;
+    assert_eq!(toggle, "paused", "the pause click took effect");
+    ui.shot("10-fresh-profile-paused").await;
+
+    ui.find("#dag-churn_retrain a.button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.find("#trigger-submit").await.click().await.unwrap();
+    ui.find("#run-state").await;
+    let url = ui.client.current_url().await.unwrap();
+    if !url.path().starts_with("/runs/") {
+        let body = ui.text("main").await;
+        ui.fail(&format!("the trigger led to {url}, not a run page: {body}"));
+    }
+    ui.shot("11-fresh-profile-triggered").await;
+    ui.client.clone().close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_triggers_churn_retrain_watches_it_succeed_reads_logs_and_sees_gpus() {
     if !browser_available() {

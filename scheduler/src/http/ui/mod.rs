@@ -32,11 +32,16 @@ use super::{ApiError, AppState, TriggerRequest};
 
 const APP_CSS: &str = include_str!("../../../../ui/static/app.css");
 const APP_JS: &str = include_str!("../../../../ui/static/app.js");
+const FAVICON: &str = include_str!("../../../../ui/static/favicon.svg");
 
 /// Adds the UI's pages, forms, login and assets to the route table.
 pub(in crate::http) fn routes(t: RouteTable) -> RouteTable {
     t.get("/static/app.css", css)
         .get("/static/app.js", js)
+        .get("/static/favicon.svg", favicon)
+        // Browsers ask for this path whatever the page links; answering it
+        // keeps a fresh profile's first request from being a 404.
+        .get("/favicon.ico", favicon)
         .get("/login", login_form)
         .post("/login", login)
         .post("/logout", logout)
@@ -61,6 +66,10 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn favicon() -> Response {
+    asset(FAVICON, "image/svg+xml")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -114,7 +123,10 @@ impl IntoResponse for UiError {
                 p { a href="/" { "Back to the DAGs" } }
             }
         };
-        let ctx = layout::Ctx::new(&HeaderMap::new(), None);
+        // An error page has no forms, so it never sets the CSRF cookie: a
+        // new token here would replace the one the user's open pages carry
+        // and their next form post would fail as "expired".
+        let ctx = layout::Ctx::without_forms();
         let mut resp = ctx.page("Error", body);
         *resp.status_mut() = status;
         resp
