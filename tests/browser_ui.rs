@@ -345,6 +345,112 @@ async fn a_fresh_browser_pauses_and_triggers_on_its_first_clicks() {
     ui.client.clone().close().await.unwrap();
 }
 
+/// A task that fails its first attempt and stores an output and a metric on
+/// its second, and a `deploy` gated on that metric (which is too low).
+const STORY: &str = r#"
+id = "story"
+[params]
+min_auc = 0.75
+[tasks.train]
+retries = 1
+retry_delay = "1s"
+shell = """
+echo "attempt $TRAINYARD_ATTEMPT starts"
+if [ "$TRAINYARD_ATTEMPT" = 1 ]; then echo "first try fails" >&2; exit 3; fi
+echo weights > "$TRAINYARD_OUTPUT_DIR/model.bin"
+echo '{"auc": 0.0197}' > "$TRAINYARD_METRICS_FILE"
+"""
+[tasks.deploy]
+depends_on = ["train"]
+when = "metrics.train.auc >= params.min_auc"
+command = ["true"]
+"#;
+
+/// A task no worker of `--gpus 2xA100-80GB` can ever hold.
+const BIG: &str = r#"
+id = "big"
+[tasks.train]
+command = ["true"]
+resources = { gpus = 8, gpu_model = "H100" }
+"#;
+
+/// Triggers `dag` from its form and returns the run page's path.
+async fn trigger_from_form(ui: &Ui, dag: &str) -> String {
+    ui.goto(&format!("/dags/{dag}/trigger")).await;
+    ui.find("#trigger-submit").await.click().await.unwrap();
+    ui.find("#run-state").await;
+    let url = ui.client.current_url().await.unwrap();
+    if !url.path().starts_with("/runs/") {
+        ui.fail(&format!("triggering {dag} led to {url}, not a run page"));
+    }
+    url.path().to_owned()
+}
+
+/// The run page explains itself: a timeline with both attempts of the
+/// retried task and the wait between them, its metric and artifact, the
+/// gate's reason for skipping `deploy`, and for a task no worker can hold
+/// the reason it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_page_shows_timeline_artifacts_metrics_and_why_tasks_wait_or_skip() {
+    let Some((ui, _held)) = open_ui(&[("story", STORY), ("big", BIG)]).await else {
+        return;
+    };
+    let run = trigger_from_form(&ui, "story").await;
+    ui.wait_text("#run-state", Duration::from_secs(90), |s| {
+        matches!(s, "success" | "failed" | "cancelled")
+    })
+    .await;
+    // The timeline and artifacts are drawn by the server: load the ended run.
+    ui.goto(&run).await;
+    let skip = ui.text("#tasks tr[data-task=\"deploy\"] .wait").await;
+    assert!(
+        skip.contains("metrics.train.auc >= params.min_auc was false")
+            && skip.contains("metrics.train.auc = 0.0197"),
+        "deploy's skip reason on the run page: {skip:?}"
+    );
+    let metrics = ui.text("#tasks tr[data-task=\"train\"] .metrics").await;
+    assert_eq!(metrics, "auc = 0.0197", "train's metric on the run page");
+    let duration = ui.text("#run-duration").await;
+    assert!(!duration.is_empty(), "the run's total duration is shown");
+    let bars = ui
+        .js("return Array.from(document.querySelectorAll('#timeline g.bar[data-task=\"train\"]')).map(g => g.getAttribute('class'));")
+        .await;
+    assert_eq!(
+        bars,
+        json!(["bar st-failed", "bar st-wait", "bar st-success"]),
+        "train's lane: the failed attempt, the retry wait, the attempt that succeeded"
+    );
+    let name = ui.text("#artifacts td.name").await;
+    assert_eq!(name, "model.bin", "the stored output is listed");
+    let size = ui.text("#artifacts td.size").await;
+    assert_eq!(size, "8 B", "the artifact's size (\"weights\\n\")");
+    let sha = ui
+        .find("#artifacts td.sha code")
+        .await
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(sha.len(), 64, "the full sha256 is on the artifact: {sha:?}");
+    ui.shot("20-run-timeline-artifacts").await;
+
+    // The task no worker can hold waits, and the page says why.
+    trigger_from_form(&ui, "big").await;
+    let why = ui
+        .wait_text(
+            "#tasks tr[data-task=\"train\"] .wait",
+            Duration::from_secs(30),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(
+        why.contains("H100") && why.contains('8'),
+        "the unschedulable task's wait reason: {why:?}"
+    );
+    ui.shot("21-run-unschedulable").await;
+    ui.client.clone().close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_triggers_churn_retrain_watches_it_succeed_reads_logs_and_sees_gpus() {
     if !browser_available() {

@@ -109,3 +109,9 @@ document.addEventListener("DOMContentLoaded", () => {
   const log = document.getElementById("log");
   if (taskBadge && log) followTask(taskBadge, log);
 });
+
+// Forms that change a lot ask first (`data-confirm`); CSP forbids inline handlers.
+document.addEventListener("submit", (ev) => {
+  const msg = ev.target instanceof HTMLFormElement ? ev.target.dataset.confirm : undefined;
+  if (msg && !window.confirm(msg)) ev.preventDefault();
+});

@@ -57,6 +57,7 @@ pub(in crate::http) fn routes(t: RouteTable) -> RouteTable {
         .post("/runs/{run_id}/cancel", cancel_run)
         .get("/runs/{run_id}/tasks/{task_id}", pages::task_page)
         .post("/runs/{run_id}/tasks/{task_id}/clear", clear_task)
+        .post("/runs/{run_id}/clear-failed", clear_failed)
         .get("/workers", pages::workers_page)
 }
 
@@ -375,5 +376,34 @@ async fn clear_task(
     let run = parse_run(&raw)?;
     let downstream = form.downstream.as_deref() != Some("false");
     state.control.clear_task(run, &task, downstream).await?;
+    Ok(Redirect::to(&format!("/runs/{run}")).into_response())
+}
+
+/// Clears every failed task of a run with its downstream tasks (which brings
+/// back the `upstream_failed` ones too): the engine's per-task clear, once
+/// per failed task. There is no "mark success/failed": the engine has no
+/// command that sets a task's state from outside.
+async fn clear_failed(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> UiResult<Response> {
+    check_csrf(&headers, &form.csrf)?;
+    let run = parse_run(&raw)?;
+    let tasks = state
+        .store
+        .task_instances(run)
+        .await
+        .map_err(ApiError::from)?;
+    for t in tasks
+        .iter()
+        .filter(|t| t.state == trainyard_core::state::TaskState::Failed)
+    {
+        state
+            .control
+            .clear_task(run, t.task_id.as_str(), true)
+            .await?;
+    }
     Ok(Redirect::to(&format!("/runs/{run}")).into_response())
 }
