@@ -389,9 +389,9 @@ async fn trigger_from_form(ui: &Ui, dag: &str) -> String {
 /// The run page explains itself: a timeline with both attempts of the
 /// retried task and the wait between them, its metric and artifact, the
 /// gate's reason for skipping `deploy`, and for a task no worker can hold
-/// the reason it waits.
+/// the reason it waits. The retried task's page shows attempt 1's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_run_page_shows_timeline_artifacts_metrics_and_why_tasks_wait_or_skip() {
+async fn the_run_page_explains_itself_and_a_retried_tasks_first_attempt_log_is_readable() {
     let Some((ui, _held)) = open_ui(&[("story", STORY), ("big", BIG)]).await else {
         return;
     };
@@ -433,6 +433,47 @@ async fn the_run_page_shows_timeline_artifacts_metrics_and_why_tasks_wait_or_ski
         .unwrap_or_default();
     assert_eq!(sha.len(), 64, "the full sha256 is on the artifact: {sha:?}");
     ui.shot("20-run-timeline-artifacts").await;
+
+    // The retried task's page: the first attempt's log, picked from the
+    // attempts, searchable, with a download link and a way back to the run.
+    ui.find("#tasks tr[data-task=\"train\"] a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.find(".attempt-picker a[href$=\"?attempt=1\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let log = ui
+        .wait_text("#log", Duration::from_secs(15), |t| !t.is_empty())
+        .await;
+    assert!(
+        log.contains("attempt 1 starts") && log.contains("first try fails"),
+        "attempt 1's log: {log:?}"
+    );
+    assert!(
+        !log.contains("attempt 2"),
+        "attempt 1's page shows attempt 2: {log:?}"
+    );
+    let href = ui.find("#log-download").await.attr("href").await.unwrap();
+    assert!(
+        href.is_some_and(|h| h.ends_with("/logs?attempt=1")),
+        "the download link is attempt 1's log"
+    );
+    ui.find("#log-search")
+        .await
+        .send_keys("fails")
+        .await
+        .unwrap();
+    let found = ui
+        .wait_text("#log", Duration::from_secs(5), |t| !t.contains("starts"))
+        .await;
+    assert_eq!(found, "first try fails", "search keeps only matching lines");
+    ui.shot("22-task-log-attempt-1").await;
+    ui.find("#back-to-run").await.click().await.unwrap();
+    ui.find("#timeline").await;
 
     // The task no worker can hold waits, and the page says why.
     trigger_from_form(&ui, "big").await;

@@ -663,9 +663,16 @@ fn timeline_spans(
 }
 
 /// `/runs/{id}/tasks/{task}`: attempts, worker and GPUs, and the log (live while running).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TaskQuery {
+    /// Which attempt's log to show; the latest by default.
+    attempt: Option<i32>,
+}
+
 pub(super) async fn task_page(
     State(state): State<AppState>,
     Path((raw, task)): Path<(String, String)>,
+    Query(q): Query<TaskQuery>,
     headers: HeaderMap,
     who: Who,
 ) -> UiResult<Response> {
@@ -687,7 +694,11 @@ pub(super) async fn task_page(
         .await
         .map_err(UiError::Api)?
         .remove(task.as_str());
-    let attempt = ti.attempt.max(1);
+    let latest = ti.attempt.max(1);
+    let attempt = q
+        .attempt
+        .filter(|a| (1..=latest).contains(a))
+        .unwrap_or(latest);
     let log = state
         .logs
         .read(id, &task, attempt)
@@ -714,9 +725,29 @@ pub(super) async fn task_page(
                 }
             }
         }
-        h2 { "Log " small class="muted" { "attempt " (attempt) } " " a class="small" href={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs?attempt=" (attempt)} { "raw" } }
-        pre id="log" class="log" data-stream={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs/stream"}
-            data-full={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs"} { (log) }
+        p { a id="back-to-run" href={"/runs/" (run.id)} { "← the whole run" } }
+        h2 { "Log " small class="muted" { "attempt " (attempt) } }
+        nav class="attempt-picker" aria-label="attempt" {
+            @for n in 1..=latest {
+                @if n == attempt { span class="current" aria-current="page" { "attempt " (n) } }
+                @else { a href={"/runs/" (run.id) "/tasks/" (task) "?attempt=" (n)} { "attempt " (n) } }
+                " "
+            }
+            a class="small" id="log-download" download={(task) "-attempt-" (attempt) ".log"}
+                href={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs?attempt=" (attempt)} { "download" }
+        }
+        div class="log-search" {
+            label for="log-search" { "Search the log " }
+            input id="log-search" type="search" placeholder="text to find";
+            " " span id="log-matches" class="muted" {}
+        }
+        // Only the latest attempt's log grows: older ones are not followed.
+        @if attempt == latest {
+            pre id="log" class="log" data-stream={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs/stream"}
+                data-full={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs?attempt=" (attempt)} { (log) }
+        } @else {
+            pre id="log" class="log" { (log) }
+        }
     };
     Ok(ctx.page(&format!("{task} · run"), body))
 }
