@@ -254,6 +254,244 @@ async fn open_browser(webdriver: &str, profile: &Path) -> Client {
         })
 }
 
+/// What a test holds while the browser runs: the server's folder, the
+/// chromedriver process and the browser's fresh profile.
+struct Held {
+    _dir: tempfile::TempDir,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+/// A standalone server on the example DAGs plus `extra` DAG files, and a
+/// browser with a fresh profile pointed at it; None when no browser is installed.
+async fn open_ui(extra: &[(&str, &str)]) -> Option<(Ui, Held)> {
+    if !browser_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_example_dags(dir.path());
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(format!("dags/{name}.toml")), text).unwrap();
+    }
+    let (server, base) = start_standalone(dir.path());
+    let (driver, webdriver) = start_chromedriver(dir.path());
+    let profile = tempfile::tempdir().unwrap();
+    let client = open_browser(&webdriver, profile.path()).await;
+    let ui = Ui {
+        client,
+        base,
+        shots: screenshot_dir(),
+        server,
+    };
+    Some((
+        ui,
+        Held {
+            _dir: dir,
+            _driver: driver,
+            _profile: profile,
+        },
+    ))
+}
+
+/// The browser's own requests in a fresh profile (`/favicon.ico`, any 404)
+/// must not replace the CSRF cookie the page's forms carry: the first clicks
+/// (pause, then trigger) succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_browser_pauses_and_triggers_on_its_first_clicks() {
+    let Some((ui, _held)) = open_ui(&[]).await else {
+        return;
+    };
+    ui.goto("/").await;
+    ui.find("#dag-bench_chain form.inline button").await;
+    // What a browser does behind the page's back: ask for the favicon, and
+    // hit some path that does not exist. Both used to set a new CSRF cookie.
+    let favicon = ui
+        .js("return fetch('/favicon.ico').then(r => r.status + ' ' + r.headers.get('content-type'));")
+        .await;
+    assert_eq!(favicon, json!("200 image/svg+xml"), "the favicon is served");
+    let missing = ui
+        .js("return fetch('/no-such-page').then(r => r.status);")
+        .await;
+    assert_eq!(missing, json!(404));
+
+    ui.find("#dag-bench_chain form.inline button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let toggle = ui
+        .wait_text(
+            "#dag-bench_chain form.inline button",
+            Duration::from_secs(15),
+            |t| t == "paused",
+        )
+        .await;
+    assert_eq!(toggle, "paused", "the pause click took effect");
+    ui.shot("10-fresh-profile-paused").await;
+
+    ui.find("#dag-churn_retrain a.button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.find("#trigger-submit").await.click().await.unwrap();
+    ui.find("#run-state").await;
+    let url = ui.client.current_url().await.unwrap();
+    if !url.path().starts_with("/runs/") {
+        let body = ui.text("main").await;
+        ui.fail(&format!("the trigger led to {url}, not a run page: {body}"));
+    }
+    ui.shot("11-fresh-profile-triggered").await;
+    ui.client.clone().close().await.unwrap();
+}
+
+/// A task that fails its first attempt and stores an output and a metric on
+/// its second, and a `deploy` gated on that metric (which is too low).
+const STORY: &str = r#"
+id = "story"
+[params]
+min_auc = 0.75
+[tasks.train]
+retries = 1
+retry_delay = "1s"
+shell = """
+echo "attempt $TRAINYARD_ATTEMPT starts"
+if [ "$TRAINYARD_ATTEMPT" = 1 ]; then echo "first try fails" >&2; exit 3; fi
+echo weights > "$TRAINYARD_OUTPUT_DIR/model.bin"
+echo '{"auc": 0.0197}' > "$TRAINYARD_METRICS_FILE"
+"""
+[tasks.deploy]
+depends_on = ["train"]
+when = "metrics.train.auc >= params.min_auc"
+command = ["true"]
+"#;
+
+/// A task no worker of `--gpus 2xA100-80GB` can ever hold.
+const BIG: &str = r#"
+id = "big"
+[tasks.train]
+command = ["true"]
+resources = { gpus = 8, gpu_model = "H100" }
+"#;
+
+/// Triggers `dag` from its form and returns the run page's path.
+async fn trigger_from_form(ui: &Ui, dag: &str) -> String {
+    ui.goto(&format!("/dags/{dag}/trigger")).await;
+    ui.find("#trigger-submit").await.click().await.unwrap();
+    ui.find("#run-state").await;
+    let url = ui.client.current_url().await.unwrap();
+    if !url.path().starts_with("/runs/") {
+        ui.fail(&format!("triggering {dag} led to {url}, not a run page"));
+    }
+    url.path().to_owned()
+}
+
+/// The run page explains itself: a timeline with both attempts of the
+/// retried task and the wait between them, its metric and artifact, the
+/// gate's reason for skipping `deploy`, and for a task no worker can hold
+/// the reason it waits. The retried task's page shows attempt 1's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_page_explains_itself_and_a_retried_tasks_first_attempt_log_is_readable() {
+    let Some((ui, _held)) = open_ui(&[("story", STORY), ("big", BIG)]).await else {
+        return;
+    };
+    let run = trigger_from_form(&ui, "story").await;
+    ui.wait_text("#run-state", Duration::from_secs(90), |s| {
+        matches!(s, "success" | "failed" | "cancelled")
+    })
+    .await;
+    // The timeline and artifacts are drawn by the server: load the ended run.
+    ui.goto(&run).await;
+    let skip = ui.text("#tasks tr[data-task=\"deploy\"] .wait").await;
+    assert!(
+        skip.contains("metrics.train.auc >= params.min_auc was false")
+            && skip.contains("metrics.train.auc = 0.0197"),
+        "deploy's skip reason on the run page: {skip:?}"
+    );
+    let metrics = ui.text("#tasks tr[data-task=\"train\"] .metrics").await;
+    assert_eq!(metrics, "auc = 0.0197", "train's metric on the run page");
+    let duration = ui.text("#run-duration").await;
+    assert!(!duration.is_empty(), "the run's total duration is shown");
+    let bars = ui
+        .js("return Array.from(document.querySelectorAll('#timeline g.bar[data-task=\"train\"]')).map(g => g.getAttribute('class'));")
+        .await;
+    assert_eq!(
+        bars,
+        json!(["bar st-failed", "bar st-wait", "bar st-success"]),
+        "train's lane: the failed attempt, the retry wait, the attempt that succeeded"
+    );
+    let name = ui.text("#artifacts td.name").await;
+    assert_eq!(name, "model.bin", "the stored output is listed");
+    let size = ui.text("#artifacts td.size").await;
+    assert_eq!(size, "8 B", "the artifact's size (\"weights\\n\")");
+    let sha = ui
+        .find("#artifacts td.sha code")
+        .await
+        .attr("title")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(sha.len(), 64, "the full sha256 is on the artifact: {sha:?}");
+    ui.shot("20-run-timeline-artifacts").await;
+
+    // The retried task's page: the first attempt's log, picked from the
+    // attempts, searchable, with a download link and a way back to the run.
+    ui.find("#tasks tr[data-task=\"train\"] a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ui.find(".attempt-picker a[href$=\"?attempt=1\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let log = ui
+        .wait_text("#log", Duration::from_secs(15), |t| !t.is_empty())
+        .await;
+    assert!(
+        log.contains("attempt 1 starts") && log.contains("first try fails"),
+        "attempt 1's log: {log:?}"
+    );
+    assert!(
+        !log.contains("attempt 2"),
+        "attempt 1's page shows attempt 2: {log:?}"
+    );
+    let href = ui.find("#log-download").await.attr("href").await.unwrap();
+    assert!(
+        href.is_some_and(|h| h.ends_with("/logs?attempt=1")),
+        "the download link is attempt 1's log"
+    );
+    ui.find("#log-search")
+        .await
+        .send_keys("fails")
+        .await
+        .unwrap();
+    let found = ui
+        .wait_text("#log", Duration::from_secs(5), |t| !t.contains("starts"))
+        .await;
+    assert_eq!(found, "first try fails", "search keeps only matching lines");
+    ui.shot("22-task-log-attempt-1").await;
+    ui.find("#back-to-run").await.click().await.unwrap();
+    ui.find("#timeline").await;
+
+    // The task no worker can hold waits, and the page says why.
+    trigger_from_form(&ui, "big").await;
+    let why = ui
+        .wait_text(
+            "#tasks tr[data-task=\"train\"] .wait",
+            Duration::from_secs(30),
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(
+        why.contains("H100") && why.contains('8'),
+        "the unschedulable task's wait reason: {why:?}"
+    );
+    ui.shot("21-run-unschedulable").await;
+    ui.client.clone().close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_triggers_churn_retrain_watches_it_succeed_reads_logs_and_sees_gpus() {
     if !browser_available() {

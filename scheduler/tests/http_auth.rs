@@ -19,7 +19,10 @@ fn concrete(pattern: &str) -> String {
 }
 
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/login" | "/logout") || path.starts_with("/static/")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/login" | "/logout" | "/favicon.ico"
+    ) || path.starts_with("/static/")
 }
 
 #[tokio::test]

@@ -102,10 +102,37 @@ function followTask(badge, log) {
   if (!TERMINAL.has(badge.textContent)) setTimeout(tick, 1000);
 }
 
+// Task page: show only the log lines containing the search text (case-insensitive).
+function searchLog(input, log) {
+  let full = null;
+  const count = document.getElementById("log-matches");
+  input.addEventListener("input", () => {
+    const q = input.value.toLowerCase();
+    if (full === null) full = log.textContent;
+    if (!q) {
+      log.textContent = full;
+      full = null;
+      count.textContent = "";
+      return;
+    }
+    const hits = full.split("\n").filter((l) => l.toLowerCase().includes(q));
+    log.textContent = hits.join("\n");
+    count.textContent = hits.length + (hits.length === 1 ? " line" : " lines");
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const runBadge = document.getElementById("run-state");
   if (runBadge && !["success", "failed", "cancelled"].includes(runBadge.textContent)) followRun(runBadge);
   const taskBadge = document.getElementById("task-state");
   const log = document.getElementById("log");
-  if (taskBadge && log) followTask(taskBadge, log);
+  if (taskBadge && log && log.dataset.stream) followTask(taskBadge, log);
+  const search = document.getElementById("log-search");
+  if (search && log) searchLog(search, log);
+});
+
+// Forms that change a lot ask first (`data-confirm`); CSP forbids inline handlers.
+document.addEventListener("submit", (ev) => {
+  const msg = ev.target instanceof HTMLFormElement ? ev.target.dataset.confirm : undefined;
+  if (msg && !window.confirm(msg)) ev.preventDefault();
 });

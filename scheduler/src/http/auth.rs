@@ -308,9 +308,13 @@ pub struct Caller {
     pub open: bool,
 }
 
-/// Requests anyone may make: probes, the login page and static assets.
+/// Requests anyone may make: probes, the login page and static assets (the
+/// favicon too: browsers ask for it on the login page).
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/login" | "/logout") || path.starts_with("/static/")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/login" | "/logout" | "/favicon.ico"
+    ) || path.starts_with("/static/")
 }
 
 fn is_safe(method: &Method) -> bool {

@@ -34,6 +34,16 @@ impl Ctx {
         }
     }
 
+    /// For pages without forms (errors): sends no CSRF cookie, so the one
+    /// the browser already holds stays valid.
+    pub fn without_forms() -> Self {
+        Self {
+            csrf: String::new(),
+            new_cookie: false,
+            caller: None,
+        }
+    }
+
     /// The hidden form field carrying the double-submit token.
     pub fn csrf_field(&self) -> Markup {
         html! { input type="hidden" name="csrf" value=(self.csrf); }
@@ -71,6 +81,7 @@ fn frame(title: &str, caller: Option<Caller>, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Trainyard" }
+                link rel="icon" type="image/svg+xml" href="/static/favicon.svg";
                 link rel="stylesheet" href="/static/app.css";
                 script src="/static/app.js" defer {}
             }

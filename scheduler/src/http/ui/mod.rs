@@ -32,11 +32,16 @@ use super::{ApiError, AppState, TriggerRequest};
 
 const APP_CSS: &str = include_str!("../../../../ui/static/app.css");
 const APP_JS: &str = include_str!("../../../../ui/static/app.js");
+const FAVICON: &str = include_str!("../../../../ui/static/favicon.svg");
 
 /// Adds the UI's pages, forms, login and assets to the route table.
 pub(in crate::http) fn routes(t: RouteTable) -> RouteTable {
     t.get("/static/app.css", css)
         .get("/static/app.js", js)
+        .get("/static/favicon.svg", favicon)
+        // Browsers ask for this path whatever the page links; answering it
+        // keeps a fresh profile's first request from being a 404.
+        .get("/favicon.ico", favicon)
         .get("/login", login_form)
         .post("/login", login)
         .post("/logout", logout)
@@ -52,6 +57,7 @@ pub(in crate::http) fn routes(t: RouteTable) -> RouteTable {
         .post("/runs/{run_id}/cancel", cancel_run)
         .get("/runs/{run_id}/tasks/{task_id}", pages::task_page)
         .post("/runs/{run_id}/tasks/{task_id}/clear", clear_task)
+        .post("/runs/{run_id}/clear-failed", clear_failed)
         .get("/workers", pages::workers_page)
 }
 
@@ -61,6 +67,10 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn favicon() -> Response {
+    asset(FAVICON, "image/svg+xml")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -114,7 +124,10 @@ impl IntoResponse for UiError {
                 p { a href="/" { "Back to the DAGs" } }
             }
         };
-        let ctx = layout::Ctx::new(&HeaderMap::new(), None);
+        // An error page has no forms, so it never sets the CSRF cookie: a
+        // new token here would replace the one the user's open pages carry
+        // and their next form post would fail as "expired".
+        let ctx = layout::Ctx::without_forms();
         let mut resp = ctx.page("Error", body);
         *resp.status_mut() = status;
         resp
@@ -363,5 +376,34 @@ async fn clear_task(
     let run = parse_run(&raw)?;
     let downstream = form.downstream.as_deref() != Some("false");
     state.control.clear_task(run, &task, downstream).await?;
+    Ok(Redirect::to(&format!("/runs/{run}")).into_response())
+}
+
+/// Clears every failed task of a run with its downstream tasks (which brings
+/// back the `upstream_failed` ones too): the engine's per-task clear, once
+/// per failed task. There is no "mark success/failed": the engine has no
+/// command that sets a task's state from outside.
+async fn clear_failed(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> UiResult<Response> {
+    check_csrf(&headers, &form.csrf)?;
+    let run = parse_run(&raw)?;
+    let tasks = state
+        .store
+        .task_instances(run)
+        .await
+        .map_err(ApiError::from)?;
+    for t in tasks
+        .iter()
+        .filter(|t| t.state == trainyard_core::state::TaskState::Failed)
+    {
+        state
+            .control
+            .clear_task(run, t.task_id.as_str(), true)
+            .await?;
+    }
     Ok(Redirect::to(&format!("/runs/{run}")).into_response())
 }

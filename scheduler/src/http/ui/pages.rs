@@ -482,6 +482,25 @@ pub(super) async fn run_page(
         .map(|t| (t.task_id.to_string(), t.state.to_string()))
         .collect();
     let params = serde_json::to_string_pretty(&run.params).unwrap_or_default();
+    let now = Utc::now();
+    let task_order: Vec<String> = tasks.iter().map(|t| t.task_id.to_string()).collect();
+    let spans = timeline_spans(&tasks, &attempts, now);
+    // Each task's metrics as its latest attempt reported them.
+    let mut metrics: BTreeMap<String, BTreeMap<String, (i32, f64)>> = BTreeMap::new();
+    for m in store.run_metrics(id).await.map_err(api)? {
+        let slot = metrics
+            .entry(m.task_id.to_string())
+            .or_default()
+            .entry(m.name)
+            .or_insert((m.attempt, m.value));
+        if m.attempt >= slot.0 {
+            *slot = (m.attempt, m.value);
+        }
+    }
+    let artifacts = store.run_artifacts(id).await.map_err(api)?;
+    let any_failed = tasks
+        .iter()
+        .any(|t| t.state == trainyard_core::state::TaskState::Failed);
     let body = html! {
         h1 { "Run of " a href={"/dags/" (run.dag_id) "?run=" (run.id)} { (run.dag_id) } " " span id="run-state" data-run=(run.id) class={"badge st-" (run.state)} { (run.state) } }
         dl class="facts" {
@@ -490,15 +509,25 @@ pub(super) async fn run_page(
             dt { "Logical date" } dd { (when(run.logical_date)) }
             dt { "Started" } dd id="run-started" { (when(run.started_at)) }
             dt { "Ended" } dd id="run-ended" { (when(run.ended_at)) }
+            dt { "Duration" } dd id="run-duration" { (duration(run.started_at, run.ended_at.or(run.started_at.map(|_| now)))) @if run.ended_at.is_none() && run.started_at.is_some() { " so far" } }
             dt { "Params" } dd { pre class="params" { (params) } }
             @if let Some(why) = &run_waits { dt { "Waiting because" } dd class="reason" { (why) } }
         }
         @if ctx.can_operate() && !run.state.is_terminal() {
             form id="cancel-run" class="inline" method="post" action={"/runs/" (run.id) "/cancel"} { (ctx.csrf_field()) button class="danger" type="submit" { "Cancel run" } }
         }
+        @if ctx.can_operate() && any_failed {
+            form id="clear-failed" class="inline" method="post" action={"/runs/" (run.id) "/clear-failed"}
+                data-confirm="Run every failed task of this run and its downstream tasks again?" {
+                (ctx.csrf_field()) button type="submit" title="Run every failed task and its downstream tasks again" { "Clear failed" }
+            }
+        }
         @if let Some(d) = &detail { (svg::graph(&d.graph, &states, Some(&run.id.to_string()))) }
+        h2 { "Timeline" }
+        div class="timeline-wrap" id="timeline" { (svg::timeline(&task_order, &spans)) }
+        h2 { "Tasks" }
         table class="tasks" id="tasks" {
-            thead { tr { th { "Task" } th { "State" } th { "Attempt" } th { "Worker" } th { "GPUs" } th { "Duration" } th { "Why (waiting or skipped)" } th {} } }
+            thead { tr { th { "Task" } th { "State" } th { "Attempt" } th { "Worker" } th { "GPUs" } th { "Duration" } th { "Metrics" } th { "Why (waiting, skipped or failed)" } th {} } }
             tbody {
                 @for t in &tasks {
                     @let cur = attempts.iter().filter(|a| a.task_instance_id == t.id).max_by_key(|a| a.attempt);
@@ -509,7 +538,17 @@ pub(super) async fn run_page(
                         td class="worker" { (cur.and_then(|a| a.worker_id).and_then(|w| workers.get(&w)).map_or("", String::as_str)) }
                         td class="gpus" { (cur.map(|a| a.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")).unwrap_or_default()) }
                         td class="duration" { (duration(t.started_at, t.ended_at)) }
-                        td class="wait muted" { (reasons.get(t.task_id.as_str()).map_or("", String::as_str)) }
+                        td class="metrics" {
+                            @if let Some(ms) = metrics.get(t.task_id.as_str()) {
+                                @for (name, (_, v)) in ms { span class="metric" { (name) " = " (v) } " " }
+                            }
+                        }
+                        td class="wait muted" {
+                            (reasons.get(t.task_id.as_str()).map_or("", String::as_str))
+                            @if t.state == trainyard_core::state::TaskState::Failed {
+                                @if let Some(e) = cur.and_then(|a| a.error.as_deref()) { span class="error" { (e) } }
+                            }
+                        }
                         td {
                             @if ctx.can_operate() && t.state.is_terminal() {
                                 form class="inline" method="post" action={"/runs/" (run.id) "/tasks/" (t.task_id) "/clear"} {
@@ -521,14 +560,119 @@ pub(super) async fn run_page(
                 }
             }
         }
+        h2 { "Artifacts" }
+        @if artifacts.is_empty() { p class="muted" id="no-artifacts" { "No task of this run stored outputs." } }
+        @else {
+            table class="artifacts" id="artifacts" {
+                thead { tr { th { "Task" } th { "Attempt" } th { "Name" } th { "Size" } th { "SHA-256" } th { "Stored at" } } }
+                tbody {
+                    @for a in &artifacts {
+                        tr {
+                            td { a href={"/runs/" (run.id) "/tasks/" (a.task_id)} { (a.task_id) } }
+                            td { (a.attempt) }
+                            td class="name" { (artifact_name(&a.key)) }
+                            td class="size" { (size(a.size)) }
+                            td class="sha" { code title=(a.sha256) { (a.sha256.get(..12).unwrap_or(&a.sha256)) "…" } }
+                            td class="uri" {
+                                // Only web addresses are links: a browser cannot open a
+                                // worker's `file://` path or an `s3://` key.
+                                @if a.uri.starts_with("https://") || a.uri.starts_with("http://") {
+                                    a href=(a.uri) download { "download" }
+                                } @else { code { (a.uri) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     };
     Ok(ctx.page("Run", body))
 }
 
+/// The part of an artifact key after the attempt's `out/` folder.
+fn artifact_name(key: &str) -> &str {
+    key.split_once("/out/").map_or(key, |(_, name)| name)
+}
+
+/// A byte count for people: B, KiB, MiB, GiB.
+fn size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The timeline's bars: each attempt from its start (or assignment) to its
+/// end (or `now` while it runs), and between two attempts of a task the
+/// wait before the retry.
+fn timeline_spans(
+    tasks: &[TaskInstance],
+    attempts: &[crate::store::Attempt],
+    now: chrono::DateTime<Utc>,
+) -> Vec<svg::Span> {
+    let mut spans = Vec::new();
+    for t in tasks {
+        let mut mine: Vec<&crate::store::Attempt> = attempts
+            .iter()
+            .filter(|a| a.task_instance_id == t.id)
+            .collect();
+        mine.sort_by_key(|a| a.attempt);
+        let mut prev_end = None;
+        for a in mine {
+            let start = a.started_at.unwrap_or(a.assigned_at);
+            if let Some(prev) = prev_end.filter(|p| *p < start) {
+                spans.push(svg::Span {
+                    task: t.task_id.to_string(),
+                    start: prev,
+                    end: start,
+                    kind: "wait".into(),
+                    label: format!(
+                        "{}: waited {} before attempt {}",
+                        t.task_id,
+                        duration(Some(prev), Some(start)),
+                        a.attempt
+                    ),
+                });
+            }
+            let end = a.ended_at.unwrap_or(now);
+            let kind = a.outcome.map_or("running", |o| o.as_str()).to_owned();
+            spans.push(svg::Span {
+                task: t.task_id.to_string(),
+                start,
+                end,
+                label: format!(
+                    "{} attempt {}: {kind}, {}",
+                    t.task_id,
+                    a.attempt,
+                    duration(Some(start), Some(end))
+                ),
+                kind,
+            });
+            prev_end = a.ended_at;
+        }
+    }
+    spans
+}
+
 /// `/runs/{id}/tasks/{task}`: attempts, worker and GPUs, and the log (live while running).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TaskQuery {
+    /// Which attempt's log to show; the latest by default.
+    attempt: Option<i32>,
+}
+
 pub(super) async fn task_page(
     State(state): State<AppState>,
     Path((raw, task)): Path<(String, String)>,
+    Query(q): Query<TaskQuery>,
     headers: HeaderMap,
     who: Who,
 ) -> UiResult<Response> {
@@ -550,7 +694,11 @@ pub(super) async fn task_page(
         .await
         .map_err(UiError::Api)?
         .remove(task.as_str());
-    let attempt = ti.attempt.max(1);
+    let latest = ti.attempt.max(1);
+    let attempt = q
+        .attempt
+        .filter(|a| (1..=latest).contains(a))
+        .unwrap_or(latest);
     let log = state
         .logs
         .read(id, &task, attempt)
@@ -577,9 +725,29 @@ pub(super) async fn task_page(
                 }
             }
         }
-        h2 { "Log " small class="muted" { "attempt " (attempt) } " " a class="small" href={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs?attempt=" (attempt)} { "raw" } }
-        pre id="log" class="log" data-stream={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs/stream"}
-            data-full={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs"} { (log) }
+        p { a id="back-to-run" href={"/runs/" (run.id)} { "← the whole run" } }
+        h2 { "Log " small class="muted" { "attempt " (attempt) } }
+        nav class="attempt-picker" aria-label="attempt" {
+            @for n in 1..=latest {
+                @if n == attempt { span class="current" aria-current="page" { "attempt " (n) } }
+                @else { a href={"/runs/" (run.id) "/tasks/" (task) "?attempt=" (n)} { "attempt " (n) } }
+                " "
+            }
+            a class="small" id="log-download" download={(task) "-attempt-" (attempt) ".log"}
+                href={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs?attempt=" (attempt)} { "download" }
+        }
+        div class="log-search" {
+            label for="log-search" { "Search the log " }
+            input id="log-search" type="search" placeholder="text to find";
+            " " span id="log-matches" class="muted" {}
+        }
+        // Only the latest attempt's log grows: older ones are not followed.
+        @if attempt == latest {
+            pre id="log" class="log" data-stream={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs/stream"}
+                data-full={"/api/v1/runs/" (run.id) "/tasks/" (task) "/logs?attempt=" (attempt)} { (log) }
+        } @else {
+            pre id="log" class="log" { (log) }
+        }
     };
     Ok(ctx.page(&format!("{task} · run"), body))
 }

@@ -147,3 +147,58 @@ pub fn fmt_num(v: f64) -> String {
             .to_owned()
     }
 }
+
+/// One bar of the run timeline: an attempt, or the wait before a retry.
+pub struct Span {
+    pub task: String,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    /// `wait` for a retry wait, else the attempt's outcome (or `running`).
+    pub kind: String,
+    /// Shown on hover and read by screen readers.
+    pub label: String,
+}
+
+const LANE_H: f64 = 22.0;
+const LABEL_W: f64 = 150.0;
+const TRACK_W: f64 = 700.0;
+
+/// The run as a Gantt chart: one lane per task (in `tasks` order), each
+/// attempt a bar from its start to its end, retry waits as hatched bars
+/// between attempts. Drawn with SVG attributes, not inline styles, so the
+/// page's CSP (`style-src 'self'`) holds.
+pub fn timeline(tasks: &[String], spans: &[Span]) -> Markup {
+    let (Some(t0), Some(t1)) = (
+        spans.iter().map(|s| s.start).min(),
+        spans.iter().map(|s| s.end).max(),
+    ) else {
+        return html! { p class="muted" { "No attempt has started yet." } };
+    };
+    let total_ms = (t1 - t0).num_milliseconds().max(1) as f64;
+    let x = |t: chrono::DateTime<chrono::Utc>| {
+        LABEL_W + (t - t0).num_milliseconds() as f64 / total_ms * TRACK_W
+    };
+    let height = tasks.len() as f64 * LANE_H + 24.0;
+    let width = LABEL_W + TRACK_W + 10.0;
+    html! {
+        svg class="timeline" width=(width) height=(height) viewBox={"0 0 " (width) " " (height)}
+            xmlns="http://www.w3.org/2000/svg" role="img" aria-label="timeline of attempts" {
+            @for (i, task) in tasks.iter().enumerate() {
+                @let y = i as f64 * LANE_H;
+                text class="lane" x="0" y=(y + 15.0) { (task) }
+                @for s in spans.iter().filter(|s| &s.task == task) {
+                    @let x0 = x(s.start);
+                    g class={"bar st-" (s.kind)} data-task=(task) {
+                        title { (s.label) }
+                        rect x=(x0) y=(y + 3.0) width=((x(s.end) - x0).max(2.0)) height=(LANE_H - 6.0) rx="2" {}
+                    }
+                }
+            }
+            line class="axis" x1=(LABEL_W) x2=(LABEL_W + TRACK_W) y1=(height - 20.0) y2=(height - 20.0) {}
+            text class="tick" x=(LABEL_W) y=(height - 6.0) { "0 s" }
+            text class="tick" x=(LABEL_W + TRACK_W) y=(height - 6.0) text-anchor="end" {
+                (super::layout::duration(Some(t0), Some(t1)))
+            }
+        }
+    }
+}
