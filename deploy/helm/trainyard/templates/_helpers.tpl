@@ -39,6 +39,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if not (or .Values.workerAuth.token .Values.workerAuth.existingSecret) }}
 {{- fail "set workerAuth.token or workerAuth.existingSecret: workers authenticate to the scheduler with a join token (>= 16 chars), e.g. --set-string workerAuth.token=$(openssl rand -hex 24) (see deploy/README.md)" }}
 {{- end }}
+{{- if and .Values.worker.enabled (not .Values.artifacts.url) }}
+{{- fail "workers run in their own pods: set artifacts.url (s3://bucket/prefix, gs://..., az://...) with its credentials in extraEnv/extraEnvFrom; a task's inputs, outputs, logs and its DAG's code reach workers only through the artifact store (see deploy/README.md)" }}
+{{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.enabled needs tls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (see deploy/README.md)" }}
 {{- end }}
