@@ -159,19 +159,6 @@ impl ArtifactStore {
         Ok(())
     }
 
-    /// Reads a whole object into memory (small objects only).
-    pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
-        let location = parse_key(key)?;
-        let uri = self.uri(location.as_ref());
-        self.store
-            .get(&location)
-            .await
-            .map_err(|e| Error::store(&uri, e))?
-            .bytes()
-            .await
-            .map_err(|e| Error::store(&uri, e))
-    }
-
     /// Lists the objects under `prefix` (segment-wise: `a/b` does not match
     /// `a/bc`), sorted by key.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>> {

@@ -248,26 +248,11 @@ impl Cluster {
         }
     }
 
-    /// Starts `trainyard worker` connected to this scheduler.
+    /// Starts `trainyard worker` connected to this scheduler, in the
+    /// cluster's dir with its work dir `work-<name>` there.
     pub fn start_worker(&mut self, name: &str, gpus: &str, extra: &[&str]) -> usize {
-        let mut args: Vec<String> = [
-            "worker",
-            "--scheduler",
-            &format!("{}://{}", self.scheme, self.addrs.grpc),
-            "--name",
-            name,
-            "--gpus",
-            gpus,
-            "--work-dir",
-            &format!("work-{name}"),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let env = self.env_refs();
-        self.workers.push(spawn(name, &args, self.dir.path(), &env));
-        self.workers.len() - 1
+        let dir = self.dir.path().to_path_buf();
+        self.start_worker_in(&dir, name, gpus, extra)
     }
 
     /// Starts `trainyard worker` with `cwd` as its current directory and
@@ -290,9 +275,8 @@ impl Cluster {
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let env = self.env_refs();
-        let mut proc = spawn_in(name, &args, self.dir.path(), cwd, &env);
-        proc.name = name.to_owned();
-        self.workers.push(proc);
+        self.workers
+            .push(spawn_in(name, &args, self.dir.path(), cwd, &env));
         self.workers.len() - 1
     }
 

@@ -148,7 +148,7 @@ fn check_path(path: &str) -> Result<(), CodeError> {
 }
 
 /// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()
