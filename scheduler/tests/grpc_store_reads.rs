@@ -59,7 +59,22 @@ async fn a_thousand_task_layered_run_reads_the_store_a_constant_number_of_times(
     counting.reset_counts();
     let writes_before = counting.writes();
     let run = s.trigger(&dag).await;
-    assert_eq!(s.wait_run(run).await, RunState::Success);
+    let state = s.wait_run(run).await;
+    if state != RunState::Success {
+        // Say which attempts failed and why before failing.
+        let mut why = Vec::new();
+        for ti in s.store.task_instances(run).await.unwrap() {
+            for a in s.store.attempts(ti.id).await.unwrap() {
+                if a.outcome != Some(trainyard_core::state::AttemptOutcome::Success) {
+                    why.push(format!(
+                        "{} #{}: {:?} {:?}",
+                        ti.task_id, a.attempt, a.outcome, a.error
+                    ));
+                }
+            }
+        }
+        panic!("run ended {state:?}: {why:#?}");
+    }
     // The harness's waits read the unwrapped store: every read counted here
     // is one the scheduler (engine and worker service) made.
     let calls = counting.calls();

@@ -122,9 +122,25 @@ impl AttemptPaths {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        tokio::fs::create_dir_all(&self.out_dir).await?;
+        create_dir_racing_removal(&self.out_dir).await?;
         tokio::fs::create_dir_all(&self.in_dir).await?;
         Ok(())
+    }
+}
+
+/// `create_dir_all`, tried again when a parent vanished half-way: another
+/// attempt of the same run that just ended removes the run's and task's
+/// folders once they are empty (`cleanup`), and ours may be empty for an
+/// instant between creating a parent and its child. Once `dir` exists its
+/// parents are not empty, so nobody removes them any more.
+async fn create_dir_racing_removal(dir: &Path) -> std::io::Result<()> {
+    const TRIES: usize = 5;
+    let mut tries = 1;
+    loop {
+        match tokio::fs::create_dir_all(dir).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < TRIES => tries += 1,
+            other => return other,
+        }
     }
 }
 
